@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny trained/untrained checkpoints and skip helpers for optional backends."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rn_deploy.checkpoint import ModelConfig, save_checkpoint
+from rn_deploy.models import create_model
+
+FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+
+HAS_TRT_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
+)
+
+
+def make_checkpoint(path: Path, arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0) -> Path:
+    """A checkpoint with random (but non-trivial) weights, BatchNorm stats set away from defaults."""
+    torch.manual_seed(seed)
+    model = create_model(arch, n_classes=n_classes, in_channels=in_channels)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                # zero-init BNs would make residual branches vanish: randomise so tests see them.
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    cfg = ModelConfig(arch=arch, n_classes=n_classes, in_channels=in_channels, image_size=[size, size])
+    return save_checkpoint(path, model, cfg, {"note": "random test weights"})
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", arch="resnet18", n_classes=5)
