@@ -28,6 +28,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise RnDeployError(f"{dest}: cannot write here ({e.strerror or e}); choose a writable output path") from e
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts should get the usual mode
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -37,6 +38,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

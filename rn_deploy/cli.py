@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -74,7 +75,77 @@ def _not_implemented(name: str) -> None:
     cmd.help = f"(not implemented yet) {name}"
 
 
-for _name in ("train", "export", "build", "validate", "inspect"):
+def parse_hw(value: str) -> tuple[int, int]:
+    """'224' -> (224, 224); '97x211' -> (97, 211)."""
+    parts = value.lower().replace("*", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size; use H or HxW, e.g. 224 or 97x211") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise click.BadParameter(f"{value!r} is not a size; use H or HxW with positive numbers")
+    return nums[0], nums[1]
+
+
+class HWType(click.ParamType):
+    name = "HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_hw(str(value))
+        except click.BadParameter as e:
+            self.fail(e.message, param, ctx)
+
+
+def stderr_log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ONNX file to write [default: model.onnx (model.fp16.onnx with --fp16) beside the checkpoint].")
+@click.option("--opset", type=int, default=None, help="ONNX opset [default: the exporter's].")
+@click.option("--fp16", is_flag=True, help="FP16 weights/compute for strongly typed builders (TensorRT >= 11, TensorRT-RTX).")
+@click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 input/output too (default FP32 I/O).")
+@click.option("--static", "static", type=HWType(), default=None, help="Fixed HxW instead of dynamic height/width.")
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check at other sizes.")
+@click.option("--external-data/--inline-data", default=None, help="Weights in MODEL.onnx.data or inline [default: by size].")
+@click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON on stdout.")
+def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool, fp16_io: bool,
+               static: tuple[int, int] | None, no_verify: bool, external_data: bool | None, as_json: bool) -> None:
+    """Export CHECKPOINT (model.pt) to ONNX with dynamic batch/height/width and verify it.
+
+    Verification runs ONNX Runtime (CPU) against PyTorch FP32 at sizes other than the traced one
+    (odd, non-square, the model's minimum, batch > 1) and fails if the relative L2 error exceeds
+    1e-4 (FP32) or 1e-2 (FP16). Nothing is written when it fails.
+    """
+    from .export import ExportVerificationError, export_onnx, format_verification
+
+    if fp16_io and not fp16:
+        raise click.UsageError("--fp16-io needs --fp16")
+    if out is None:
+        out = checkpoint.with_name("model.fp16.onnx" if fp16 else "model.onnx")
+    try:
+        res = export_onnx(checkpoint, out, opset=opset, fp16=fp16, fp16_io=fp16_io, static_size=static,
+                          verify=not no_verify, external_data=external_data, log=stderr_log)
+    except ExportVerificationError as e:
+        click.echo(format_verification(e.result.verification), err=True)
+        raise
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    if res.verification:
+        click.echo(format_verification(res.verification))
+    click.echo(f"wrote {res.onnx_path}{' + ' + res.data_path if res.data_path else ''} "
+               f"({res.precision}, opset {res.opset}, {res.seconds:.1f}s)")
+
+
+for _name in ("train", "build", "validate", "inspect"):
     _not_implemented(_name)
 
 

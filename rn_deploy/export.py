@@ -1,0 +1,413 @@
+"""ONNX export with dynamic batch/height/width, proven at sizes it was not traced at.
+
+Exporter choice: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript). The
+TorchScript exporter is deprecated; the dynamo exporter names dynamic axes after the ``Dim``
+objects, keeps ``AdaptiveAvgPool2d(1)`` as a global reduction, but silently bakes
+``AdaptiveAvgPool2d(k>1)`` into a fixed AveragePool. So every export is linted first (modules
+that freeze the spatial size are refused) and verified afterwards with ONNX Runtime at sizes
+other than the trace size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from . import names
+from ._io import sha256_file
+from .checkpoint import FORMAT, ModelConfig, load_checkpoint
+from .errors import ExportError, RnDeployError
+from .metrics import Parity, parity
+from .models import get_model_spec
+
+FP32_REL_L2 = 1e-4
+FP16_REL_L2 = 1e-2
+# Above this many bytes of weights, store them in MODEL.onnx.data (protobuf caps a file at 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+MAX_DIM = 8192
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class VerifyRow:
+    """One verification cell: ONNX Runtime (CPU) vs PyTorch FP32 at one input shape."""
+
+    batch: int
+    height: int
+    width: int
+    parity: Parity
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "height": self.height, "width": self.width, **self.parity.to_dict(),
+                "tolerance_rel_l2": self.tolerance, "passed": self.passed}
+
+
+@dataclass
+class ExportResult:
+    """What ``export_onnx`` wrote and how it was verified."""
+
+    onnx_path: str
+    data_path: str | None
+    sha256: str
+    opset: int
+    precision: str
+    io_dtype: str
+    dynamic: bool
+    sample_shape: list[int]
+    input_name: str
+    output_name: str
+    input_shape: list[int | str]
+    config: dict[str, Any]
+    exporter: str
+    seconds: float
+    verified: bool
+    verification: list[VerifyRow] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.verification)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verification"] = [r.to_dict() for r in self.verification]
+        d["passed"] = self.passed
+        return d
+
+
+class ExportVerificationError(ExportError):
+    """Verification failed; ``result.verification`` holds the table of errors."""
+
+    def __init__(self, message: str, result: ExportResult):
+        super().__init__(message)
+        self.result = result
+
+
+# --------------------------------------------------------------------------------------------
+# Lint: refuse modules that freeze the spatial size
+# --------------------------------------------------------------------------------------------
+
+
+def _is_global(output_size: Any) -> bool:
+    sizes = output_size if isinstance(output_size, tuple | list) else (output_size,)
+    return all(s in (1, None) for s in sizes)
+
+
+def lint_dynamic(model: nn.Module, in_channels: int, sizes: list[tuple[int, int]]) -> None:
+    """Raise :class:`ExportError` if ``model`` cannot be exported with dynamic height/width.
+
+    Checks, in order: adaptive pools with an output larger than 1x1 (the dynamo exporter bakes them
+    into fixed pools); a Flatten or Linear that sees a spatial grid larger than 1x1 (its size would
+    follow the input size); a forward pass that fails or changes output shape between two sizes.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) and not _is_global(m.output_size):
+            raise ExportError(
+                f"module {name!r} is {m}: the ONNX exporter bakes it into a fixed pool that is wrong at other "
+                "input sizes; use AdaptiveAvgPool2d(1) or export with --static HxW"
+            )
+    seen: list[str] = []
+
+    def hook(mod_name: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
+            x = inputs[0]
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[2] * x.shape[3] > 1:
+                seen.append(f"{mod_name!r} flattens a {x.shape[2]}x{x.shape[3]} grid")
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Flatten | nn.Linear)]
+    shapes = []
+    try:
+        with torch.no_grad():
+            for h, w in sizes:
+                try:
+                    shapes.append(tuple(model(torch.zeros(1, in_channels, h, w)).shape))
+                except RuntimeError as e:
+                    raise ExportError(
+                        f"model fails at input {h}x{w} ({str(e).splitlines()[0][:120]}); it depends on a fixed input "
+                        "size: end the features with AdaptiveAvgPool2d(1), or export with --static HxW"
+                    ) from None
+    finally:
+        for hd in handles:
+            hd.remove()
+    if seen:
+        raise ExportError(f"module {seen[0]}: its output size follows the input size; pool to 1x1 first, or export with --static HxW")
+    if len(set(shapes)) > 1:
+        raise ExportError(f"output shape changes with input size ({shapes}); the model is not size-agnostic")
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_source(source: str | Path | tuple[nn.Module, ModelConfig]) -> tuple[nn.Module, ModelConfig]:
+    if isinstance(source, tuple):
+        model, config = source
+        return model, config
+    ck = load_checkpoint(source)
+    return ck.model, ck.config
+
+
+def _min_size(config: ModelConfig) -> int:
+    try:
+        return get_model_spec(config.arch).min_size
+    except RnDeployError:
+        return 32
+
+
+def verification_shapes(config: ModelConfig, sample: tuple[int, int], static: tuple[int, int] | None) -> list[tuple[int, int, int]]:
+    """At least three shapes other than the trace shape: odd, non-square, the minimum, and a batch > 1."""
+    if static is not None:
+        return [(1, *static), (3, *static)]
+    lo = _min_size(config)
+    cands = [(1, 97, 211), (3, lo + 13, lo + 29), (2, lo, lo), (2, sample[0] + 31, sample[1] + 7)]
+    return [(b, max(h, lo), max(w, lo)) for b, h, w in cands if (h, w) != sample]
+
+
+def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int) -> dict[str, str]:
+    return {
+        "rn_deploy.format": FORMAT,
+        "rn_deploy.config": json.dumps(config.to_dict()),
+        "rn_deploy.precision": precision,
+        "rn_deploy.dynamic": json.dumps(dynamic),
+        "rn_deploy.min_size": str(min_size),
+        "arch": config.arch,
+        "class_names": json.dumps(config.class_names),
+        "mean": json.dumps(config.mean),
+        "std": json.dumps(config.std),
+        "in_channels": str(config.in_channels),
+        "image_size": json.dumps(config.image_size),
+    }
+
+
+def read_onnx_config(path: str | Path) -> ModelConfig | None:
+    """The ModelConfig stored in an ONNX file's metadata, or None for a foreign ONNX."""
+    m = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in m.metadata_props}
+    if "rn_deploy.config" not in props:
+        return None
+    return ModelConfig.from_dict(json.loads(props["rn_deploy.config"]))
+
+
+def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, opset: int | None, dynamic: bool, min_size: int) -> str:
+    kwargs: dict[str, Any] = {}
+    if dynamic:
+        b = torch.export.Dim(names.BATCH, min=1, max=MAX_DIM)
+        h = torch.export.Dim(names.HEIGHT, min=min_size, max=MAX_DIM)
+        w = torch.export.Dim(names.WIDTH, min=min_size, max=MAX_DIM)
+        kwargs["dynamic_shapes"] = ({0: b, 2: h, 3: w},)
+    else:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim(names.BATCH, min=1, max=MAX_DIM)},)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    chatter = io.StringIO()
+    try:
+        # The exporter prints progress on stdout; keep stdout clean for --json.
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (sample,), str(path), input_names=[names.INPUT], output_names=[names.OUTPUT],
+                              dynamo=True, external_data=True, verbose=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - exporter failures come in many types; report one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {msg[:300]}") from None
+    return f"torch.onnx dynamo (torch {torch.__version__})"
+
+
+def _to_fp16(model: onnx.ModelProto, keep_io_fp32: bool) -> onnx.ModelProto:
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns for every weight below FP16 range it clamps
+        return float16.convert_float_to_float16(model, keep_io_types=keep_io_fp32, disable_shape_infer=False)
+
+
+@contextlib.contextmanager
+def _staged_onnx(model: onnx.ModelProto, dest: Path, external: bool | None) -> Iterator[tuple[Path, bool]]:
+    """Write ``model`` into a temp folder beside ``dest``; on clean exit move it (and its data) into place.
+
+    Yields the staged ``.onnx`` path and whether weights are external. Verification runs on the
+    staged file, so a model that fails it is never written under ``dest``.
+    """
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if external is None:
+        external = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    data_name = dest.name + ".data"
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tmp_onnx = tmpdir / dest.name
+        if external:
+            onnx.save_model(model, str(tmp_onnx), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        else:
+            onnx.save_model(model, str(tmp_onnx))
+        try:
+            onnx.checker.check_model(str(tmp_onnx), full_check=True)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"{dest}: the exported graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
+        yield tmp_onnx, external
+        # Data first: the .onnx never points at a data file that is not there yet.
+        if external:
+            os.replace(tmpdir / data_name, dest.parent / data_name)
+        else:
+            (dest.parent / data_name).unlink(missing_ok=True)  # stale data from an earlier export
+        os.replace(tmp_onnx, dest)
+    except OSError as e:
+        raise ExportError(f"{dest}: cannot write ({e.strerror or e}); check free space and permissions") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _ort_session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def verify_onnx(
+    path: Path, model: nn.Module, config: ModelConfig, shapes: list[tuple[int, int, int]], tolerance: float, fp16_io: bool = False,
+    seed: int = 0,
+) -> list[VerifyRow]:
+    """Run ONNX Runtime (CPU) and PyTorch FP32 on the same random inputs at each shape."""
+    sess = _ort_session(path)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for b, h, w in shapes:
+        x = torch.randn(b, config.in_channels, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model(x).float().numpy()
+        feed = x.numpy().astype(np.float16 if fp16_io else np.float32)
+        out = sess.run([names.OUTPUT], {names.INPUT: feed})[0]
+        p = parity(ref, out)
+        rows.append(VerifyRow(b, h, w, p, tolerance, p.finite and p.rel_l2 <= tolerance))
+    return rows
+
+
+def format_verification(rows: list[VerifyRow]) -> str:
+    lines = [f"{'shape':>18} {'max_abs':>10} {'rel_l2':>10} {'cosine':>9} {'top1':>6} {'tol':>8}  result"]
+    for r in rows:
+        p = r.parity
+        lines.append(f"{f'{r.batch}x{r.height}x{r.width}':>18} {p.max_abs:10.2e} {p.rel_l2:10.2e} {p.cosine:9.6f} "
+                     f"{p.top1:6.2f} {r.tolerance:8.0e}  {'ok' if r.passed else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def export_onnx(
+    source: str | Path | tuple[nn.Module, ModelConfig],
+    out_path: str | Path,
+    *,
+    opset: int | None = None,
+    dynamic: bool = True,
+    fp16: bool = False,
+    fp16_io: bool = False,
+    static_size: tuple[int, int] | None = None,
+    sample_size: tuple[int, int] | None = None,
+    verify: bool = True,
+    external_data: bool | None = None,
+    log: Log | None = None,
+    _lint: bool = True,
+) -> ExportResult:
+    """Export a checkpoint (or ``(module, ModelConfig)``) to ONNX and verify it.
+
+    Args:
+        source: checkpoint path, or a module with its config.
+        out_path: the ``.onnx`` file to write (``.onnx.data`` beside it when weights are large).
+        opset: ONNX opset; None means the exporter's default.
+        dynamic: dynamic ``batch``/``height``/``width`` axes; False (or ``static_size``) keeps only batch dynamic.
+        fp16: write FP16 weights and compute (for strongly typed builders), FP32 input/output unless ``fp16_io``.
+        fp16_io: with ``fp16``, make the input and output FP16 too.
+        static_size: (H, W) for a fixed-size export.
+        sample_size: (H, W) traced; None means the config's image size (at least the model's minimum).
+        verify: compare ONNX Runtime with PyTorch at other sizes; raise :class:`ExportError` if off.
+        external_data: force weights into ``.onnx.data`` (True) or inline (False); None decides by size.
+        log: progress callback (one line per step).
+
+    Returns:
+        ExportResult with the verification table.
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda _s: None)
+    out = Path(out_path)
+    model, config = _resolve_source(source)
+    model = model.eval().float().cpu()
+    if static_size is not None:
+        dynamic = False
+    lo = _min_size(config)
+    if sample_size is None:
+        sample_size = static_size or (max(config.image_size[0], lo), max(config.image_size[1], lo))
+    if not dynamic and static_size is None:
+        static_size = sample_size
+    if any(s < 1 for s in sample_size):
+        raise ExportError(f"sample size {sample_size} must be positive")
+    if dynamic and _lint:
+        say("lint: checking the model is size-agnostic")
+        lint_dynamic(model, config.in_channels, [sample_size, (sample_size[0] + 37, sample_size[1] + 5)])
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"{out.parent}: folder is not writable; choose another -o path")
+
+    say(f"export: tracing {config.arch} at 2x{config.in_channels}x{sample_size[0]}x{sample_size[1]} "
+        f"({'dynamic batch/height/width' if dynamic else f'static {static_size[0]}x{static_size[1]}' if static_size else ''})")
+    sample = torch.randn(2, config.in_channels, *sample_size)
+    with tempfile.TemporaryDirectory(prefix=".rn-export.", dir=out.parent) as td:
+        raw_path = Path(td) / "raw.onnx"
+        exporter = _torch_export(model, sample, raw_path, opset, dynamic, lo)
+        proto = onnx.load(str(raw_path))  # pulls the exporter's external data into memory
+    precision = "fp16" if fp16 else "fp32"
+    if fp16:
+        say("fp16: converting weights and compute to FP16 (onnxconverter-common)")
+        proto = _to_fp16(proto, keep_io_fp32=not fp16_io)
+    del proto.metadata_props[:]
+    for k, v in _metadata(config, precision, dynamic, lo).items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "rn-deploy"
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{out}: ONNX shape inference failed: {str(e).splitlines()[0][:300]}") from None
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+    in_shape: list[int | str] = [names.BATCH, config.in_channels,
+                                 names.HEIGHT if dynamic else sample_size[0], names.WIDTH if dynamic else sample_size[1]]
+    rows: list[VerifyRow] = []
+    with _staged_onnx(proto, out, external_data) as (staged, external):
+        if verify:
+            shapes = verification_shapes(config, sample_size, static_size)
+            say(f"verify: ONNX Runtime (CPU) vs PyTorch FP32 at {', '.join(f'{b}x{h}x{w}' for b, h, w in shapes)}")
+            rows = verify_onnx(staged, model, config, shapes, FP16_REL_L2 if fp16 else FP32_REL_L2, fp16_io=fp16 and fp16_io)
+        result = ExportResult(
+            onnx_path=str(out), data_path=str(out) + ".data" if external else None, sha256=sha256_file(staged),
+            opset=opset_used, precision=precision, io_dtype="float16" if fp16 and fp16_io else "float32", dynamic=dynamic,
+            sample_shape=list(sample.shape), input_name=names.INPUT, output_name=names.OUTPUT, input_shape=in_shape,
+            config=config.to_dict(), exporter=exporter, seconds=0.0, verified=verify, verification=rows,
+        )
+        if verify and not result.passed:
+            bad = [r for r in rows if not r.passed]
+            raise ExportVerificationError(
+                f"{out}: ONNX Runtime disagrees with PyTorch at {len(bad)} of {len(rows)} shapes (worst rel_l2 "
+                f"{max(r.parity.rel_l2 for r in bad):.2e} > {bad[0].tolerance:.0e} at {bad[0].batch}x{bad[0].height}x"
+                f"{bad[0].width}); nothing was written",
+                result,
+            )
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
