@@ -145,7 +145,15 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
                f"({res.precision}, opset {res.opset}, {res.seconds:.1f}s)")
 
 
-for _name in ("train", "build", "validate", "inspect"):
+def _add_train() -> None:
+    from train.cli import train_command
+
+    main.add_command(train_command)
+
+
+_add_train()
+
+for _name in ("build", "validate", "inspect"):
     _not_implemented(_name)
 
 

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rn_deploy.checkpoint import load_checkpoint
+from rn_deploy.errors import DataError, RnDeployError
+from train import TrainConfig, fit
+from train.data import Augment, augment_batch, load_dataset, load_fashion_mnist, load_image_folder
+
+from .conftest import FASHION_DIR, needs_fashion
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@needs_fashion
+def test_fashion_mnist_reads_real_idx():
+    tr = load_fashion_mnist(FASHION_DIR, "train")
+    te = load_fashion_mnist(FASHION_DIR, "test")
+    assert tr.images.shape == (60000, 1, 28, 28) and te.images.shape == (10000, 1, 28, 28)
+    assert tr.images.dtype == torch.uint8 and sorted(tr.labels.unique().tolist()) == list(range(10))
+    assert tr.class_names[9] == "Ankle boot"
+
+
+@needs_fashion
+def test_one_epoch_on_2000_fashion_images_beats_60_percent(tmp_path: Path):
+    cfg = TrainConfig(arch="resnet18", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=64, lr=3e-3,
+                      size=28, device="cpu", out=str(tmp_path / "run"), limit=2000)
+    res = fit(cfg, progress=False)
+    assert res.n_train == 2000 and res.accuracy > 0.60, res
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.config.class_names[0] == "T-shirt/top" and ck.config.image_size == [28, 28] and ck.config.in_channels == 1
+    assert ck.train["accuracy"] == pytest.approx(res.accuracy) and 0 < ck.config.mean[0] < 1
+
+
+def _write_imagefolder(root: Path, classes: dict[str, tuple[int, int, int]], n: int, seed: int = 0) -> None:
+    """Images whose class is their dominant colour, with noise and random sizes."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for name, rgb in classes.items():
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n if split == "train" else n // 2):
+                h, w = rng.integers(40, 70, size=2)
+                arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.JPEG" if i % 2 else d / f"{i}.png")
+
+
+def test_imagefolder_layout_trains_and_checkpoint_loads(tmp_path: Path):
+    root = tmp_path / "imagenette"
+    _write_imagefolder(root, {"n01440764": (220, 40, 40), "n02102040": (40, 200, 40), "n02979186": (40, 40, 220)}, 24)
+    (root / "train" / "n01440764" / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        ds = load_image_folder(root, "train", presize=40, max_bad=0.05)
+    assert ds.images.shape == (72, 3, 40, 40) and ds.skipped == 1
+    assert (root / ".rn-deploy-cache").is_dir()  # decoded once, cached
+    cfg = TrainConfig(arch="fcn", dataset="imagefolder", data=str(root), epochs=3, batch_size=16, lr=1e-2, size=32, presize=40,
+                      device="cpu", out=str(tmp_path / "run"), workers=0)
+    with pytest.warns(UserWarning):
+        res = fit(cfg, progress=False)
+    assert res.accuracy >= 0.8, res.history
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.config.class_names == ["n01440764", "n02102040", "n02979186"] and ck.config.in_channels == 3
+
+
+def test_imagefolder_errors(tmp_path: Path):
+    root = tmp_path / "d"
+    _write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 4)
+    (root / "val" / "c").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "c" / "x.png")
+    with pytest.raises(DataError, match=r"class folders differ.*only here: \['c'\]"):
+        load_dataset("imagefolder", root)
+    (root / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: class folder has no images"):
+        load_dataset("imagefolder", root)
+    with pytest.raises(DataError, match="no such folder"):
+        load_dataset("imagefolder", tmp_path / "missing")
+    bad = tmp_path / "bad"
+    _write_imagefolder(bad, {"a": (200, 0, 0)}, 4)
+    for f in (bad / "train" / "a").iterdir():
+        f.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="4 of 4 images are unreadable"), pytest.warns(UserWarning):
+        load_image_folder(bad, "train", presize=16, cache=False, workers=0)
+
+
+@needs_fashion
+def test_mnist_png_tree_from_real_images(tmp_path: Path):
+    fm = load_fashion_mnist(FASHION_DIR, "test")
+    root = tmp_path / "mnist"
+    for split, offset in (("training", 0), ("testing", 5000)):
+        for k in range(400):
+            i = offset + k
+            d = root / split / str(int(fm.labels[i]))
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(fm.images[i, 0].numpy()).save(d / f"{i}.png")
+    cfg = TrainConfig(arch="mnist_resnet", dataset="mnist-png", data=str(root), epochs=2, batch_size=32, lr=1e-2, size=28,
+                      device="cpu", out=str(tmp_path / "run"), workers=0)
+    res = fit(cfg, progress=False)
+    assert res.n_train == 400 and res.accuracy > 0.3  # 10 classes from 400 images: well above chance (0.1)
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.config.arch == "mnist_resnet" and ck.config.in_channels == 1 and len(ck.config.class_names) == 10
+
+
+@needs_fashion
+def test_resume_continues_to_the_same_weights(tmp_path: Path):
+    base = dict(arch="mnist_cnn", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=2, batch_size=64, lr=5e-3, size=28,
+                device="cpu", limit=512)
+    full = fit(TrainConfig(**base, out=str(tmp_path / "full")), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(msg: str) -> None:
+        if msg.startswith("epoch 1/2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(TrainConfig(**base, out=str(tmp_path / "part")), log=stop_after_first, progress=False)
+    assert load_checkpoint(tmp_path / "part" / "model.pt").train["epochs"] == 1
+    resumed = fit(TrainConfig(**base, out=str(tmp_path / "part"), resume=True), progress=False)
+    a = load_checkpoint(full.checkpoint).model.state_dict()
+    b = load_checkpoint(resumed.checkpoint).model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert len(resumed.history) == 2
+    with pytest.raises(RnDeployError, match="cannot resume with lr"):
+        fit(TrainConfig(**{**base, "lr": 1e-3}, out=str(tmp_path / "part"), resume=True), progress=False)
+
+
+def test_augment_pad_is_whole_pixel_shift():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8) + 1
+    out = augment_batch(x, (8, 8), Augment(pad=2), torch.Generator().manual_seed(3))
+    for b in range(2):
+        vals = set(out[b].flatten().tolist()) - {0.0}
+        assert vals <= set(x[b].flatten().tolist())  # nearest, integer shift: no new values
+    rrc = augment_batch(x.repeat(1, 3, 2, 2), (6, 5), Augment(min_scale=0.5, flip=True))
+    assert rrc.shape == (2, 3, 6, 5)
+
+
+@needs_fashion
+def test_cli_python_m_train_json_and_errors(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "train", "--arch", "mnist_cnn", "--limit", "256", "--epochs", "1", "--batch-size", "64",
+                          "--device", "cpu", "--out", str(tmp_path / "m"), "--json", "--data", str(FASHION_DIR)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["epochs"] == 1 and Path(d["checkpoint"]).exists()
+    bad = subprocess.run([sys.executable, "-m", "train", "--arch", "resnet9", "--device", "cpu"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "unknown architecture 'resnet9'" in bad.stderr
+
+
+@needs_fashion
+def test_ddp_two_cpu_processes_gloo(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+                           "--arch", "mnist_cnn", "--limit", "512", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                           "--out", str(tmp_path / "ddp"), "--json", "--quiet", "--data", str(FASHION_DIR)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(chunk) for chunk in proc.stdout.replace("}\n{", "}\n\x00{").split("\x00") if chunk.strip()]
+    assert {r["world_size"] for r in results} == {2}
+    assert len({round(r["accuracy"], 6) for r in results}) == 1  # metrics are all-reduced: ranks agree
+    assert load_checkpoint(tmp_path / "ddp" / "model.pt").train["epochs"] == 1

@@ -1,0 +1,367 @@
+"""Datasets as uint8 tensors decoded once, and batched augmentation on the training device.
+
+Every dataset becomes an :class:`ImageSet`: a ``uint8`` tensor ``(N, C, H, W)`` plus labels. The
+loader moves that tensor to the device once and then indexes, augments and normalises whole
+batches there (``affine_grid`` + ``grid_sample``), so on a GPU the model never waits for Python
+workers. Decoding JPEG/PNG folders is the only CPU-heavy step: it runs once, in a DataLoader with
+worker processes, and its result is cached as ``.npy`` (memory-mapped) next to the data.
+
+Layouts:
+- ``fashion-mnist``: IDX files (``train-images-idx3-ubyte.gz`` ...), default
+  ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
+- ``mnist-png``: ``ROOT/training/<digit>/*.png`` and ``ROOT/testing/<digit>/*.png``.
+- ``imagefolder`` (Imagenette): ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*``; the
+  split is the grandparent folder, the label the parent folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rn_deploy.errors import DataError
+
+FASHION_MNIST_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+DATASETS = ("fashion-mnist", "mnist-png", "imagefolder")
+
+
+@dataclass
+class Augment:
+    """Batch augmentation applied on the device.
+
+    Attributes:
+        pad: random translation of up to ``pad`` pixels with zero fill (the seed's ``rand_pad``).
+        min_scale: random-resized-crop area scale lower bound; 1.0 disables it.
+        flip: random horizontal flip.
+    """
+
+    pad: int = 0
+    min_scale: float = 1.0
+    flip: bool = False
+
+
+@dataclass
+class ImageSet:
+    """Decoded images (uint8, NCHW) with labels and what is needed to normalise them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    augment: Augment = field(default_factory=Augment)
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def subset(self, n: int | None, seed: int = 0) -> ImageSet:
+        """A class-balanced-ish random subset of ``n`` items (all if None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.mean, self.std, self.augment, self.skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if data[2] != 0x08 or len(data) != expected:
+        raise DataError(f"{path}: IDX file is truncated or not uint8 ({len(data)} bytes, expected {expected})")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).exists():
+            return root / name
+    raise DataError(f"{root}: no {stem}[.gz]; expected Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)")
+
+
+def load_fashion_mnist(root: str | Path | None, split: str) -> ImageSet:
+    root = Path(root) if root else FASHION_MNIST_DIR
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; install Debian's dataset-fashion-mnist or pass --data DIR")
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise DataError(f"{root}: {len(images)} {prefix} images but {len(labels)} labels")
+    return ImageSet(
+        torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), list(FASHION_CLASSES),
+        [0.2860], [0.3530], Augment(pad=3, flip=True),
+    )
+
+
+def _class_folders(split_dir: Path) -> list[Path]:
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: no such folder; expected ROOT/{split_dir.name}/<class>/<images>")
+    classes = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir}: no class folders inside")
+    for c in classes:
+        if not any(f.suffix.lower() in IMAGE_EXTS for f in c.iterdir()):
+            raise DataError(f"{c}: class folder has no images")
+    return classes
+
+
+def _list_split(root: Path, split: str, class_names: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+    folders = _class_folders(root / split)
+    names = [p.name for p in folders]
+    if class_names is not None and names != class_names:
+        only_here = sorted(set(names) - set(class_names))
+        only_there = sorted(set(class_names) - set(names))
+        raise DataError(f"{root / split}: class folders differ from the training split's (only here: {only_here}, "
+                        f"missing: {only_there}); both splits need the same classes")
+    files, labels = [], []
+    for i, folder in enumerate(folders):
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in IMAGE_EXTS:
+                files.append(f)
+                labels.append(i)
+    return files, labels, names
+
+
+class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor, bool]]):
+    """Decodes one image to ``(C, size, size)`` uint8: resize the short side, centre crop."""
+
+    def __init__(self, files: list[Path], size: int, channels: int):
+        self.files, self.size, self.channels = files, size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.files[i]) as src:
+                im = src.convert("L" if self.channels == 1 else "RGB")
+                w, h = im.size
+                s = self.size / min(w, h)
+                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.Resampling.BILINEAR)
+                w, h = im.size
+                left, top = (w - self.size) // 2, (h - self.size) // 2
+                im = im.crop((left, top, left + self.size, top + self.size))
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), False
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), True
+
+
+def _decode_all(files: list[Path], size: int, channels: int, workers: int) -> tuple[torch.Tensor, np.ndarray]:
+    out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+    ok = np.zeros(len(files), dtype=bool)
+    loader = torch.utils.data.DataLoader(_DecodeDataset(files, size, channels), batch_size=64, num_workers=workers)
+    i = 0
+    for imgs, good in loader:
+        out[i : i + len(imgs)] = imgs
+        ok[i : i + len(imgs)] = good.numpy()
+        i += len(imgs)
+    return out, ok
+
+
+def _cache_path(root: Path, split: str, files: list[Path], size: int, channels: int) -> Path:
+    key = hashlib.sha1("\n".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:12]
+    return root / ".rn-deploy-cache" / f"{split}-{size}px-{channels}ch-{key}.npz"
+
+
+def _load_folder_split(root: Path, split: str, class_names: list[str] | None, size: int, channels: int,
+                       workers: int, max_bad: float, cache: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    files, labels, names = _list_split(root, split, class_names)
+    cpath = _cache_path(root, split, files, size, channels)
+    if cache and cpath.exists():
+        with np.load(cpath) as z:
+            imgs, ok = torch.from_numpy(z["images"]), z["ok"]
+    else:
+        imgs, ok = _decode_all(files, size, channels, workers)
+        if cache:
+            try:
+                from rn_deploy._io import atomic_path
+
+                cpath.parent.mkdir(exist_ok=True)
+                with atomic_path(cpath) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, images=imgs.numpy(), ok=ok)
+            except (OSError, Exception):  # noqa: BLE001 - a read-only data folder just means no cache
+                pass
+    bad = int((~ok).sum())
+    if bad:
+        first = files[int(np.argmin(ok))]
+        warnings.warn(f"{root / split}: skipped {bad} unreadable image(s), e.g. {first}", stacklevel=3)
+        if bad > max_bad * len(files):
+            raise DataError(f"{root / split}: {bad} of {len(files)} images are unreadable (more than {max_bad:.0%}); "
+                            "fix or remove them")
+    keep = torch.from_numpy(ok)
+    return imgs[keep], torch.tensor(labels, dtype=torch.int64)[keep], names, bad
+
+
+def load_image_folder(root: str | Path, split: str, *, presize: int, channels: int = 3, class_names: list[str] | None = None,
+                      workers: int | None = None, max_bad: float = 0.05, cache: bool = True) -> ImageSet:
+    """Imagenette/ImageFolder layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; expected ROOT/train/<class>/ and ROOT/val/<class>/")
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    imgs, labels, names, bad = _load_folder_split(root, split, class_names, presize, channels, workers, max_bad, cache)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ([0.5], [0.5])
+    return ImageSet(imgs, labels, names, mean, std, Augment(min_scale=0.5, flip=True), bad)
+
+
+def load_mnist_png(root: str | Path, split: str, *, workers: int | None = None, max_bad: float = 0.05, cache: bool = True) -> ImageSet:
+    """MNIST PNG folders: ``ROOT/training/<digit>/*.png`` and ``ROOT/testing/<digit>/*.png``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; expected ROOT/training/<digit>/*.png and ROOT/testing/<digit>/*.png")
+    sub = "training" if split == "train" else "testing"
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    names = None if split == "train" else [p.name for p in _class_folders(root / "training")]
+    imgs, labels, names, bad = _load_folder_split(root, sub, names, 28, 1, workers, max_bad, cache)
+    return ImageSet(imgs, labels, names, [0.1307], [0.3081], Augment(pad=3), bad)
+
+
+def load_dataset(name: str, data: str | Path | None, *, presize: int = 160, workers: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """Train and validation :class:`ImageSet` for a dataset name (see ``DATASETS``)."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data, "train"), load_fashion_mnist(data, "test")
+    if data is None:
+        raise DataError(f"dataset {name!r} needs --data DIR")
+    if name == "mnist-png":
+        tr = load_mnist_png(data, "train", workers=workers)
+        return tr, load_mnist_png(data, "test", workers=workers)
+    if name in ("imagefolder", "imagenette"):
+        tr = load_image_folder(data, "train", presize=presize, workers=workers)
+        return tr, load_image_folder(data, "val", presize=presize, class_names=tr.class_names, workers=workers)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Batches on the device
+# --------------------------------------------------------------------------------------------
+
+
+def augment_batch(x: torch.Tensor, size: tuple[int, int], aug: Augment, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Random resized crop / translation / flip of a float batch in one ``grid_sample``.
+
+    ``x`` is ``(B, C, H, W)`` float on any device; the result is ``(B, C, *size)``.
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen, device=gen.device if gen is not None else dev).to(dev)
+
+    theta = torch.zeros(b, 2, 3, device=dev)
+    sx = torch.ones(b, device=dev)
+    sy = torch.ones(b, device=dev)
+    if aug.min_scale < 1.0:
+        area = aug.min_scale + (1 - aug.min_scale) * rand(b)
+        log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * rand(b)
+        ratio = torch.exp(log_r)
+        sx = torch.sqrt(area * ratio).clamp(max=1.0)
+        sy = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (1 - sx) * (2 * rand(b) - 1)
+    ty = (1 - sy) * (2 * rand(b) - 1)
+    if aug.pad:
+        # whole-pixel shifts in [-pad, pad], in normalised coordinates of the output grid
+        tx = tx + torch.round((2 * rand(b) - 1) * aug.pad) * 2 / size[1]
+        ty = ty + torch.round((2 * rand(b) - 1) * aug.pad) * 2 / size[0]
+    if aug.flip:
+        sx = torch.where(rand(b) < 0.5, -sx, sx)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, sy, ty
+    grid = F.affine_grid(theta, [b, x.shape[1], size[0], size[1]], align_corners=False)
+    mode = "nearest" if (aug.min_scale >= 1.0 and (h, w) == tuple(size)) else "bilinear"
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def resize_batch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+class DeviceLoader:
+    """Iterates normalised float batches of an :class:`ImageSet` held on ``device``.
+
+    Args:
+        ds: the images.
+        batch_size: per-process batch size.
+        size: output (H, W).
+        device: where images live and batches are made.
+        train: shuffle, drop the last partial batch and augment.
+        rank, world: this process's shard under DDP (every ``world``-th batch).
+        seed: base seed; the order for epoch ``e`` uses ``seed + e`` on every rank.
+        channels_last: return channels-last memory format.
+    """
+
+    def __init__(self, ds: ImageSet, batch_size: int, size: tuple[int, int], device: torch.device, *, train: bool,
+                 rank: int = 0, world: int = 1, seed: int = 0, channels_last: bool = False):
+        self.ds, self.bs, self.size, self.device, self.train = ds, batch_size, size, device, train
+        self.rank, self.world, self.seed, self.channels_last = rank, world, seed, channels_last
+        self.images = ds.images.to(device, non_blocking=True)
+        self.labels = ds.labels.to(device, non_blocking=True)
+        c = ds.in_channels
+        self.mean = torch.tensor(ds.mean, device=device).view(1, c, 1, 1) * 255
+        self.std = torch.tensor(ds.std, device=device).view(1, c, 1, 1) * 255
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.ds) // self.bs if self.train else math.ceil(len(self.ds) / self.bs)
+        return max(0, (n - self.rank + self.world - 1) // self.world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.ds)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).to(self.device)
+            n_batches = n // self.bs
+            aug_gen = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + self.epoch * 10 + self.rank)
+        else:
+            order = torch.arange(n, device=self.device)
+            n_batches = math.ceil(n / self.bs)
+            aug_gen = None
+        for i in range(self.rank, n_batches, self.world):
+            idx = order[i * self.bs : (i + 1) * self.bs]
+            x = self.images[idx].float()
+            x = augment_batch(x, self.size, self.ds.augment, aug_gen) if self.train else resize_batch(x, self.size)
+            x = (x - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]

@@ -1,0 +1,370 @@
+"""Training loop: one-cycle AdamW, AMP (bf16 on CUDA), channels_last, optional torch.compile, DDP.
+
+``fit(TrainConfig(...))`` is the library entry point; ``rn-deploy train`` and ``python -m train``
+parse options into the same dataclass. Under ``torchrun`` (``WORLD_SIZE > 1``) it runs
+DistributedDataParallel: NCCL on CUDA, gloo on CPU. Rank 0 alone prints and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rn_deploy.checkpoint import ModelConfig, read_checkpoint, save_checkpoint
+from rn_deploy.errors import CheckpointError, RnDeployError
+from rn_deploy.models import get_model_spec
+
+from .data import DeviceLoader, ImageSet, load_dataset
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (the CLI's options, one to one).
+
+    Attributes:
+        arch: registered model name.
+        dataset: ``fashion-mnist``, ``mnist-png`` or ``imagefolder``.
+        data: dataset folder (None: the dataset's default, where it has one).
+        epochs: total epochs (the sum of the phases when ``sizes`` is a schedule).
+        batch_size: per-process batch size.
+        lr: peak learning rate of the one-cycle schedule.
+        size: training image size (H = W).
+        presize: decode size for image folders (random crops of ``size`` are taken from it).
+        device: ``cuda``, ``cpu`` or ``auto``.
+        out: output folder; the checkpoint is ``out/model.pt``.
+        limit: use at most this many training (and validation) images.
+        weight_decay: AdamW weight decay.
+        label_smoothing: cross-entropy label smoothing.
+        mixup: Beta(mixup, mixup) mixup alpha; 0 disables.
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        channels_last: channels-last memory format (on CUDA).
+        compile: wrap the model in ``torch.compile``.
+        clip: gradient-norm clip; None disables.
+        seed: seed for weights, order and augmentation.
+        resume: continue from ``out/model.pt`` (same options) at the epoch after the last saved.
+        workers: decode workers for image folders.
+    """
+
+    arch: str = "resnet18"
+    dataset: str = "fashion-mnist"
+    data: str | None = None
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 3e-3
+    size: int = 28
+    presize: int = 160
+    device: str = "auto"
+    out: str = "exports/model"
+    limit: int | None = None
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    clip: float | None = None
+    seed: int = 0
+    resume: bool = False
+    workers: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: str
+    arch: str
+    dataset: str
+    epochs: int
+    accuracy: float
+    top5: float | None
+    val_loss: float
+    train_loss: float
+    images_per_second: float
+    seconds: float
+    device: str
+    world_size: int
+    n_train: int
+    n_val: int
+    history: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RnDeployError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        return torch.device("cuda", local_rank if name == "cuda" else torch.device(name).index or 0)
+    if name != "cpu":
+        raise RnDeployError(f"unknown device {name!r}; use cuda, cpu or auto")
+    return torch.device("cpu")
+
+
+def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Loss, accuracy and (with >= 5 classes) top-5 accuracy over a loader, summed across ranks."""
+    model.eval()
+    dev = loader.device
+    tot = torch.zeros(4, device=dev, dtype=torch.float64)  # loss_sum, correct, correct5, n
+    with torch.no_grad(), _autocast(dev, amp_dtype):
+        for x, y in loader:
+            out = model(x).float()
+            tot[0] += F.cross_entropy(out, y, reduction="sum")
+            tot[1] += (out.argmax(1) == y).sum()
+            if out.shape[1] >= 5:
+                tot[2] += (out.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+            tot[3] += len(y)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tot)
+    n = max(tot[3].item(), 1)
+    res = {"val_loss": tot[0].item() / n, "accuracy": tot[1].item() / n}
+    if loader.ds.class_names and len(loader.ds.class_names) >= 5:
+        res["top5"] = tot[2].item() / n
+    return res
+
+
+def _autocast(dev: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(x), device=x.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+class _Progress:
+    """A rich progress bar on stderr (rank 0), or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                                transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def task(self, desc: str, total: int) -> Any:
+        return self.bar.add_task(desc, total=total, stats="") if self.bar else None
+
+    def update(self, task: Any, stats: str, advance: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(task, advance=advance, stats=stats)
+
+
+def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, ImageSet] | None = None,
+        progress: bool = True) -> TrainResult:
+    """Train ``cfg.arch`` on ``cfg.dataset`` with a one-cycle schedule and write ``cfg.out/model.pt``.
+
+    Args:
+        cfg: the run's options.
+        log: one-line messages (rank 0 only).
+        data: pre-loaded (train, val) sets, instead of reading ``cfg.dataset``.
+        progress: show a progress bar on stderr.
+    """
+    rank, local_rank, world = _dist_info()
+    say = (log or (lambda _s: None)) if rank == 0 else (lambda _s: None)
+    dev = _pick_device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        return _fit(cfg, say, dev, rank, world, data, progress and rank == 0)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
+         data: tuple[ImageSet, ImageSet] | None, show: bool) -> TrainResult:
+    get_model_spec(cfg.arch)  # unknown arch fails before the data loads
+    train_set, val_set = data or load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, cfg.size), workers=cfg.workers)
+    train_set, val_set = train_set.subset(cfg.limit, cfg.seed), val_set.subset(cfg.limit, cfg.seed)
+    say(f"data: {cfg.dataset} {len(train_set)} train / {len(val_set)} val images, {len(train_set.class_names)} classes, "
+        f"device {dev}{f' x{world} (DDP)' if world > 1 else ''}")
+    size = (cfg.size, cfg.size)
+    use_cl = cfg.channels_last and dev.type == "cuda"
+    train_dl = DeviceLoader(train_set, cfg.batch_size, size, dev, train=True, rank=rank, world=world, seed=cfg.seed, channels_last=use_cl)
+    val_dl = DeviceLoader(val_set, cfg.batch_size * 2, size, dev, train=False, rank=rank, world=world, channels_last=use_cl)
+    if len(train_dl) == 0:
+        raise RnDeployError(f"batch size {cfg.batch_size} x {world} process(es) is larger than the {len(train_set)} training images")
+
+    torch.manual_seed(cfg.seed)
+    config = ModelConfig(arch=cfg.arch, n_classes=len(train_set.class_names), in_channels=train_set.in_channels,
+                         class_names=train_set.class_names, mean=train_set.mean, std=train_set.std, image_size=[cfg.size, cfg.size])
+    model = config.build().to(dev)
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    steps = cfg.epochs * len(train_dl)
+    sched = OneCycle(opt, cfg.lr, steps)
+    ckpt_path = Path(cfg.out) / "model.pt"
+    start_epoch, history = 0, list[dict[str, float]]()
+    if cfg.resume:
+        start_epoch, history = _resume(ckpt_path, model, opt, sched, cfg)
+        say(f"resume: {ckpt_path} after epoch {start_epoch}")
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    amp_dtype = torch.bfloat16 if (cfg.amp and dev.type == "cuda") else None
+    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    t_start = time.perf_counter()
+    train_imgs, train_time = 0, 0.0
+    metrics: dict[str, float] = {}
+    train_loss = float("nan")
+    with _Progress(show) as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            train_dl.set_epoch(epoch)
+            task = bar.task(f"epoch {epoch + 1}/{cfg.epochs}", len(train_dl))
+            loss_sum = torch.zeros((), device=dev)
+            n_seen, shown, t0 = 0, 0, time.perf_counter()
+            for i, (x, y) in enumerate(train_dl):
+                with _autocast(dev, amp_dtype):
+                    if cfg.mixup > 0:
+                        xm, ya, yb, lam = _mixup(x, y, cfg.mixup)
+                        out = net(xm)
+                        loss = lam * crit(out.float(), ya) + (1 - lam) * crit(out.float(), yb)
+                    else:
+                        loss = crit(net(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                opt.step()
+                sched.step()
+                loss_sum += loss.detach()
+                n_seen += len(y)
+                if show and (i % 20 == 19 or i == len(train_dl) - 1):
+                    # .item() synchronises: only every 20 steps, and only for the display
+                    el = time.perf_counter() - t0
+                    bar.update(task, f"loss {loss_sum.item() / (i + 1):.4f}  {n_seen * world / max(el, 1e-9):,.0f} img/s",
+                               advance=i + 1 - shown)
+                    shown = i + 1
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            ep_time = time.perf_counter() - t0
+            train_imgs += n_seen * world
+            train_time += ep_time
+            train_loss = loss_sum.item() / max(len(train_dl), 1)
+            metrics = evaluate(net, val_dl, amp_dtype)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "img_per_s": n_seen * world / ep_time,
+                   "seconds": time.perf_counter() - t_start}
+            history.append(row)
+            if rank == 0:
+                train_meta = {"epochs": epoch + 1, "dataset": cfg.dataset, **metrics, "train_loss": train_loss,
+                              "history": history, "options": _options(cfg)}
+                save_checkpoint(ckpt_path, model, config, train_meta,
+                                resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
+            say(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
+                f"accuracy {metrics['accuracy']:.4f}" + (f" top5 {metrics['top5']:.4f}" if "top5" in metrics else "")
+                + f" ({row['img_per_s']:,.0f} img/s)")
+    return TrainResult(
+        checkpoint=str(ckpt_path), arch=cfg.arch, dataset=cfg.dataset, epochs=cfg.epochs,
+        accuracy=metrics.get("accuracy", float("nan")), top5=metrics.get("top5"), val_loss=metrics.get("val_loss", float("nan")),
+        train_loss=train_loss, images_per_second=train_imgs / train_time if train_time else 0.0,
+        seconds=time.perf_counter() - t_start, device=str(dev), world_size=world, n_train=len(train_set), n_val=len(val_set),
+        history=history,
+    )
+
+
+def _options(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d.pop("history", None)
+    return d
+
+
+def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: OneCycle, cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+    raw = read_checkpoint(path)
+    state = raw.get("resume")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: has no optimiser state to resume from (it was not written by a training run)")
+    saved = (raw.get("train") or {}).get("options", {})
+    for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit"):
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise CheckpointError(f"{path}: cannot resume with {key}={getattr(cfg, key)!r}; the run was started with {saved[key]!r}")
+    model.load_state_dict(raw["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), list(raw["train"].get("history", []))
+
+
+class OneCycle:
+    """fastai's ``fit_one_cycle``: LR cosine up from lr/25 over 25% of steps, then cosine down to lr/25e5,
+    with Adam's beta1 cycled 0.95 -> 0.85 -> 0.95 the opposite way. Valid for any number of steps.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, lr_max: float, total: int, pct_start: float = 0.25):
+        self.opt, self.lr_max, self.total, self.warm = opt, lr_max, max(total, 1), pct_start * max(total, 1)
+        self.step_num = 0
+        self._apply()
+
+    @staticmethod
+    def _cos(a: float, b: float, p: float) -> float:
+        return b + (a - b) * (1 + math.cos(math.pi * min(max(p, 0.0), 1.0))) / 2
+
+    def values(self, step: int) -> tuple[float, float]:
+        if step < self.warm:
+            p = step / self.warm
+            return self._cos(self.lr_max / 25, self.lr_max, p), self._cos(0.95, 0.85, p)
+        p = (step - self.warm) / max(self.total - self.warm, 1)
+        return self._cos(self.lr_max, self.lr_max / 25 / 1e5, p), self._cos(0.85, 0.95, p)
+
+    def _apply(self) -> None:
+        lr, beta1 = self.values(self.step_num)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+            if "betas" in g:
+                g["betas"] = (beta1, g["betas"][1])
+
+    def step(self) -> None:
+        self.step_num += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step_num": self.step_num}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step_num = int(state["step_num"])
+        self._apply()
+
