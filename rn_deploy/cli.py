@@ -153,7 +153,99 @@ def _add_train() -> None:
 
 _add_train()
 
-for _name in ("build", "validate", "inspect"):
+def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile: tuple[str, ...], sizes_from: Path | None,
+                    bands: int, batch: str, channels: int) -> list[Any]:
+    from .build import Profile, parse_shape, profiles_from_sizes, read_sizes
+
+    out = [Profile.parse(p) for p in profile]
+    given = [v is not None for v in (min_, opt, max_)]
+    if any(given):
+        if not all(given):
+            raise click.UsageError("--min, --opt and --max go together")
+        out.append(Profile(parse_shape(min_ or ""), parse_shape(opt or ""), parse_shape(max_ or "")))
+    if sizes_from is not None:
+        try:
+            b = tuple(int(v) for v in batch.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{batch!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32", param_hint="--batch") from None
+        if len(b) != 3:
+            raise click.BadParameter(f"{batch!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32", param_hint="--batch")
+        out += profiles_from_sizes(read_sizes(sizes_from), channels=channels, batch=b, bands=bands)  # type: ignore[arg-type]
+    return out
+
+
+@main.command("build")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine file [default: model.<backend>.engine beside the ONNX].")
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True)
+@click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
+@click.option("--min", "min_", default=None, help="Min input shape NxCxHxW (with --opt/--max).")
+@click.option("--opt", default=None, help="Opt input shape NxCxHxW.")
+@click.option("--max", "max_", default=None, help="Max input shape NxCxHxW.")
+@click.option("--profile", multiple=True, help="Extra profile MIN:OPT:MAX (repeatable).")
+@click.option("--sizes-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File of H x W seen in production (JSON list or HxW lines): derive profiles from it.")
+@click.option("--bands", type=click.IntRange(min=1), default=1, show_default=True, help="With --sizes-from: profiles by size band.")
+@click.option("--batch", default="1,8,32", show_default=True, help="With --sizes-from: MIN,OPT,MAX batch.")
+@click.option("--target", default=None, help="TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120.")
+@click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_: str | None, opt: str | None, max_: str | None,
+              profile: tuple[str, ...], sizes_from: Path | None, bands: int, batch: str, target: str | None, workspace: int | None,
+              opt_level: int | None, timing_cache: Path | None, as_json: bool) -> None:
+    """Compile MODEL.onnx into a TensorRT (or TensorRT-RTX) engine with optimisation profiles.
+
+    Writes the engine and ENGINE.json, its manifest (backend/version, precision, targets, profiles,
+    ONNX sha256, tensors). TensorRT-RTX builds on a machine without a GPU when --target is given.
+    """
+    from .build import build_engine, onnx_info
+
+    cfg = onnx_info(onnx_path)[1] if onnx_path.exists() else None
+    channels = int(cfg["in_channels"]) if cfg else 3
+    profiles = _parse_profiles(min_, opt, max_, profile, sizes_from, bands, batch, channels)
+    if out is None:
+        out = onnx_path.with_name(f"model.{backend}.engine")
+    targets = [t for t in target.split(",") if t.strip()] if target else None
+    m = build_engine(onnx_path, out, backend=backend, precision="fp16" if fp16 else "fp32", profiles=profiles,
+                     workspace=workspace * (1 << 20) if workspace else None, timing_cache=timing_cache, targets=targets,
+                     builder_opt_level=opt_level, log=stderr_log)
+    if as_json:
+        echo_json(m.to_dict())
+
+
+@main.command("inspect")
+@click.argument("engine", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print manifest and layers as JSON.")
+def inspect_cmd(engine: Path, as_json: bool) -> None:
+    """Print an engine's manifest and, where it can be deserialised here, its layers and precisions."""
+    from .build import inspect_engine
+
+    info = inspect_engine(engine)
+    if as_json:
+        echo_json(info)
+        return
+    m = info["manifest"]
+    for key in ("backend", "library_version", "precision", "strongly_typed", "targets", "build_gpu", "onnx_path", "onnx_sha256",
+                "engine_size", "built_at", "build_seconds"):
+        click.echo(f"{key:>16}: {m[key]}")
+    for i, p in enumerate(m["profiles"]):
+        for name, s in p.items():
+            click.echo(f"{'profile ' + str(i):>16}: {name} min {s['min']} opt {s['opt']} max {s['max']}")
+    for t in m["inputs"] + m["outputs"]:
+        click.echo(f"{'tensor':>16}: {t['name']} {t['dtype']} {t['shape']}")
+    for n in m["notes"]:
+        click.echo(f"{'note':>16}: {n}")
+    if info["layers"] is None:
+        click.echo(f"{'layers':>16}: not shown ({info['layers_skipped']})")
+    else:
+        for layer in info["layers"]:
+            click.echo(f"  {layer if isinstance(layer, str) else json.dumps(layer)[:200]}")
+
+
+for _name in ("validate",):
     _not_implemented(_name)
 
 

@@ -14,8 +14,20 @@ from rn_deploy.models import create_model
 
 FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
-HAS_TRT_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _has_trt_api(module: str) -> bool:
+    """Importable and really TensorRT (a failed `pip install tensorrt` can leave an empty namespace package)."""
+    if importlib.util.find_spec(module) is None:
+        return False
+    try:
+        return hasattr(importlib.import_module(module), "Builder")
+    except ImportError:
+        return False
+
+
+HAS_TRT_RTX = _has_trt_api("tensorrt_rtx_bindings")
+HAS_TRT = _has_trt_api("tensorrt")
 HAS_CUDA = torch.cuda.is_available()
 
 needs_fashion = pytest.mark.skipif(

@@ -1,0 +1,542 @@
+"""FP16/FP32 TensorRT engines with optimisation profiles: full TensorRT (10/11) and TensorRT-RTX.
+
+One code path for both backends where their APIs agree; small explicit branches where they
+differ, chosen by capability (``hasattr``), never by version string:
+
+- Precision. A builder with ``BuilderFlag.FP16`` (TensorRT <= 10) takes the FP32 ONNX and the flag
+  (weakly typed network). Builders without it (TensorRT >= 11, TensorRT-RTX) are strongly typed:
+  precision comes from the ONNX, so an FP32 ONNX asked to build FP16 is first converted to
+  ``<name>.fp16.onnx`` (FP16 weights and compute, FP32 I/O) with onnxconverter-common.
+- Targets. TensorRT-RTX builds for chosen compute capabilities (``--target sm89,sm120``) and so
+  runs on a CPU-only machine; full TensorRT builds for the GPU it runs on.
+- Timing cache: TensorRT only; TensorRT-RTX has a runtime cache instead (we say so).
+
+Type annotations name the TensorRT 10 API (``tensorrt-stubs``): mypy checks every call made on
+builder, config, network and parser objects against it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from . import names
+from ._io import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
+from .errors import BuildError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import tensorrt_bindings as trt_api  # TensorRT 10.x API from tensorrt-stubs
+
+MANIFEST_FORMAT = "rn-deploy-engine/1"
+BACKENDS = {
+    "tensorrt": ("tensorrt", "pip install tensorrt  (or the rn-deploy[trt] extra; needs an NVIDIA GPU and driver)"),
+    "tensorrt-rtx": ("tensorrt_rtx_bindings", "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings  (or rn-deploy[trt-rtx])"),
+}
+Log = Callable[[str], None]
+Shape = tuple[int, int, int, int]
+
+
+def import_backend(backend: str) -> Any:
+    """The TensorRT module of ``backend``, or :class:`MissingDependencyError` saying what to install."""
+    if backend not in BACKENDS:
+        raise BuildError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    module, install = BACKENDS[backend]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(f"backend {backend!r} needs the Python module {module!r} ({e}); install it: {install}") from None
+    if not hasattr(mod, "Builder"):  # e.g. an empty namespace package left by a failed install
+        raise MissingDependencyError(f"backend {backend!r}: module {module!r} is there but holds no TensorRT API; install it: {install}")
+    return mod
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> Shape:
+    """``'8x3x224x224'`` -> (8, 3, 224, 224)."""
+    try:
+        dims = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise BuildError(f"shape {text!r} is not NxCxHxW (e.g. 8x3x224x224)") from None
+    if len(dims) != 4:
+        raise BuildError(f"shape {text!r} has rank {len(dims)}; the input is NxCxHxW (rank 4)")
+    return dims  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimisation profile of the input tensor: min/opt/max NCHW shapes."""
+
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    @classmethod
+    def parse(cls, text: str) -> Profile:
+        """``'1x3x64x64:8x3x224x224:32x3x512x512'`` (min:opt:max)."""
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise BuildError(f"profile {text!r} is not MIN:OPT:MAX, e.g. 1x3x64x64:8x3x224x224:32x3x512x512")
+        lo, opt, hi = (parse_shape(p) for p in parts)
+        return cls(lo, opt, hi)
+
+    def covers(self, shape: Sequence[int]) -> bool:
+        return len(shape) == 4 and all(a <= s <= b for a, s, b in zip(self.min, shape, self.max, strict=True))
+
+    def check(self, channels: int | None, min_hw: int | None, where: str) -> None:
+        for label, s in (("min", self.min), ("opt", self.opt), ("max", self.max)):
+            if len(s) != 4:
+                raise BuildError(f"{where}: profile {label} shape {s} has rank {len(s)}; the input is NxCxHxW")
+            if min(s) < 1:
+                raise BuildError(f"{where}: profile {label} shape {fmt_shape(s)} has a dimension < 1")
+            if channels is not None and s[1] != channels:
+                raise BuildError(f"{where}: profile {label} shape {fmt_shape(s)} has {s[1]} channels; the model takes {channels}")
+        for i, axis in enumerate(("batch", "channels", "height", "width")):
+            if not self.min[i] <= self.opt[i] <= self.max[i]:
+                raise BuildError(f"{where}: profile {axis} must satisfy min <= opt <= max, got "
+                                 f"{self.min[i]} / {self.opt[i]} / {self.max[i]}")
+        if min_hw is not None and min(self.min[2:]) < min_hw:
+            raise BuildError(f"{where}: profile min {fmt_shape(self.min)} is below the model's minimum size {min_hw}x{min_hw}")
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Sequence[int]]) -> Profile:
+        return cls(tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))  # type: ignore[arg-type]
+
+
+def fmt_shape(s: Sequence[int]) -> str:
+    return "x".join(str(d) for d in s)
+
+
+def read_sizes(path: str | Path) -> list[tuple[int, int]]:
+    """Sizes seen in production: a JSON list (``[[h, w], ...]`` or ``["HxW", ...]``) or text, one ``HxW`` a line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise BuildError(f"{path}: cannot read sizes file ({e.strerror or e})") from None
+    try:
+        items: list[Any] = json.loads(text)
+        if not isinstance(items, list):
+            raise BuildError(f"{path}: JSON sizes file must hold a list")
+    except json.JSONDecodeError:
+        items = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    sizes = []
+    for it in items:
+        try:
+            h, w = (int(v) for v in (it.lower().split("x") if isinstance(it, str) else it))
+        except (ValueError, TypeError, AttributeError):
+            raise BuildError(f"{path}: {it!r} is not a size; use HxW (e.g. 480x640) or [h, w]") from None
+        sizes.append((h, w))
+    if not sizes:
+        raise BuildError(f"{path}: no sizes found")
+    return sizes
+
+
+def profiles_from_sizes(sizes: Sequence[tuple[int, int]], *, channels: int, batch: tuple[int, int, int] = (1, 8, 32),
+                        bands: int = 1) -> list[Profile]:
+    """Derive profiles from observed H×W: one per band of image area (sorted), min/max the band's extremes
+    per axis and opt its median size.
+    """
+    if bands < 1:
+        raise BuildError("bands must be >= 1")
+    ordered = sorted(sizes, key=lambda s: (s[0] * s[1], s))
+    n = len(ordered)
+    bands = min(bands, n)
+    out = []
+    for k in range(bands):
+        band = ordered[k * n // bands : (k + 1) * n // bands]
+        hs, ws = [s[0] for s in band], [s[1] for s in band]
+        med = band[len(band) // 2]
+        out.append(Profile((batch[0], channels, min(hs), min(ws)), (batch[1], channels, *med), (batch[2], channels, max(hs), max(ws))))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineManifest:
+    """``ENGINE.json``: what an engine is, what built it and for which GPUs."""
+
+    backend: str
+    library_version: str
+    precision: str
+    strongly_typed: bool
+    fp16_flag: bool
+    targets: list[str]
+    build_gpu: dict[str, Any] | None
+    profiles: list[dict[str, dict[str, list[int]]]]
+    onnx_path: str
+    onnx_sha256: str
+    built_from: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    build_seconds: float
+    built_at: str
+    options: dict[str, Any]
+    engine_path: str
+    engine_size: int
+    engine_sha256: str
+    config: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    format: str = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def input_profiles(self) -> list[Profile]:
+        return [Profile.from_dict(p[names.INPUT]) for p in self.profiles]
+
+    @classmethod
+    def load(cls, engine_path: str | Path) -> EngineManifest:
+        path = manifest_path(engine_path)
+        if not path.exists():
+            raise BuildError(f"{path}: no manifest beside the engine; rebuild it with `rn-deploy build`")
+        try:
+            d = json.loads(path.read_text())
+            if d.get("format") != MANIFEST_FORMAT:
+                raise BuildError(f"{path}: manifest format {d.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (json.JSONDecodeError, TypeError) as e:
+            raise BuildError(f"{path}: not a valid engine manifest ({e})") from None
+
+
+def manifest_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None]:
+    """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None)."""
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file
+        raise BuildError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
+    props = {p.key: p.value for p in m.metadata_props}
+    cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
+    min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
+    kinds = {t.data_type for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    return kinds == {onnx.TensorProto.FLOAT16}, cfg, min_size
+
+
+def _input_dims(path: Path) -> list[int | str]:
+    m = onnx.load(str(path), load_external_data=False)
+    if not m.graph.input:
+        raise BuildError(f"{path}: the graph has no inputs")
+    return [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+
+
+# --------------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------------
+
+
+def _make_progress_monitor(trt: Any, log: Log) -> Any | None:
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.t0: dict[str, float] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.t0[phase_name] = time.perf_counter()
+            if parent_phase is None:
+                log(f"build: {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return Monitor()
+
+
+def _parse(trt: Any, builder: trt_api.Builder, flags: int, onnx_path: Path, logger: Any) -> tuple[trt_api.INetworkDefinition, Any]:
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves external data (MODEL.onnx.data) relative to the file.
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            where = [f"node {e.node_name()}" if e.node_name() else "", f"op {e.node_operator()}" if e.node_operator() else ""]
+            where_s = ", ".join(w for w in where if w)
+            errs.append(e.desc().replace("\n", " ") + (f" ({where_s})" if where_s else ""))
+        raise BuildError(f"{onnx_path}: the ONNX parser failed: {'; '.join(errs) or 'no details given'}")
+    return network, parser
+
+
+def _gpu_info(trt: Any) -> dict[str, Any] | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001 - torch without CUDA support
+        return None
+    return None
+
+
+def _set_targets(trt: Any, config: trt_api.IBuilderConfig, targets: Sequence[str]) -> list[str]:
+    """TensorRT-RTX only: build for the named compute capabilities (sm75, sm80, sm86, sm89, sm120...)."""
+    cc_enum = trt.ComputeCapability
+    chosen = []
+    for t in targets:
+        key = t.strip().upper()
+        if not hasattr(cc_enum, key):
+            known = ", ".join(k.lower() for k in dir(cc_enum) if k.startswith("SM"))
+            raise BuildError(f"unknown target {t!r}; this TensorRT-RTX knows {known}")
+        chosen.append(getattr(cc_enum, key))
+    # Not in the TensorRT 10 API (and so not in the stubs): TensorRT-RTX's IBuilderConfig only.
+    config.num_compute_capabilities = len(chosen)  # type: ignore[attr-defined]
+    for i, cc in enumerate(chosen):
+        config.set_compute_capability(cc, i)  # type: ignore[attr-defined]
+    return [t.strip().lower() for t in targets]
+
+
+def ensure_fp16_onnx(onnx_path: Path, log: Log) -> Path:
+    """An FP16 (weights and compute, FP32 I/O) copy of an FP32 ONNX, for strongly typed builders."""
+    from .export import _to_fp16
+
+    out = onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx")
+    if out.exists() and out.stat().st_mtime >= onnx_path.stat().st_mtime and onnx_info(out)[0]:
+        log(f"fp16: using {out}")
+        return out
+    log(f"fp16: strongly typed builder; writing FP16 ONNX {out} (onnxconverter-common, FP32 I/O)")
+    model = onnx.load(str(onnx_path))
+    for p in model.metadata_props:
+        if p.key == "rn_deploy.precision":
+            p.value = "fp16"
+    half = _to_fp16(model, keep_io_fp32=True)
+    with atomic_path(out) as tmp:
+        onnx.save_model(half, str(tmp))
+    return out
+
+
+def build_engine(
+    onnx_path: str | Path,
+    out_path: str | Path,
+    *,
+    backend: str = "tensorrt",
+    precision: str = "fp16",
+    profiles: Sequence[Profile] = (),
+    workspace: int | None = None,
+    timing_cache: str | Path | None = None,
+    targets: Sequence[str] | None = None,
+    builder_opt_level: int | None = None,
+    log: Log | None = None,
+) -> EngineManifest:
+    """Build a serialised engine from an ONNX file and write ``OUT`` and ``OUT.json`` (the manifest).
+
+    Args:
+        onnx_path: the ONNX model (external data beside it is found by the parser).
+        out_path: engine file to write.
+        backend: ``tensorrt`` or ``tensorrt-rtx``.
+        precision: ``fp16`` or ``fp32``.
+        profiles: optimisation profiles for the input; at least one for dynamic inputs.
+        workspace: workspace memory pool limit in bytes; None means the library default.
+        timing_cache: TensorRT timing cache file, read if present and written back (no-op on TensorRT-RTX).
+        targets: TensorRT-RTX compute capabilities (e.g. ``["sm89", "sm120"]``); None means the local GPU.
+        builder_opt_level: builder optimisation level 0-5; None means the library default.
+        log: progress callback.
+    """
+    say = log or (lambda _s: None)
+    onnx_path, out = Path(onnx_path), Path(out_path)
+    if precision not in ("fp16", "fp32"):
+        raise BuildError(f"precision must be fp16 or fp32, got {precision!r}")
+    if not onnx_path.exists():
+        raise BuildError(f"{onnx_path}: no such file; export one with `rn-deploy export`")
+    is_fp16, cfg, min_hw = onnx_info(onnx_path)
+    dims = _input_dims(onnx_path)
+    channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
+    if not profiles:
+        raise BuildError("no optimisation profile given; pass --min/--opt/--max, --profile or --sizes-from")
+    for i, p in enumerate(profiles):
+        p.check(channels, min_hw, f"profile {i}")
+        for axis, d in enumerate(dims):
+            if isinstance(d, int) and d > 0 and not p.min[axis] == p.max[axis] == d:
+                raise BuildError(f"{onnx_path}: input axis {axis} is fixed at {d} in the ONNX, but profile {i} spans "
+                                 f"{p.min[axis]}..{p.max[axis]}; re-export with dynamic axes or match it")
+    trt = import_backend(backend)
+    notes: list[str] = []
+    has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
+    built_from = onnx_path
+    if precision == "fp32" and is_fp16:
+        raise BuildError(f"{onnx_path}: FP16 weights cannot make an FP32 engine; pass the FP32 ONNX (without --fp16 at export)")
+    if precision == "fp16" and not is_fp16 and not has_fp16_flag:
+        built_from = ensure_fp16_onnx(onnx_path, say)
+        notes.append(f"strongly typed builder: FP16 from {built_from.name} (converted from {onnx_path.name})")
+    strongly_typed = not has_fp16_flag or precision == "fp16" and is_fp16
+    use_fp16_flag = precision == "fp16" and has_fp16_flag and not strongly_typed
+
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder: trt_api.Builder = trt.Builder(logger)
+    flags = 0
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    say(f"parse: {built_from} ({backend} {trt.__version__}, {'strongly typed' if strongly_typed else 'weakly typed'})")
+    network, _parser = _parse(trt, builder, flags, built_from, logger)
+    config = builder.create_builder_config()
+    if use_fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if workspace is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    if builder_opt_level is not None:
+        config.builder_optimization_level = int(builder_opt_level)
+    if hasattr(trt, "ProfilingVerbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for `inspect`
+    monitor = _make_progress_monitor(trt, say)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    input_name = network.get_input(0).name
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        prof.set_shape(input_name, p.min, p.opt, p.max)
+        config.add_optimization_profile(prof)
+
+    target_names: list[str] = []
+    build_gpu = _gpu_info(trt)
+    if backend == "tensorrt-rtx":
+        if targets:
+            target_names = _set_targets(trt, config, targets)
+        elif build_gpu is None:
+            raise BuildError("no CUDA GPU visible: TensorRT-RTX needs --target (e.g. --target sm86,sm89,sm120) to build ahead of time")
+        else:
+            target_names = [f"sm{build_gpu['compute_capability'].replace('.', '')}"]
+    elif targets:
+        raise BuildError("--target is a TensorRT-RTX option; full TensorRT builds for the GPU it runs on")
+    elif build_gpu is None:
+        raise BuildError("no CUDA GPU visible: full TensorRT builds on the GPU it targets; use --backend tensorrt-rtx --target smXX "
+                         "to build ahead of time")
+
+    if timing_cache is not None:
+        if backend == "tensorrt-rtx":
+            notes.append("timing cache: no-op on TensorRT-RTX (it uses a runtime cache)")
+            say("timing cache: ignored, TensorRT-RTX has no builder timing cache (it uses a runtime cache)")
+        else:
+            tc = Path(timing_cache)
+            cache = config.create_timing_cache(tc.read_bytes() if tc.exists() else b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+
+    say(f"build: {len(profiles)} profile(s), {precision}" + (f", targets {','.join(target_names)}" if target_names else ""))
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError(f"{built_from}: the builder returned no engine (see the TensorRT messages above)")
+    data = bytes(memoryview(serialized))
+    if timing_cache is not None and backend != "tensorrt-rtx":
+        atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    build_s = time.perf_counter() - t0
+
+    ios = []
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        ios.append(("inputs", {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}))
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        ios.append(("outputs", {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}))
+    manifest = EngineManifest(
+        backend=backend, library_version=str(trt.__version__), precision=precision, strongly_typed=strongly_typed,
+        fp16_flag=use_fp16_flag, targets=target_names, build_gpu=build_gpu if backend == "tensorrt" or not targets else None,
+        profiles=[{input_name: p.to_dict()} for p in profiles], onnx_path=str(onnx_path), onnx_sha256=sha256_file(onnx_path),
+        built_from=str(built_from), inputs=[d for k, d in ios if k == "inputs"], outputs=[d for k, d in ios if k == "outputs"],
+        build_seconds=round(build_s, 3), built_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        options={"workspace": workspace, "builder_opt_level": builder_opt_level, "timing_cache": str(timing_cache) if timing_cache else None,
+                 "host": platform.node()},
+        engine_path=str(out), engine_size=len(data), engine_sha256="", config=cfg, notes=notes,
+    )
+    manifest.engine_sha256 = hashlib.sha256(data).hexdigest()
+    # Engine first, then its manifest: a manifest never describes a missing engine.
+    atomic_write_bytes(out, data)
+    atomic_write_text(manifest_path(out), json.dumps(manifest.to_dict(), indent=2))
+    say(f"wrote {out} ({len(data) / 1e6:.1f} MB) + {manifest_path(out).name} in {build_s:.1f}s")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Compatibility and inspection
+# --------------------------------------------------------------------------------------------
+
+
+def _rebuild_hint(m: EngineManifest) -> str:
+    return f"rebuild: rn-deploy build {m.onnx_path} -o {m.engine_path} --backend {m.backend}"
+
+
+def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
+    """Raise :class:`EngineCompatibilityError` unless ``trt`` and the GPU can run the engine of ``m``."""
+    from .errors import EngineCompatibilityError
+
+    where = manifest_path(m.engine_path)
+    installed = str(trt.__version__)
+    if installed.split(".")[:3] != m.library_version.split(".")[:3]:
+        raise EngineCompatibilityError(f"{where}: engine built with {m.backend} {m.library_version}, installed is {installed}; "
+                                       f"{_rebuild_hint(m)}")
+    if gpu_cc is None:
+        raise EngineCompatibilityError(f"{where}: no CUDA GPU visible; {m.backend} engines need one to run")
+    sm = "sm" + gpu_cc.replace(".", "")
+    if m.backend == "tensorrt-rtx" and m.targets and sm not in m.targets:
+        raise EngineCompatibilityError(f"{where}: engine targets {','.join(m.targets)}, this GPU is {sm}; "
+                                       f"{_rebuild_hint(m)} --target {sm}")
+    if m.backend == "tensorrt" and m.build_gpu and m.build_gpu.get("compute_capability") != gpu_cc:
+        raise EngineCompatibilityError(f"{where}: engine built for compute capability {m.build_gpu.get('compute_capability')}, "
+                                       f"this GPU is {gpu_cc}; {_rebuild_hint(m)} (on this GPU)")
+
+
+def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, Any]:
+    """Check the manifest against the installed library and GPU, then deserialise: (manifest, trt, engine)."""
+    from .errors import EngineCompatibilityError
+
+    engine_path = Path(engine_path)
+    if not engine_path.exists():
+        raise BuildError(f"{engine_path}: no such engine file")
+    m = EngineManifest.load(engine_path)
+    data = engine_path.read_bytes()
+    if m.engine_sha256 and hashlib.sha256(data).hexdigest() != m.engine_sha256:
+        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
+                                       f"or truncated; {_rebuild_hint(m)}")
+    trt = import_backend(m.backend)
+    gpu = _gpu_info(trt)
+    check_compatible(m, trt, gpu["compute_capability"] if gpu else None)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise EngineCompatibilityError(f"{engine_path}: {m.backend} could not deserialise the engine; {_rebuild_hint(m)}")
+    return m, trt, engine
+
+
+def inspect_engine(engine_path: str | Path) -> dict[str, Any]:
+    """The manifest, plus the engine inspector's layers and precisions where the engine can be deserialised."""
+    m = EngineManifest.load(engine_path)
+    out: dict[str, Any] = {"manifest": m.to_dict(), "layers": None, "layers_skipped": None}
+    try:
+        _m, trt, engine = load_engine_checked(engine_path)
+    except Exception as e:  # noqa: BLE001 - report why layer info is unavailable, keep the manifest
+        out["layers_skipped"] = str(e)
+        return out
+    insp = engine.create_engine_inspector()
+    info = json.loads(insp.get_engine_information(trt.LayerInformationFormat.JSON))
+    out["layers"] = info.get("Layers", info)
+    return out
