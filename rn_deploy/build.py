@@ -288,6 +288,10 @@ def _parse(trt: Any, builder: trt_api.Builder, flags: int, onnx_path: Path, logg
     return network, parser
 
 
+def _dims(d: trt_api.Dims) -> list[int]:
+    return [int(d[i]) for i in range(len(d))]
+
+
 def _gpu_info(trt: Any) -> dict[str, Any] | None:
     try:
         import torch
@@ -415,7 +419,7 @@ def build_engine(
     input_name = network.get_input(0).name
     for p in profiles:
         prof = builder.create_optimization_profile()
-        prof.set_shape(input_name, p.min, p.opt, p.max)
+        prof.set_shape(input_name, trt.Dims(p.min), trt.Dims(p.opt), trt.Dims(p.max))
         config.add_optimization_profile(prof)
 
     target_names: list[str] = []
@@ -454,10 +458,10 @@ def build_engine(
     ios = []
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        ios.append(("inputs", {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}))
+        ios.append(("inputs", {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": _dims(t.shape)}))
     for i in range(network.num_outputs):
         t = network.get_output(i)
-        ios.append(("outputs", {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}))
+        ios.append(("outputs", {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": _dims(t.shape)}))
     manifest = EngineManifest(
         backend=backend, library_version=str(trt.__version__), precision=precision, strongly_typed=strongly_typed,
         fp16_flag=use_fp16_flag, targets=target_names, build_gpu=build_gpu if backend == "tensorrt" or not targets else None,
