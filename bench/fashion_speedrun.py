@@ -29,6 +29,10 @@ CONFIGS = {
                           "--label-smoothing", "0.1"],
     "r18-s56-e60-bs512": ["--arch", "resnet18", "--size", "56", "--epochs", "60", "--batch-size", "512", "--lr", "6e-3",
                           "--label-smoothing", "0.1"],
+    "r18-s64-e16-bs512": ["--arch", "resnet18", "--size", "64", "--epochs", "16", "--batch-size", "512", "--lr", "6e-3",
+                          "--label-smoothing", "0.1"],
+    "r18-s56-e24-bs512-mixup": ["--arch", "resnet18", "--size", "56", "--epochs", "24", "--batch-size", "512", "--lr", "6e-3",
+                                "--mixup", "0.2"],
     "r18-s48-e40-ls": ["--arch", "resnet18", "--size", "48", "--epochs", "40", "--batch-size", "256", "--lr", "4e-3",
                        "--label-smoothing", "0.1"],
 }

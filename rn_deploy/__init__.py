@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .checkpoint import Checkpoint, ModelConfig, load_checkpoint, save_checkpoint
+from .engine import Engine, Prediction
 from .errors import RnDeployError
 from .models import create_model, list_models
 
@@ -10,6 +11,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",
+    "Engine",
+    "Prediction",
     "ModelConfig",
     "RnDeployError",
     "create_model",

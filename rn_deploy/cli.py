@@ -245,8 +245,59 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
             click.echo(f"  {layer if isinstance(layer, str) else json.dumps(layer)[:200]}")
 
 
-for _name in ("validate",):
-    _not_implemented(_name)
+def _split_ints(value: str, what: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use comma-separated integers", param_hint=what) from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"{value!r}: use positive integers", param_hint=what)
+    return out
+
+
+@main.command("validate")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model.pt: the FP32 reference.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX model to check.")
+@click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT engine to check.")
+@click.option("--backends", default=None,
+              help="Comma list of torch,torch-fp16,ort-cpu,ort-cuda,ort-cuda-graph,trt,trt-graph [default: all that apply].")
+@click.option("--sizes", default=None, help="Comma list of H or HxW [default: profiles' min/opt/max or the training size, plus 97x211].")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of real images as inputs.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder [default: the checkpoint's folder].")
+@click.option("--tol", multiple=True, help="Tolerance override, e.g. rel_l2=1e-2 or fp16.cosine=0.998 (repeatable).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, backends: str | None, sizes: str | None,
+                 batches: str, images: Path | None, out: Path | None, tol: tuple[str, ...], warmup: int, iters: int,
+                 as_json: bool) -> None:
+    """Check parity (vs PyTorch FP32) and latency of torch / ONNX Runtime / TensorRT across sizes and batches.
+
+    Exit code 0 only if every cell that ran is within tolerance. Backends that cannot run here
+    (no GPU, library missing) are listed as skipped with the reason.
+    """
+    from .errors import ValidationFailed
+    from .validate import parse_tolerance_overrides, run_validation
+
+    size_list = [parse_hw(s) for s in sizes.split(",") if s.strip()] if sizes else None
+    rep, files = run_validation(
+        checkpoint, onnx_path=onnx_path, engine_path=engine, backends=backends.split(",") if backends else None, sizes=size_list,
+        batches=_split_ints(batches, "--batch"), images=images, out_dir=out or checkpoint.parent,
+        tolerances=parse_tolerance_overrides(tol), warmup=warmup, iters=iters, log=stderr_log,
+    )
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        for name, b in rep.backends.items():
+            click.echo(f"{name:>22}: " + ("ran" if b["ran"] else f"skipped ({b['reason']})"))
+        click.echo(f"report: {', '.join(files.values())}")
+    if not rep.passed:
+        bad = [c for c in rep.cells if c.skipped is None and not c.passed]
+        raise ValidationFailed(f"{len(bad)} of {sum(c.skipped is None for c in rep.cells)} cells out of tolerance "
+                               f"(first: {bad[0].backend} {bad[0].batch}x{bad[0].height}x{bad[0].width}: {'; '.join(bad[0].failures)})"
+                               if bad else "no cell ran; see the skipped backends")
 
 
 if __name__ == "__main__":
