@@ -300,5 +300,31 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
                                if bad else "no cell ran; see the skipped backends")
 
 
+@main.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exports/demo"), show_default=True)
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--limit", type=click.IntRange(min=64), default=4000, show_default=True, help="Training/validation images.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--data", default=None, help="Fashion-MNIST folder [default: /usr/share/datasets/fashion-mnist].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo_cmd(out: Path, arch: str, epochs: int, limit: int, device: str, data: str | None, as_json: bool) -> None:
+    """The whole pipeline on real Fashion-MNIST: train, export, build, validate, into OUT.
+
+    Builds with full TensorRT where it and a GPU exist, else TensorRT-RTX ahead of time for
+    sm86/sm89/sm120 (it builds without a GPU), else skips the build and says why.
+    """
+    from .demo import run_demo
+
+    summary = run_demo(out, arch=arch, epochs=epochs, limit=limit, device=device, data=data, log=stderr_log)
+    if as_json:
+        echo_json(summary)
+    else:
+        for name, b in summary["backends"].items():
+            click.echo(f"{name:>22}: " + ("ran" if b["ran"] else f"skipped ({b['reason']})"))
+        click.echo(f"accuracy {summary['accuracy']:.4f}; engine: {summary['engine'] or 'none'} ({summary['engine_note']})")
+        click.echo(f"report: {summary['report'].get('markdown')} (+ latency.png, parity.png); validation passed")
+
+
 if __name__ == "__main__":
     main()

@@ -54,7 +54,7 @@ def preprocess(images: Sequence[np.ndarray], size: tuple[int, int] | None, chann
             raise RnDeployError(f"image {i}: has {a.shape[2]} channel(s), the model takes {channels}; convert it first ({how})")
         if a.dtype != np.uint8:
             raise RnDeployError(f"image {i}: dtype {a.dtype}, expected uint8 pixels 0-255; pass a normalised tensor instead")
-        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()
+        t = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float()
         if size is not None and tuple(t.shape[1:]) != tuple(size):
             t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         batch.append(t)

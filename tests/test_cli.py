@@ -9,6 +9,8 @@ from click.testing import CliRunner
 
 from rn_deploy.cli import main
 
+from .conftest import HAS_TRT_RTX, needs_fashion
+
 
 def test_help_lists_commands():
     out = CliRunner().invoke(main, ["--help"]).output
@@ -34,3 +36,19 @@ def test_console_script_error_is_one_line(tmp_path: Path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.pt" in lines[0]
+
+
+@needs_fashion
+def test_readme_demo_runs_the_whole_pipeline(tmp_path: Path):
+    """The README's main job (`rn-deploy demo`), smaller: train, export, build, validate, report."""
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--limit", "512", "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["passed"] and summary["accuracy"] > 0.2
+    for f in ("model.pt", "model.onnx", "model.fp16.onnx", "report.json", "report.md", "latency.png", "parity.png"):
+        assert (out / f).stat().st_size > 0, f
+    if HAS_TRT_RTX:
+        assert (out / "model.tensorrt-rtx.engine").stat().st_size > 100_000
+        assert json.loads((out / "model.tensorrt-rtx.engine.json").read_text())["precision"] == "fp16"
+    assert len(list((out / "samples").glob("*.png"))) == 16

@@ -1,0 +1,94 @@
+"""The embedded default job: train -> export -> build -> validate, into one folder.
+
+``rn-deploy demo`` trains a small ResNet on real Fashion-MNIST, exports FP32 and FP16 ONNX,
+builds an engine with the TensorRT flavour available (full TensorRT on an NVIDIA GPU, else
+TensorRT-RTX ahead of time for Ampere/Ada/Blackwell targets, else says why not), and validates
+every backend that can run here on real test images. It leaves ``OUT/`` with model.pt,
+model.onnx, model.fp16.onnx, the engine + manifest, samples/, report.json, report.md,
+latency.png and parity.png, and returns a summary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .build import Profile, build_engine
+from .errors import RnDeployError
+from .export import export_onnx
+from .validate import run_validation
+
+Log = Callable[[str], None]
+RTX_TARGETS = ["sm86", "sm89", "sm120"]
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _pick_backend() -> tuple[str | None, list[str] | None, str]:
+    import torch
+
+    if _has_module("tensorrt") and torch.cuda.is_available():
+        try:
+            import tensorrt
+
+            if hasattr(tensorrt, "Builder"):
+                return "tensorrt", None, "full TensorRT with a local GPU"
+        except ImportError:
+            pass
+    if _has_module("tensorrt_rtx_bindings"):
+        if torch.cuda.is_available():
+            return "tensorrt-rtx", None, "TensorRT-RTX for the local GPU"
+        return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} (no GPU here)"
+    return None, None, "no TensorRT flavour installed (pip install 'rn-deploy[trt]' or 'rn-deploy[trt-rtx]')"
+
+
+def _write_samples(folder: Path, n: int, data: str | None) -> Path:
+    from PIL import Image
+
+    from train.data import load_fashion_mnist
+
+    test = load_fashion_mnist(data, "test")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(test.images[i, 0].numpy()).save(folder / f"{i:03d}_{test.class_names[int(test.labels[i])].replace('/', '-')}.png")
+    return folder
+
+
+def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs: int = 1, limit: int | None = 4000,
+             size: int = 28, device: str = "auto", data: str | None = None, log: Log | None = None) -> dict[str, Any]:
+    """Run the whole pipeline on Fashion-MNIST; see the module docstring."""
+    from train import TrainConfig, fit
+
+    say = log or (lambda _s: None)
+    out = Path(out)
+    say(f"[1/4] train {arch} on Fashion-MNIST ({limit or 'all'} images, {epochs} epoch(s))")
+    res = fit(TrainConfig(arch=arch, dataset="fashion-mnist", data=data, epochs=epochs, batch_size=128, lr=5e-3, size=size,
+                          device=device, out=str(out), limit=limit), log=say)
+    ckpt = Path(res.checkpoint)
+    say("[2/4] export ONNX (FP32 and FP16), verified against PyTorch at other sizes")
+    e32 = export_onnx(ckpt, out / "model.onnx", log=say)
+    e16 = export_onnx(ckpt, out / "model.fp16.onnx", fp16=True, log=say)
+    backend, targets, why = _pick_backend()
+    profile = Profile((1, 1, 32, 32), (8, 1, 64, 64), (32, 1, 256, 256))
+    engine_path: Path | None = None
+    if backend is None:
+        say(f"[3/4] build: skipped: {why}")
+    else:
+        say(f"[3/4] build FP16 engine: {why}")
+        engine_path = out / f"model.{backend}.engine"
+        build_engine(out / "model.onnx", engine_path, backend=backend, precision="fp16", profiles=[profile], targets=targets, log=say)
+    say("[4/4] validate on real Fashion-MNIST test images")
+    samples = _write_samples(out / "samples", 16, data)
+    rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path,
+                                backends=["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"],
+                                sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out, iters=5, log=say)
+    summary = {"accuracy": res.accuracy, "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,
+               "engine": str(engine_path) if engine_path else None, "engine_note": why, "report": files, "passed": rep.passed,
+               "backends": rep.backends}
+    if not rep.passed:
+        raise RnDeployError(f"{files.get('markdown')}: validation failed; see the report")
+    return summary
