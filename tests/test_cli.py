@@ -42,7 +42,7 @@ def test_console_script_error_is_one_line(tmp_path: Path):
 def test_readme_demo_runs_the_whole_pipeline(tmp_path: Path):
     """The README's main job (`rn-deploy demo`), smaller: train, export, build, validate, report."""
     out = tmp_path / "demo"
-    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--limit", "512", "--json", "--device", "cpu"])
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--limit", "1024", "--epochs", "2", "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["passed"] and summary["accuracy"] > 0.2
