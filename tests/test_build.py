@@ -148,3 +148,43 @@ def test_full_tensorrt_build_fp16_and_inspect(onnx32: Path, tmp_path: Path):
     assert m.build_gpu is not None and (tmp_path / "tc").stat().st_size > 0
     info = inspect_engine(tmp_path / "t.engine")
     assert info["layers"], info["layers_skipped"]
+
+
+def _runnable_backend() -> tuple[str, list[str] | None] | None:
+    """A TensorRT flavour that can run engines on this machine's GPU, if any."""
+    if not HAS_CUDA:
+        return None
+    import torch
+
+    if HAS_TRT:
+        return "tensorrt", None
+    major, minor = torch.cuda.get_device_capability()
+    if HAS_TRT_RTX and (major, minor) != (9, 0) and major >= 8:  # TensorRT-RTX: Ampere, Ada, Blackwell; not Hopper
+        return "tensorrt-rtx", None
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_runnable_backend() is None, reason="needs a GPU with full TensorRT, or TensorRT-RTX on Ampere/Ada/Blackwell")
+def test_trt_runner_matches_the_reference(onnx32: Path, tmp_path: Path):
+    import torch
+
+    from rn_deploy import Engine
+    from rn_deploy.metrics import parity
+    from rn_deploy.runners import TorchRunner, TrtRunner
+
+    backend, targets = _runnable_backend()  # type: ignore[misc]
+    p2 = Profile((1, 3, 257, 257), (2, 3, 300, 300), (4, 3, 400, 400))
+    build_engine(onnx32, tmp_path / "e.engine", backend=backend, precision="fp16", profiles=[P, p2], targets=targets)
+    ref = TorchRunner(onnx32.with_name("model.pt"))
+    for graph in (False, True):
+        r = TrtRunner(tmp_path / "e.engine", cuda_graph=graph)
+        for shape in ((1, 3, 97, 211), (4, 3, 64, 64), (2, 3, 320, 300)):  # the last one uses the second profile
+            x = torch.randn(*shape)
+            for _ in range(2):
+                out = r.infer(r.prepare(x)).cpu().numpy()
+                assert parity(ref.infer(x).numpy(), out).rel_l2 < 2e-2
+        assert r.covers((16, 3, 64, 64)) is not None
+    eng = Engine.load(tmp_path / "e.engine")
+    assert eng.max_batch == 8 and len(eng.predict(torch.randn(10, 3, 64, 64))) == 10

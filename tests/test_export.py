@@ -18,7 +18,7 @@ from rn_deploy.errors import ExportError
 from rn_deploy.export import ExportVerificationError, export_onnx, read_onnx_config
 from rn_deploy.models import get_model_spec, list_models
 
-from .conftest import make_checkpoint
+from .conftest import FASHION_DIR, make_checkpoint, needs_fashion
 
 
 def _ort(path: Path) -> ort.InferenceSession:
@@ -160,3 +160,25 @@ def test_cli_usage_errors(tmp_path: Path, tiny_ckpt: Path):
     assert res.exit_code == 2 and "not a size" in res.output
     res = CliRunner().invoke(main, ["export", str(tiny_ckpt), "--fp16-io"])
     assert res.exit_code == 2
+
+
+@needs_fashion
+def test_fp16_export_of_a_trained_model_agrees_on_real_images(tmp_path: Path):
+    """Train a tiny model on real Fashion-MNIST, export FP16, compare top-1 on 1,000 real test images."""
+    from train import TrainConfig, fit
+    from train.data import load_fashion_mnist
+
+    res = fit(TrainConfig(arch="resnet18", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=64, lr=3e-3,
+                          size=32, device="cpu", out=str(tmp_path), limit=2000), progress=False)
+    f16 = export_onnx(res.checkpoint, tmp_path / "model.fp16.onnx", fp16=True)
+    assert f16.passed
+    ck = load_checkpoint(res.checkpoint)
+    test = load_fashion_mnist(FASHION_DIR, "test").subset(1000)
+    x = (test.images.float() / 255 - ck.config.mean[0]) / ck.config.std[0]
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        ref = ck.model(x).numpy()
+    got = _ort(tmp_path / "model.fp16.onnx").run(None, {names.INPUT: x.numpy()})[0]
+    agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    assert agree >= 0.99, agree
+    assert float(np.mean(ref.argmax(1) == test.labels.numpy())) > 0.6  # the model really learned something
