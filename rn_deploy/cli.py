@@ -146,9 +146,10 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
 
 
 def _add_train() -> None:
-    from train.cli import train_command
+    from train.cli import lr_find_command, show_batch_command, train_command
 
-    main.add_command(train_command)
+    for cmd in (train_command, lr_find_command, show_batch_command):
+        main.add_command(cmd)
 
 
 _add_train()
@@ -298,6 +299,25 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
         raise ValidationFailed(f"{len(bad)} of {sum(c.skipped is None for c in rep.cells)} cells out of tolerance "
                                f"(first: {bad[0].backend} {bad[0].batch}x{bad[0].height}x{bad[0].width}: {'; '.join(bad[0].failures)})"
                                if bad else "no cell ran; see the skipped backends")
+
+
+@main.command("summary")
+@click.argument("arch")
+@click.option("--size", type=HWType(), default="224", show_default=True, help="Input H or HxW.")
+@click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels [default: the model's].")
+@click.option("--n-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows and totals as JSON.")
+def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_classes: int, as_json: bool) -> None:
+    """Layer table of ARCH (like fastai's learn.summary()): type, output shape, params, trainable, mult-adds."""
+    from .models import create_model, get_model_spec
+    from .summary import summarize
+
+    ch = in_channels or get_model_spec(arch).default_in_channels
+    s = summarize(create_model(arch, n_classes=n_classes, in_channels=ch), (1, ch, *size))
+    if as_json:
+        echo_json(s.to_dict())
+    else:
+        click.echo(s.table())
 
 
 @main.command("demo")

@@ -8,6 +8,7 @@ DistributedDataParallel: NCCL on CUDA, gloo on CPU. Rank 0 alone prints and writ
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -41,7 +42,9 @@ class TrainConfig:
         epochs: total epochs (the sum of the phases when ``sizes`` is a schedule).
         batch_size: per-process batch size.
         lr: peak learning rate of the one-cycle schedule.
-        size: training image size (H = W).
+        size: training image size (H = W); with ``schedule`` the last phase's size.
+        schedule: progressive resizing: ``[(size, epochs), ...]`` phases, run in order under one
+            one-cycle schedule spanning all of them; ``epochs`` becomes their sum.
         presize: decode size for image folders (random crops of ``size`` are taken from it).
         device: ``cuda``, ``cpu`` or ``auto``.
         out: output folder; the checkpoint is ``out/model.pt``.
@@ -79,7 +82,35 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     workers: int | None = None
+    schedule: list[tuple[int, int]] | None = None
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise RnDeployError(f"--size {self.size}: images must be at least 8 pixels")
+        if self.schedule:
+            self.schedule = [(int(s), int(e)) for s, e in self.schedule]
+            if any(s < 8 or e < 1 for s, e in self.schedule):
+                raise RnDeployError(f"size schedule {self.schedule}: sizes must be >= 8 and epochs >= 1")
+            self.epochs = sum(e for _, e in self.schedule)
+            self.size = self.schedule[-1][0]
+
+    def epoch_sizes(self) -> list[int]:
+        """The image size of each epoch."""
+        return [s for s, e in (self.schedule or [(self.size, self.epochs)]) for _ in range(e)]
+
+
+def parse_size_schedule(text: str) -> tuple[int, list[tuple[int, int]] | None]:
+    """``'28'`` -> (28, None); ``'64:4,128:4,224:2'`` -> (224, [(64, 4), (128, 4), (224, 2)])."""
+    try:
+        if ":" not in text:
+            return int(text), None
+        phases = [(int(a), int(b)) for a, b in (p.split(":") for p in text.split(",") if p.strip())]
+    except ValueError:
+        raise RnDeployError(f"--size {text!r}: use N, or SIZE:EPOCHS phases like 64:4,128:4,224:2") from None
+    if not phases:
+        raise RnDeployError(f"--size {text!r}: no phases")
+    return phases[-1][0], phases
 
 
 @dataclass
@@ -215,11 +246,13 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
 def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
          data: tuple[ImageSet, ImageSet] | None, show: bool) -> TrainResult:
     get_model_spec(cfg.arch)  # unknown arch fails before the data loads
-    train_set, val_set = data or load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, cfg.size), workers=cfg.workers)
+    train_set, val_set = data or load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, *cfg.epoch_sizes()),
+                                                 workers=cfg.workers)
     train_set, val_set = train_set.subset(cfg.limit, cfg.seed), val_set.subset(cfg.limit, cfg.seed)
     say(f"data: {cfg.dataset} {len(train_set)} train / {len(val_set)} val images, {len(train_set.class_names)} classes, "
         f"device {dev}{f' x{world} (DDP)' if world > 1 else ''}")
-    size = (cfg.size, cfg.size)
+    sizes = cfg.epoch_sizes()
+    size = (sizes[0], sizes[0])
     use_cl = cfg.channels_last and dev.type == "cuda"
     train_dl = DeviceLoader(train_set, cfg.batch_size, size, dev, train=True, rank=rank, world=world, seed=cfg.seed, channels_last=use_cl)
     val_dl = DeviceLoader(val_set, cfg.batch_size * 2, size, dev, train=False, rank=rank, world=world, channels_last=use_cl)
@@ -256,6 +289,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
         for epoch in range(start_epoch, cfg.epochs):
             net.train()
             train_dl.set_epoch(epoch)
+            train_dl.size = val_dl.size = (sizes[epoch], sizes[epoch])
             task = bar.task(f"epoch {epoch + 1}/{cfg.epochs}", len(train_dl))
             loss_sum = torch.zeros((), device=dev)
             n_seen, shown, t0 = 0, 0, time.perf_counter()
@@ -288,7 +322,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             train_time += ep_time
             train_loss = loss_sum.item() / max(len(train_dl), 1)
             metrics = evaluate(net, val_dl, amp_dtype)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "img_per_s": n_seen * world / ep_time,
+            row = {"epoch": epoch + 1, "size": sizes[epoch], "train_loss": train_loss, **metrics, "img_per_s": n_seen * world / ep_time,
                    "seconds": time.perf_counter() - t_start}
             history.append(row)
             if rank == 0:
@@ -320,8 +354,8 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: One
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: has no optimiser state to resume from (it was not written by a training run)")
     saved = (raw.get("train") or {}).get("options", {})
-    for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit"):
-        if key in saved and saved[key] != getattr(cfg, key):
+    for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule"):
+        if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(getattr(cfg, key))):
             raise CheckpointError(f"{path}: cannot resume with {key}={getattr(cfg, key)!r}; the run was started with {saved[key]!r}")
     model.load_state_dict(raw["state_dict"])
     opt.load_state_dict(state["optimizer"])
