@@ -320,6 +320,20 @@ def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_cla
         click.echo(s.table())
 
 
+@main.command("export-triton")
+@click.argument("model", metavar="ENGINE|ONNX", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True, help="Triton model repository folder.")
+@click.option("--name", required=True, help="Model name (the folder inside the repository).")
+@click.option("--max-batch", type=int, default=None, help="max_batch_size [default: the engine's largest profile batch, or 32].")
+@click.option("--force", is_flag=True, help="Replace an existing model folder.")
+def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None, force: bool) -> None:
+    """Write a Triton Inference Server model folder (config.pbtxt, labels.txt, 1/model.plan or 1/model.onnx)."""
+    from .triton import export_triton
+
+    dest = export_triton(model, repo, name, max_batch=max_batch, force=force)
+    click.echo(f"wrote {dest} ({', '.join(sorted(p.name for p in dest.rglob('*') if p.is_file()))})")
+
+
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exports/demo"), show_default=True)
 @click.option("--arch", default="resnet18", show_default=True)
