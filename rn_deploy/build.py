@@ -227,10 +227,9 @@ def manifest_path(engine_path: str | Path) -> Path:
 
 def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None]:
     """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None)."""
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file
-        raise BuildError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
+    from .export import check_onnx_file
+
+    m = check_onnx_file(path)
     props = {p.key: p.value for p in m.metadata_props}
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
@@ -490,7 +489,7 @@ def _rebuild_hint(m: EngineManifest) -> str:
 
 
 def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
-    """Raise :class:`EngineCompatibilityError` unless ``trt`` and the GPU can run the engine of ``m``."""
+    """Raise :class:`EngineCompatibilityError` unless ``trt`` (and the GPU, when ``gpu_cc`` is given) can run ``m``'s engine."""
     from .errors import EngineCompatibilityError
 
     where = manifest_path(m.engine_path)
@@ -499,7 +498,7 @@ def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
         raise EngineCompatibilityError(f"{where}: engine built with {m.backend} {m.library_version}, installed is {installed}; "
                                        f"{_rebuild_hint(m)}")
     if gpu_cc is None:
-        raise EngineCompatibilityError(f"{where}: no CUDA GPU visible; {m.backend} engines need one to run")
+        return
     sm = "sm" + gpu_cc.replace(".", "")
     if m.backend == "tensorrt-rtx" and m.targets and sm not in m.targets:
         raise EngineCompatibilityError(f"{where}: engine targets {','.join(m.targets)}, this GPU is {sm}; "
@@ -509,8 +508,8 @@ def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
                                        f"this GPU is {gpu_cc}; {_rebuild_hint(m)} (on this GPU)")
 
 
-def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, Any]:
-    """Check the manifest against the installed library and GPU, then deserialise: (manifest, trt, engine)."""
+def check_engine_file(engine_path: str | Path) -> tuple[EngineManifest, Any, bytes]:
+    """Everything that can be checked without a GPU: manifest, digest, library installed and same version."""
     from .errors import EngineCompatibilityError
 
     engine_path = Path(engine_path)
@@ -522,13 +521,28 @@ def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, A
         raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
                                        f"or truncated; {_rebuild_hint(m)}")
     trt = import_backend(m.backend)
+    check_compatible(m, trt, None)
+    return m, trt, data
+
+
+def deserialize_checked(m: EngineManifest, trt: Any, data: bytes) -> Any:
+    """Check the GPU against the manifest, then deserialise the engine."""
+    from .errors import EngineCompatibilityError
+
     gpu = _gpu_info(trt)
-    check_compatible(m, trt, gpu["compute_capability"] if gpu else None)
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(data)
+    if gpu is None:
+        raise EngineCompatibilityError(f"{m.engine_path}: no CUDA GPU visible; {m.backend} engines need one to run")
+    check_compatible(m, trt, gpu["compute_capability"])
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
     if engine is None:
-        raise EngineCompatibilityError(f"{engine_path}: {m.backend} could not deserialise the engine; {_rebuild_hint(m)}")
-    return m, trt, engine
+        raise EngineCompatibilityError(f"{m.engine_path}: {m.backend} could not deserialise the engine; {_rebuild_hint(m)}")
+    return engine
+
+
+def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, Any]:
+    """Check the manifest against the installed library and GPU, then deserialise: (manifest, trt, engine)."""
+    m, trt, data = check_engine_file(engine_path)
+    return m, trt, deserialize_checked(m, trt, data)
 
 
 def inspect_engine(engine_path: str | Path) -> dict[str, Any]:

@@ -106,7 +106,10 @@ def save_checkpoint(
     payload = {"format": FORMAT, "config": config.to_dict(), "state_dict": state, "train": dict(train or {}), **extra}
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (disk full) as RuntimeError
+            raise CheckpointError(f"{path}: write failed ({str(e).splitlines()[0][:120]}); check free space and permissions") from None
     return path
 
 
@@ -121,7 +124,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+        if "global" in str(e).lower():  # the pickle names a Python callable/class: code would run on a full load
             raise CheckpointError(
                 f"{path}: refused: the file holds Python objects that only a full unpickle could build "
                 f"(not a weights-only checkpoint); nothing was executed. Re-save it with rn-deploy"

@@ -40,10 +40,29 @@ def _pick_backend() -> tuple[str | None, list[str] | None, str]:
         except ImportError:
             pass
     if _has_module("tensorrt_rtx_bindings"):
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9:
             return "tensorrt-rtx", None, "TensorRT-RTX for the local GPU"
+        if torch.cuda.is_available():
+            return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} (it does not run on Hopper)"
         return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} (no GPU here)"
     return None, None, "no TensorRT flavour installed (pip install 'rn-deploy[trt]' or 'rn-deploy[trt-rtx]')"
+
+
+def _runs_here(engine_path: Path) -> bool:
+    """Whether this machine's library and GPU can run the engine (no GPU: validation skips it anyway)."""
+    import torch
+
+    from .build import EngineManifest, check_compatible, import_backend
+
+    if not torch.cuda.is_available():
+        return True
+    m = EngineManifest.load(engine_path)
+    major, minor = torch.cuda.get_device_capability()
+    try:
+        check_compatible(m, import_backend(m.backend), f"{major}.{minor}")
+    except RnDeployError:
+        return False
+    return True
 
 
 def _write_samples(folder: Path, n: int, data: str | None) -> Path:
@@ -81,9 +100,14 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
         say(f"[3/4] build FP16 engine: {why}")
         engine_path = out / f"model.{backend}.engine"
         build_engine(out / "model.onnx", engine_path, backend=backend, precision="fp16", profiles=[profile], targets=targets, log=say)
+    if engine_path is not None and not _runs_here(engine_path):
+        say(f"validate: the engine cannot run on this machine ({why}); validating PyTorch and ONNX Runtime")
+        engine_path_for_validation = None
+    else:
+        engine_path_for_validation = engine_path
     say("[4/4] validate on real Fashion-MNIST test images")
     samples = _write_samples(out / "samples", 16, data)
-    rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path,
+    rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path_for_validation,
                                 backends=["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"],
                                 sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out, iters=5, log=say)
     summary = {"accuracy": res.accuracy, "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,

@@ -116,6 +116,11 @@ class Engine:
         """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor."""
         cfg = self.config
         if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != cfg.in_channels:
+                raise RnDeployError(f"input tensor of shape {tuple(images.shape)}: expected N x {cfg.in_channels} x H x W, "
+                                    "normalised; pass uint8 HxWxC images to have them normalised for you")
+            if not torch.isfinite(images).all():
+                raise RnDeployError("input tensor has NaN or Inf values; clean the batch before inference")
             order, batches = list(range(len(images))), [images.float()]
         else:
             imgs = list(images)

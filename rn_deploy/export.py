@@ -199,6 +199,28 @@ def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int)
     }
 
 
+def check_onnx_file(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX graph (weights left on disk) and check its external data files exist.
+
+    Raises:
+        RnDeployError: missing or unreadable file, or an external data file missing beside it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RnDeployError(f"{path}: no such ONNX file; export one with `rn-deploy export`")
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file
+        raise RnDeployError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            if not (path.parent / loc).exists():
+                raise RnDeployError(f"{path}: its external data file {loc!r} is missing; the .onnx and {loc} travel together, "
+                                    "copy both (or re-export)")
+    return m
+
+
 def read_onnx_config(path: str | Path) -> ModelConfig | None:
     """The ModelConfig stored in an ONNX file's metadata, or None for a foreign ONNX."""
     m = onnx.load(str(path), load_external_data=False)
@@ -362,8 +384,10 @@ def export_onnx(
     if dynamic and _lint:
         say("lint: checking the model is size-agnostic")
         lint_dynamic(model, config.in_channels, [sample_size, (sample_size[0] + 37, sample_size[1] + 5)])
-    if not out.parent.exists():
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"{out.parent}: cannot create the output folder ({e.strerror or e}); choose another -o path") from None
     if not os.access(out.parent, os.W_OK):
         raise ExportError(f"{out.parent}: folder is not writable; choose another -o path")
 

@@ -45,9 +45,9 @@ def _from_engine(path: Path) -> tuple[str, str, str, list[int], int, list[str], 
 
 
 def _from_onnx(path: Path) -> tuple[str, str, str, list[int], int, list[str], int]:
-    from .export import read_onnx_config
+    from .export import check_onnx_file, read_onnx_config
 
-    m = onnx.load(str(path), load_external_data=False)
+    m = check_onnx_file(path)
     ins = {i.name: i for i in m.graph.input}
     outs = {o.name: o for o in m.graph.output}
     if names.INPUT not in ins or names.OUTPUT not in outs:

@@ -291,6 +291,7 @@ def run_validation(
     log: Log | None = None,
 ) -> tuple[ValidationReport, dict[str, str]]:
     """What ``rn-deploy validate`` does: make the runners, pick the grid, validate, write the report files."""
+    from .build import fmt_shape as fmt
     from .checkpoint import load_checkpoint
     from .models import get_model_spec
     from .runners import TorchRunner
@@ -309,12 +310,26 @@ def run_validation(
         raise RnDeployError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKEND_NAMES)}")
     runners: list[Runner] = []
     skipped: dict[str, str] = {}
+    profiles: list[Any] = []
+    if engine_p is not None:
+        from .build import EngineManifest
+
+        profiles = EngineManifest.load(engine_p).input_profiles
+    if sizes and profiles:
+        outside = [(b, h, w) for h, w in sizes for b in batches
+                   if not any(p.covers((b, cfg.in_channels, h, w)) for p in profiles)]
+        if outside:
+            b, h, w = outside[0]
+            spans = "; ".join(f"{fmt(p.min)}..{fmt(p.max)}" for p in profiles)
+            raise RnDeployError(f"{engine_p}: batch {b} at {h}x{w} is outside every profile ({spans}); choose --sizes/--batch "
+                                f"inside them or rebuild with a larger --max")
     for name in wanted:
         try:
             runners.append(_make_runner(name, checkpoint, onnx_p, engine_p))
         except RunnerUnavailable as e:
+            if backends:  # asked for by name: it must run
+                raise RnDeployError(f"backend {name} was asked for but cannot run here: {e}") from None
             skipped[name] = str(e)
-    profiles: list[Any] = next((list(r.profiles) for r in runners if hasattr(r, "profiles")), [])
     if sizes:
         grid = [(b, h, w) for h, w in sizes for b in batches]
     else:

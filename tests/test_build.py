@@ -18,7 +18,7 @@ from rn_deploy.build import (
     read_sizes,
 )
 from rn_deploy.cli import main
-from rn_deploy.errors import BuildError, EngineCompatibilityError, MissingDependencyError
+from rn_deploy.errors import BuildError, EngineCompatibilityError, MissingDependencyError, RnDeployError
 from rn_deploy.export import export_onnx
 
 from .conftest import HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint
@@ -118,7 +118,7 @@ def test_corrupt_onnx_gives_parser_errors_in_one_message(onnx32: Path, tmp_path:
     assert "\n" not in str(ei.value)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01garbage" * 50)
-    with pytest.raises(BuildError, match="junk.onnx: not a readable ONNX"):
+    with pytest.raises(RnDeployError, match="junk.onnx: not a readable ONNX"):
         build_engine(junk, tmp_path / "j.engine", backend="tensorrt-rtx", profiles=[P], targets=["sm89"])
 
 

@@ -246,6 +246,10 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
 def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
          data: tuple[ImageSet, ImageSet] | None, show: bool) -> TrainResult:
     get_model_spec(cfg.arch)  # unknown arch fails before the data loads
+    try:  # and an unwritable output folder fails before any training
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnDeployError(f"{cfg.out}: cannot create the output folder ({e.strerror or e}); choose another --out") from None
     train_set, val_set = data or load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, *cfg.epoch_sizes()),
                                                  workers=cfg.workers)
     train_set, val_set = train_set.subset(cfg.limit, cfg.seed), val_set.subset(cfg.limit, cfg.seed)

@@ -41,8 +41,11 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                  nhwc: bool = True):
+        from ..export import check_onnx_file
+
         ort = _ort()
         self.path, self.nhwc = Path(onnx_path), nhwc
+        check_onnx_file(self.path)
         self.provider, self.cuda_graph = provider, cuda_graph and provider == "cuda"
         if provider == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

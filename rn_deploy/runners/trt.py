@@ -26,15 +26,17 @@ class TrtRunner(BaseRunner):
     """
 
     def __init__(self, engine_path: str | Path, cuda_graph: bool = False):
-        from ..build import load_engine_checked
-        from ..errors import EngineCompatibilityError, MissingDependencyError
+        from ..build import check_engine_file, deserialize_checked
+        from ..errors import MissingDependencyError
 
+        # A wrong or stale engine is an error; a machine without the library or a GPU is a skip.
+        try:
+            self.manifest, self.trt, data = check_engine_file(engine_path)
+        except MissingDependencyError as e:
+            raise RunnerUnavailable(f"trt: {e}") from None
         if not torch.cuda.is_available():
             raise RunnerUnavailable("trt: no CUDA GPU visible")
-        try:
-            self.manifest, self.trt, self.engine = load_engine_checked(engine_path)
-        except (MissingDependencyError, EngineCompatibilityError) as e:
-            raise RunnerUnavailable(f"trt: {e}") from None
+        self.engine = deserialize_checked(self.manifest, self.trt, data)
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.profiles = self.manifest.input_profiles

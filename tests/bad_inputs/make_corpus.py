@@ -1,0 +1,100 @@
+"""Generate the bad-input corpus: files every rn-deploy command must refuse cleanly.
+
+    python -m tests.bad_inputs.make_corpus OUT_DIR
+
+Nothing here is committed: the files are made fresh (tests call ``make_corpus(tmp_path)``), from
+a tiny real checkpoint, so they track the current formats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+
+from rn_deploy.checkpoint import FORMAT, ModelConfig, save_checkpoint
+from rn_deploy.export import export_onnx
+from rn_deploy.models import create_model
+
+MARKER = "PWNED"  # the file the malicious pickles would create
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: a checkpoint must never be loaded that way."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def make_corpus(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    c: dict[str, Path] = {}
+    torch.manual_seed(0)
+    good_model = create_model("mnist_cnn", n_classes=10, in_channels=1)
+    cfg = ModelConfig(arch="mnist_cnn", n_classes=10, in_channels=1, image_size=[28, 28])
+    c["good.pt"] = save_checkpoint(out / "good.pt", good_model, cfg)
+    rgb = ModelConfig(arch="fcn", n_classes=3, in_channels=3, image_size=[32, 32])
+    c["rgb.pt"] = save_checkpoint(out / "rgb.pt", create_model("fcn", n_classes=3), rgb)
+
+    data = c["good.pt"].read_bytes()
+    (out / "truncated.pt").write_bytes(data[: len(data) // 3])
+    c["truncated.pt"] = out / "truncated.pt"
+    (out / "random.pt").write_bytes(os.urandom(20_000))
+    c["random.pt"] = out / "random.pt"
+    marker = out / MARKER
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "state_dict": _RunsCode(str(marker))}, out / "evil.pt")
+    c["evil.pt"] = out / "evil.pt"
+    (out / "evil.pkl").write_bytes(pickle.dumps({"state_dict": _RunsCode(str(marker))}))
+    c["evil.pkl"] = out / "evil.pkl"
+    other = {"format": FORMAT, "config": ModelConfig(arch="mnist_resnet", n_classes=10, in_channels=1).to_dict(),
+             "state_dict": good_model.state_dict(), "train": {}}
+    torch.save(other, out / "other_arch.pt")
+    c["other_arch.pt"] = out / "other_arch.pt"
+
+    c["good.onnx"] = Path(export_onnx(c["good.pt"], out / "good.onnx", verify=False).onnx_path)
+    c["static.onnx"] = Path(export_onnx(c["good.pt"], out / "static.onnx", static_size=(28, 28), verify=False).onnx_path)
+    ext = Path(export_onnx(c["good.pt"], out / "ext" / "missing_data.onnx", external_data=True, verify=False).onnx_path)
+    ext.with_name(ext.name + ".data").unlink()
+    c["missing_data.onnx"] = ext
+    (out / "not_onnx.onnx").write_bytes(b"\x08\x01garbage" * 100)
+    c["not_onnx.onnx"] = out / "not_onnx.onnx"
+
+    try:
+        from rn_deploy.build import Profile, build_engine
+
+        eng = out / "rtx.engine"
+        build_engine(c["good.onnx"], eng, backend="tensorrt-rtx", precision="fp32",
+                     profiles=[Profile((1, 1, 28, 28), (4, 1, 64, 64), (8, 1, 128, 128))], targets=["sm89"])
+        c["rtx.engine"] = eng
+        newer = out / "newer.engine"
+        newer.write_bytes(eng.read_bytes())
+        m = json.loads(eng.with_name(eng.name + ".json").read_text())
+        newer.with_name(newer.name + ".json").write_text(json.dumps({**m, "library_version": "99.0.0", "engine_path": str(newer)}))
+        c["newer.engine"] = newer
+        other_backend = out / "other_backend.engine"
+        other_backend.write_bytes(eng.read_bytes())
+        other_backend.with_name(other_backend.name + ".json").write_text(
+            json.dumps({**m, "backend": "tensorrt", "library_version": "10.13.0", "engine_path": str(other_backend)}))
+        c["other_backend.engine"] = other_backend
+        tampered = out / "tampered.engine"
+        tampered.write_bytes(eng.read_bytes()[:-100])
+        tampered.with_name(tampered.name + ".json").write_text(json.dumps({**m, "engine_path": str(tampered)}))
+        c["tampered.engine"] = tampered
+    except Exception:  # noqa: BLE001 - no TensorRT-RTX here: the engine cases are skipped by the tests
+        pass
+    (out / "a_file").write_text("a regular file standing where a folder should be\n")
+    c["a_file"] = out / "a_file"
+    return c
+
+
+if __name__ == "__main__":
+    for name, path in make_corpus(sys.argv[1] if len(sys.argv) > 1 else "bad_inputs_out").items():
+        print(f"{name:>22}  {path}")

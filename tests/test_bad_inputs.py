@@ -1,0 +1,141 @@
+"""Hardening: every command refuses the bad-input corpus with one clean line.
+
+Each case runs the real CLI in a subprocess and checks: the exit code (1, or 2 for usage
+errors), no traceback, exactly one `error:` line naming the file or value, no partial artifact
+left behind, and nothing executed from a malicious pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rn_deploy import Engine
+from rn_deploy.errors import RnDeployError
+
+from .bad_inputs.make_corpus import MARKER, make_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_corpus(tmp_path_factory.mktemp("bad"))
+
+
+def run_cli(args: list[str], cwd: Path, fsize: int | None = None) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        if fsize is not None:  # a full disk, simulated: writes past fsize bytes fail with EFBIG
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-m", "rn_deploy", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          preexec_fn=limit, timeout=300)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], pattern: str, code: int = 1) -> None:
+    import re
+
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:") or ln.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+RTX_ARGS = ["--backend", "tensorrt-rtx", "--target", "sm89", "--min", "1x1x28x28", "--opt", "4x1x64x64", "--max", "8x1x128x128"]
+
+CASES = [
+    # (id, argv with {name} placeholders for corpus files and {tmp}, pattern, exit code)
+    ("truncated-checkpoint", ["export", "{truncated.pt}", "-o", "{tmp}/x.onnx"], r"truncated\.pt: not a readable PyTorch checkpoint", 1),
+    ("random-bytes-checkpoint", ["export", "{random.pt}", "-o", "{tmp}/x.onnx"], r"random\.pt: not a readable", 1),
+    ("pickle-that-runs-code", ["export", "{evil.pt}", "-o", "{tmp}/x.onnx"], r"evil\.pt: refused.*nothing was executed", 1),
+    ("raw-pickle-to-validate", ["validate", "--checkpoint", "{evil.pkl}"], r"evil\.pkl: (refused|not a readable)", 1),
+    ("state-dict-of-other-arch", ["export", "{other_arch.pt}", "-o", "{tmp}/x.onnx"],
+     r"other_arch\.pt: weights do not match arch 'mnist_resnet'", 1),
+    ("static-onnx-dynamic-profile", ["build", "{static.onnx}", "-o", "{tmp}/x.engine", *RTX_ARGS],
+     r"static\.onnx: input axis 2 is fixed at 28", 1),
+    ("onnx-missing-external-data", ["build", "{missing_data.onnx}", "-o", "{tmp}/x.engine", *RTX_ARGS],
+     r"missing_data\.onnx: its external data file 'missing_data\.onnx\.data' is missing", 1),
+    ("onnx-missing-data-validate", ["validate", "--checkpoint", "{good.pt}", "--onnx", "{missing_data.onnx}"], r"external data file", 1),
+    ("not-an-onnx", ["build", "{not_onnx.onnx}", "-o", "{tmp}/x.engine", *RTX_ARGS], r"not_onnx\.onnx: not a readable ONNX", 1),
+    ("engine-newer-library", ["validate", "--checkpoint", "{good.pt}", "--engine", "{newer.engine}"],
+     r"built with tensorrt-rtx 99\.0\.0, installed is .*rebuild: rn-deploy build", 1),
+    ("engine-other-backend", ["validate", "--checkpoint", "{good.pt}", "--engine", "{other_backend.engine}", "--backends", "trt"],
+     r"backend trt was asked for but cannot run here: .*pip install tensorrt", 1),
+    ("engine-tampered", ["validate", "--checkpoint", "{good.pt}", "--engine", "{tampered.engine}"],
+     r"tampered\.engine: engine bytes do not match its manifest", 1),
+    ("size-outside-every-profile", ["validate", "--checkpoint", "{good.pt}", "--engine", "{rtx.engine}", "--sizes", "512"],
+     r"rtx\.engine: batch 1 at 512x512 is outside every profile", 1),
+    ("export-into-a-file", ["export", "{good.pt}", "-o", "{a_file}/x.onnx"], r"a_file: cannot create the output folder", 1),
+    ("train-into-a-file", ["train", "--arch", "mnist_cnn", "--out", "{a_file}/run", "--device", "cpu"],
+     r"a_file/run: cannot create the output folder", 1),
+    ("build-into-a-file", ["build", "{good.onnx}", "-o", "{a_file}/x.engine", *RTX_ARGS], r"x\.engine: cannot write here", 1),
+    ("validate-into-a-file", ["validate", "--checkpoint", "{good.pt}", "--onnx", "{good.onnx}", "--sizes", "28", "--batch", "1",
+                              "--iters", "1", "--out", "{a_file}/rep"], r"cannot write here", 1),
+    ("triton-into-a-file", ["export-triton", "{good.onnx}", "--repo", "{a_file}", "--name", "m"], r"a_file' is a file", 2),
+    ("usage-min-without-max", ["build", "{good.onnx}", "--min", "1x1x28x28"], r"go together", 2),
+    ("usage-bad-size", ["export", "{good.pt}", "--static", "axb"], r"not a size", 2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_cleanly(corpus: dict[str, Path], tmp_path: Path, case: tuple[str, list[str], str, int]):
+    _id, argv, pattern, code = case
+    needed = [a[1:-1] for a in argv if a.startswith("{") and a.endswith("}") and a[1:-1] != "tmp"]
+    needed += [a.split("}")[0][1:] for a in argv if a.startswith("{") and "}/" in a and not a.startswith("{tmp}")]
+    for name in needed:
+        if name not in corpus:
+            pytest.skip(f"{name} needs TensorRT-RTX to be generated")
+    args = []
+    for a in argv:
+        for name, path in corpus.items():
+            a = a.replace("{" + name + "}", str(path))
+        args.append(a.replace("{tmp}", str(tmp_path)))
+    before = set(tmp_path.rglob("*"))
+    proc = run_cli(args, tmp_path)
+    assert_clean_error(proc, pattern, code)
+    assert set(tmp_path.rglob("*")) == before, "a partial artifact was left behind"
+    assert not (corpus["good.pt"].parent / MARKER).exists(), "a pickle's payload ran"
+
+
+def test_disk_full_during_export_leaves_nothing(corpus: dict[str, Path], tmp_path: Path):
+    out = tmp_path / "full"
+    out.mkdir()
+    proc = run_cli(["export", str(corpus["good.pt"]), "-o", str(out / "m.onnx"), "--no-verify"], tmp_path, fsize=64 * 1024)
+    assert_clean_error(proc, r"(cannot write|failed).*(too large|File too large|space)", 1)
+    assert list(out.iterdir()) == []
+
+
+def test_disk_full_during_training_checkpoint(corpus: dict[str, Path], tmp_path: Path):
+    from .conftest import FASHION_DIR
+
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed")
+    run = tmp_path / "run"
+    proc = run_cli(["train", "--arch", "mnist_cnn", "--limit", "128", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+                    "--out", str(run), "--quiet", "--data", str(FASHION_DIR)], tmp_path, fsize=32 * 1024)
+    assert_clean_error(proc, r"model\.pt: write failed .*check free space", 1)
+    assert list(run.iterdir()) == []
+
+
+def test_nan_and_channel_mismatch_inputs_to_the_engine_api(corpus: dict[str, Path], tmp_path: Path):
+    with Engine.load(corpus["good.onnx"]) as eng:
+        with pytest.raises(RnDeployError, match="NaN or Inf"):
+            eng.predict(torch.full((2, 1, 28, 28), float("nan")))
+        with pytest.raises(RnDeployError, match="NaN or Inf"):
+            eng.predict(torch.tensor([[[[float("inf")] * 28] * 28]]))
+        with pytest.raises(RnDeployError, match=r"has 3 channel\(s\), the model takes 1.*convert\('L'\)"):
+            eng.predict([np.zeros((28, 28, 3), np.uint8)])
+        with pytest.raises(RnDeployError, match="expected N x 1 x H x W"):
+            eng.predict(torch.zeros(2, 3, 28, 28))
+        assert len(eng.predict([np.zeros((28, 28), np.uint8)])) == 1  # a plain gray image is fine for a 1-channel model
