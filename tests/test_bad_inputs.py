@@ -22,6 +22,7 @@ from rn_deploy import Engine
 from rn_deploy.errors import RnDeployError
 
 from .bad_inputs.make_corpus import MARKER, make_corpus
+from .conftest import HAS_TRT_RTX
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +91,9 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_cleanly(corpus: dict[str, Path], tmp_path: Path, case: tuple[str, list[str], str, int]):
-    _id, argv, pattern, code = case
+    case_id, argv, pattern, code = case
+    if case_id == "build-into-a-file" and not HAS_TRT_RTX:
+        pytest.skip("the builder is reached before the write: needs TensorRT-RTX")
     needed = [a[1:-1] for a in argv if a.startswith("{") and a.endswith("}") and a[1:-1] != "tmp"]
     needed += [a.split("}")[0][1:] for a in argv if a.startswith("{") and "}/" in a and not a.startswith("{tmp}")]
     for name in needed:

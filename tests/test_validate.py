@@ -78,7 +78,7 @@ def test_cli_validate_writes_report_and_exit_codes(art: dict[str, Path], tmp_pat
     d = json.loads(res.stdout)
     assert d["passed"] and d["format"] == "rn-deploy-report/1"
     ran = {c["backend"] for c in d["cells"] if c["skipped"] is None}
-    assert {"torch-cpu-fp32", "ort-cpu-fp32"} <= ran
+    assert "ort-cpu-fp32" in ran and ran & {"torch-cpu-fp32", "torch-cuda-fp32"}
     if not HAS_CUDA:
         assert d["backends"]["ort-cuda"]["ran"] is False and "CUDA" in d["backends"]["ort-cuda"]["reason"]
     for f in ("report.json", "report.md", "latency.png", "parity.png"):

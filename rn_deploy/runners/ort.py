@@ -56,11 +56,11 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
+        self.precision = "fp16" if self._weights_fp16() else "fp32"
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         self.in_type, self.out_type = inp.type, out.type
         self.n_out = out.shape[1] if isinstance(out.shape[1], int) else None
-        self.precision = "fp16" if self._weights_fp16() else "fp32"
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.name = f"ort-{provider}{'-graph' if self.cuda_graph else ''}-{self.precision}"
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, torch.Tensor, torch.Tensor]] = {}
@@ -76,7 +76,9 @@ class OrtRunner(BaseRunner):
         if self.provider == "cuda":
             # ORT computes on torch's current stream: inputs written by torch are ordered before it.
             opts: dict[str, Any] = {"device_id": 0, "user_compute_stream": str(torch.cuda.current_stream().cuda_stream),
-                                    "prefer_nhwc": "1" if self.nhwc else "0"}
+                                    "prefer_nhwc": "1" if self.nhwc else "0",
+                                    # an "fp32" runner computes in FP32: ORT's CUDA EP would otherwise allow TF32
+                                    "use_tf32": "0" if self.precision == "fp32" else "1"}
             if graph:
                 opts["enable_cuda_graph"] = 1
             providers: list[Any] = [("CUDAExecutionProvider", opts)]
