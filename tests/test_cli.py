@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,13 @@ def test_readme_demo_runs_the_whole_pipeline(tmp_path: Path):
         assert (out / "model.tensorrt-rtx.engine").stat().st_size > 100_000
         assert json.loads((out / "model.tensorrt-rtx.engine.json").read_text())["precision"] == "fp16"
     assert len(list((out / "samples").glob("*.png"))) == 16
+
+
+def test_readme_test_command_is_what_ci_runs():
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert blocks[1].strip() == "python3 -m pytest -q"
+    ci = (root / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == blocks[1].strip()
+    assert blocks[0].strip().endswith("rn-deploy demo") and "pip install -e '.[dev,trt-rtx]'" in blocks[0]
