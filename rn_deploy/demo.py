@@ -10,12 +10,11 @@ latency.png and parity.png, and returns a summary.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import Profile, build_engine
+from .build import Profile, build_engine, import_backend
 from .errors import RnDeployError
 from .export import export_onnx
 from .validate import run_validation
@@ -24,27 +23,25 @@ Log = Callable[[str], None]
 RTX_TARGETS = ["sm86", "sm89", "sm120"]
 
 
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+def _installed(backend: str) -> bool:
+    try:
+        import_backend(backend)
+    except RnDeployError:
+        return False
+    return True
 
 
 def _pick_backend() -> tuple[str | None, list[str] | None, str]:
     import torch
 
-    if _has_module("tensorrt") and torch.cuda.is_available():
-        try:
-            import tensorrt
-
-            if hasattr(tensorrt, "Builder"):
-                return "tensorrt", None, "full TensorRT with a local GPU"
-        except ImportError:
-            pass
-    if _has_module("tensorrt_rtx_bindings"):
-        if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9:
+    gpu = torch.cuda.is_available()
+    if gpu and _installed("tensorrt"):
+        return "tensorrt", None, "full TensorRT with a local GPU"
+    if _installed("tensorrt-rtx"):
+        if gpu and torch.cuda.get_device_capability()[0] != 9:
             return "tensorrt-rtx", None, "TensorRT-RTX for the local GPU"
-        if torch.cuda.is_available():
-            return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} (it does not run on Hopper)"
-        return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} (no GPU here)"
+        where = "it does not run on Hopper" if gpu else "no GPU here"
+        return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} ({where})"
     return None, None, "no TensorRT flavour installed (pip install 'rn-deploy[trt]' or 'rn-deploy[trt-rtx]')"
 
 
@@ -52,7 +49,7 @@ def _runs_here(engine_path: Path) -> bool:
     """Whether this machine's library and GPU can run the engine (no GPU: validation skips it anyway)."""
     import torch
 
-    from .build import EngineManifest, check_compatible, import_backend
+    from .build import EngineManifest, check_compatible
 
     if not torch.cuda.is_available():
         return True

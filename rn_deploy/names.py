@@ -3,4 +3,3 @@
 INPUT = "input"
 OUTPUT = "logits"
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"
-INPUT_AXES = (BATCH, "channels", HEIGHT, WIDTH)

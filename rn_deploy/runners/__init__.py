@@ -70,12 +70,8 @@ class BaseRunner:
         return None
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 from .ort import OrtRunner  # noqa: E402
 from .torch_runner import TorchRunner  # noqa: E402
 from .trt import TrtRunner  # noqa: E402
 
-__all__ = ["BaseRunner", "OrtRunner", "Runner", "RunnerUnavailable", "TorchRunner", "TrtRunner", "cuda_available"]
+__all__ = ["BaseRunner", "OrtRunner", "Runner", "RunnerUnavailable", "TorchRunner", "TrtRunner"]
