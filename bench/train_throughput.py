@@ -128,10 +128,28 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--compile", action="store_true", help="also run each case with torch.compile")
     ap.add_argument("--small", action="store_true", help="CPU smoke size: resnet18 at 64x64, bs 16")
+    ap.add_argument("--sync-check", action="store_true", help="warn on host-device syncs in the real path and exit")
     ap.add_argument("--data-only", action="store_true", help="time the data path alone and exit")
     ap.add_argument("--profile", action="store_true", help="profile the real path of the first case and exit")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.sync_check:
+        # Warn on every host-device synchronisation inside a few real-path batches and steps.
+        ds = real_set(160, 256 * 4)
+        it = iter(DeviceLoader(ds, 256, (128, 128), dev, train=True, channels_last=True))
+        model = create_model("resnet18", n_classes=10).to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        torch.cuda.set_sync_debug_mode("warn")
+        for _ in range(3):
+            x, y = next(it)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        torch.cuda.set_sync_debug_mode(0)
+        print("sync-check done", flush=True)
+        return
     if args.data_only:
         print(json.dumps({"data_only_resnet18_128": data_only(128, 256, 160, dev)}), flush=True)
         return

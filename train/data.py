@@ -281,28 +281,25 @@ def augment_batch(x: torch.Tensor, size: tuple[int, int], aug: Augment, gen: tor
     """
     b, _, h, w = x.shape
     dev = x.device
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen, device=gen.device if gen is not None else dev).to(dev)
-
-    theta = torch.zeros(b, 2, 3, device=dev)
-    sx = torch.ones(b, device=dev)
-    sy = torch.ones(b, device=dev)
+    # One random draw for every per-image parameter: few kernel launches, no host round trips.
+    r = torch.rand(b, 7, generator=gen, device=gen.device if gen is not None else dev).to(dev)
+    one = torch.ones(b, device=dev)
+    sx, sy = one, one
     if aug.min_scale < 1.0:
-        area = aug.min_scale + (1 - aug.min_scale) * rand(b)
-        log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * rand(b)
-        ratio = torch.exp(log_r)
+        area = aug.min_scale + (1 - aug.min_scale) * r[:, 0]
+        ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[:, 1])
         sx = torch.sqrt(area * ratio).clamp(max=1.0)
         sy = torch.sqrt(area / ratio).clamp(max=1.0)
-    tx = (1 - sx) * (2 * rand(b) - 1)
-    ty = (1 - sy) * (2 * rand(b) - 1)
+    tx = (1 - sx) * (2 * r[:, 2] - 1)
+    ty = (1 - sy) * (2 * r[:, 3] - 1)
     if aug.pad:
         # whole-pixel shifts in [-pad, pad], in normalised coordinates of the output grid
-        tx = tx + torch.round((2 * rand(b) - 1) * aug.pad) * 2 / size[1]
-        ty = ty + torch.round((2 * rand(b) - 1) * aug.pad) * 2 / size[0]
+        tx = tx + torch.round((2 * r[:, 4] - 1) * aug.pad) * 2 / size[1]
+        ty = ty + torch.round((2 * r[:, 5] - 1) * aug.pad) * 2 / size[0]
     if aug.flip:
-        sx = torch.where(rand(b) < 0.5, -sx, sx)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, sy, ty
+        sx = torch.where(r[:, 6] < 0.5, -sx, sx)
+    zero = torch.zeros(b, device=dev)
+    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
     grid = F.affine_grid(theta, [b, x.shape[1], size[0], size[1]], align_corners=False)
     mode = "nearest" if (aug.min_scale >= 1.0 and (h, w) == tuple(size)) else "bilinear"
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
@@ -359,9 +356,9 @@ class DeviceLoader:
             aug_gen = None
         for i in range(self.rank, n_batches, self.world):
             idx = order[i * self.bs : (i + 1) * self.bs]
-            x = self.images[idx].float()
+            x = self.images.index_select(0, idx).float()
             x = augment_batch(x, self.size, self.ds.augment, aug_gen) if self.train else resize_batch(x, self.size)
             x = (x - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield x, self.labels.index_select(0, idx)
