@@ -15,26 +15,24 @@ import subprocess
 import sys
 import time
 
+
+def r18(size: int, epochs: int, batch: int, lr: str, *extra: str) -> list[str]:
+    return ["--arch", "resnet18", "--size", str(size), "--epochs", str(epochs), "--batch-size", str(batch), "--lr", lr, *extra]
+
+
+LS = ("--label-smoothing", "0.1")
+# name -> `python -m train` options; the names are those quoted in docs/benchmarks.md
 CONFIGS = {
-    "r18-s28-e8": ["--arch", "resnet18", "--size", "28", "--epochs", "8", "--batch-size", "256", "--lr", "4e-3"],
-    "r18-s32-e12-ls": ["--arch", "resnet18", "--size", "32", "--epochs", "12", "--batch-size", "256", "--lr", "4e-3",
-                       "--label-smoothing", "0.1"],
-    "r18-s48-e12-ls": ["--arch", "resnet18", "--size", "48", "--epochs", "12", "--batch-size", "256", "--lr", "4e-3",
-                       "--label-smoothing", "0.1"],
-    "r18-s40-e20-bs512": ["--arch", "resnet18", "--size", "40", "--epochs", "20", "--batch-size", "512", "--lr", "6e-3",
-                          "--label-smoothing", "0.1"],
-    "r18-s56-e16-bs512": ["--arch", "resnet18", "--size", "56", "--epochs", "16", "--batch-size", "512", "--lr", "6e-3",
-                          "--label-smoothing", "0.1"],
-    "r18-s56-e20-bs512": ["--arch", "resnet18", "--size", "56", "--epochs", "20", "--batch-size", "512", "--lr", "6e-3",
-                          "--label-smoothing", "0.1"],
-    "r18-s56-e60-bs512": ["--arch", "resnet18", "--size", "56", "--epochs", "60", "--batch-size", "512", "--lr", "6e-3",
-                          "--label-smoothing", "0.1"],
-    "r18-s64-e16-bs512": ["--arch", "resnet18", "--size", "64", "--epochs", "16", "--batch-size", "512", "--lr", "6e-3",
-                          "--label-smoothing", "0.1"],
-    "r18-s56-e24-bs512-mixup": ["--arch", "resnet18", "--size", "56", "--epochs", "24", "--batch-size", "512", "--lr", "6e-3",
-                                "--mixup", "0.2"],
-    "r18-s48-e40-ls": ["--arch", "resnet18", "--size", "48", "--epochs", "40", "--batch-size", "256", "--lr", "4e-3",
-                       "--label-smoothing", "0.1"],
+    "r18-s28-e8": r18(28, 8, 256, "4e-3"),
+    "r18-s32-e12-ls": r18(32, 12, 256, "4e-3", *LS),
+    "r18-s48-e12-ls": r18(48, 12, 256, "4e-3", *LS),
+    "r18-s48-e40-ls": r18(48, 40, 256, "4e-3", *LS),
+    "r18-s40-e20-bs512": r18(40, 20, 512, "6e-3", *LS),
+    "r18-s56-e16-bs512": r18(56, 16, 512, "6e-3", *LS),
+    "r18-s56-e20-bs512": r18(56, 20, 512, "6e-3", *LS),
+    "r18-s56-e60-bs512": r18(56, 60, 512, "6e-3", *LS),
+    "r18-s64-e16-bs512": r18(64, 16, 512, "6e-3", *LS),
+    "r18-s56-e24-bs512-mixup": r18(56, 24, 512, "6e-3", "--mixup", "0.2"),
 }
 
 

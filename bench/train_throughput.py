@@ -32,19 +32,27 @@ def real_set(presize: int, n: int) -> ImageSet:
     return ImageSet(imgs, fm.labels, fm.class_names, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], Augment(min_scale=0.5, flip=True))
 
 
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> None:
+    """One AdamW training step, bf16 autocast on CUDA: the same step every measurement here times."""
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        loss = F.cross_entropy(net(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def new_model(arch: str, dev: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = create_model(arch, n_classes=10).to(dev).to(memory_format=torch.channels_last)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
 def run_case(arch: str, size: int, bs: int, presize: int, steps: int, warmup: int, compile_: bool, dev: torch.device) -> dict:
     torch.manual_seed(0)
-    model = create_model(arch, n_classes=10).to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, opt = new_model(arch, dev)
     net = torch.compile(model) if compile_ else model
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with amp:
-            loss = F.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(net, opt, x, y, dev)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -80,18 +88,12 @@ def profile_real(arch: str, size: int, bs: int, presize: int, dev: torch.device)
     """Print the top CUDA ops of a few steps of the real data path (what costs the gap to synthetic)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = create_model(arch, n_classes=10).to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, opt = new_model(arch, dev)
     dl = DeviceLoader(real_set(presize, bs * 12), bs, (size, size), dev, train=True, channels_last=True)
     it = iter(dl)
 
     def step() -> None:
-        x, y = next(it)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, *next(it), dev)
 
     for _ in range(4):
         step()
@@ -137,16 +139,10 @@ def main() -> None:
         # Warn on every host-device synchronisation inside a few real-path batches and steps.
         ds = real_set(160, 256 * 4)
         it = iter(DeviceLoader(ds, 256, (128, 128), dev, train=True, channels_last=True))
-        model = create_model("resnet18", n_classes=10).to(dev).to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model, opt = new_model("resnet18", dev)
         torch.cuda.set_sync_debug_mode("warn")
         for _ in range(3):
-            x, y = next(it)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, opt, *next(it), dev)
         torch.cuda.set_sync_debug_mode(0)
         print("sync-check done", flush=True)
         return
