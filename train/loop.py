@@ -237,7 +237,11 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     try:
-        return _fit(cfg, say, dev, rank, world, data, progress and rank == 0)
+        result = _fit(cfg, say, dev, rank, world, data, progress and rank == 0)
+        if world > 1:
+            # Leave together: a rank that tears gloo down while rank 0 still writes the checkpoint aborts.
+            dist.barrier()
+        return result
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
