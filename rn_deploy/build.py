@@ -225,23 +225,18 @@ def manifest_path(engine_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None]:
-    """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None)."""
-    from .export import check_onnx_file
+def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None, list[int | str]]:
+    """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None, input dims) from one read."""
+    from .export import check_onnx_file, weights_fp16
 
     m = check_onnx_file(path)
+    if not m.graph.input:
+        raise BuildError(f"{path}: the graph has no inputs")
     props = {p.key: p.value for p in m.metadata_props}
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
-    kinds = {t.data_type for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
-    return kinds == {onnx.TensorProto.FLOAT16}, cfg, min_size
-
-
-def _input_dims(path: Path) -> list[int | str]:
-    m = onnx.load(str(path), load_external_data=False)
-    if not m.graph.input:
-        raise BuildError(f"{path}: the graph has no inputs")
-    return [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    dims: list[int | str] = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    return weights_fp16(m), cfg, min_size, dims
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,8 +367,7 @@ def build_engine(
         raise BuildError(f"precision must be fp16 or fp32, got {precision!r}")
     if not onnx_path.exists():
         raise BuildError(f"{onnx_path}: no such file; export one with `rn-deploy export`")
-    is_fp16, cfg, min_hw = onnx_info(onnx_path)
-    dims = _input_dims(onnx_path)
+    is_fp16, cfg, min_hw, dims = onnx_info(onnx_path)
     channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
     if not profiles:
         raise BuildError("no optimisation profile given; pass --min/--opt/--max, --profile or --sizes-from")

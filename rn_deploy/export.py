@@ -221,13 +221,23 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
     return m
 
 
-def read_onnx_config(path: str | Path) -> ModelConfig | None:
-    """The ModelConfig stored in an ONNX file's metadata, or None for a foreign ONNX."""
-    m = onnx.load(str(path), load_external_data=False)
+def onnx_config(m: onnx.ModelProto) -> ModelConfig | None:
+    """The ModelConfig stored in an ONNX model's metadata, or None for a foreign ONNX."""
     props = {p.key: p.value for p in m.metadata_props}
     if "rn_deploy.config" not in props:
         return None
     return ModelConfig.from_dict(json.loads(props["rn_deploy.config"]))
+
+
+def read_onnx_config(path: str | Path) -> ModelConfig | None:
+    """:func:`onnx_config` of an ONNX file (checked with :func:`check_onnx_file`)."""
+    return onnx_config(check_onnx_file(path))
+
+
+def weights_fp16(m: onnx.ModelProto) -> bool:
+    """Whether every floating-point weight is FP16 (an FP16 export, for strongly typed builders)."""
+    kinds = {t.data_type for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    return kinds == {onnx.TensorProto.FLOAT16}
 
 
 def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, opset: int | None, dynamic: bool, min_size: int) -> str:

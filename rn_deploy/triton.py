@@ -45,7 +45,7 @@ def _from_engine(path: Path) -> tuple[str, str, str, list[int], int, list[str], 
 
 
 def _from_onnx(path: Path) -> tuple[str, str, str, list[int], int, list[str], int]:
-    from .export import check_onnx_file, read_onnx_config
+    from .export import check_onnx_file, onnx_config
 
     m = check_onnx_file(path)
     ins = {i.name: i for i in m.graph.input}
@@ -55,7 +55,7 @@ def _from_onnx(path: Path) -> tuple[str, str, str, list[int], int, list[str], in
     it, ot = ins[names.INPUT].type.tensor_type, outs[names.OUTPUT].type.tensor_type
     in_dims = [d.dim_value or -1 for d in it.shape.dim]
     n_out = ot.shape.dim[-1].dim_value
-    cfg = read_onnx_config(path)
+    cfg = onnx_config(m)
     classes = cfg.class_names if cfg else [str(i) for i in range(n_out)]
     return ("onnxruntime_onnx", _ONNX_TYPES.get(it.elem_type, "TYPE_FP32"), _ONNX_TYPES.get(ot.elem_type, "TYPE_FP32"),
             [in_dims[1]], n_out, classes, 0)

@@ -41,11 +41,11 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                  nhwc: bool = True):
-        from ..export import check_onnx_file
+        from ..export import check_onnx_file, weights_fp16
 
         ort = _ort()
         self.path, self.nhwc = Path(onnx_path), nhwc
-        check_onnx_file(self.path)
+        graph = check_onnx_file(self.path)
         self.provider, self.cuda_graph = provider, cuda_graph and provider == "cuda"
         if provider == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -56,7 +56,7 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
-        self.precision = "fp16" if self._weights_fp16() else "fp32"
+        self.precision = "fp16" if weights_fp16(graph) else "fp32"
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         self.in_type, self.out_type = inp.type, out.type
@@ -64,12 +64,6 @@ class OrtRunner(BaseRunner):
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.name = f"ort-{provider}{'-graph' if self.cuda_graph else ''}-{self.precision}"
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, torch.Tensor, torch.Tensor]] = {}
-
-    def _weights_fp16(self) -> bool:
-        import onnx
-
-        m = onnx.load(str(self.path), load_external_data=False)
-        return any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
 
     def _session(self, graph: bool) -> Any:
         ort = _ort()
