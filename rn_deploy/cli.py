@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +62,6 @@ def models_cmd(n_classes: int, in_channels: int | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['params']:,}", str(r["in_channels"]), str(r["min_size"]), r["description"])
     Console().print(table)
-
-
-def _not_implemented(name: str) -> None:
-    @main.command(name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args: tuple[str, ...]) -> None:
-        click.echo(f"rn-deploy {name}: not implemented yet", err=True)
-        sys.exit(2)
-
-    cmd.help = f"(not implemented yet) {name}"
 
 
 def parse_hw(value: str) -> tuple[int, int]:
