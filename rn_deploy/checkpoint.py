@@ -39,7 +39,9 @@ class ModelConfig:
         class_names: one label per output; defaults to "0", "1", ...
         mean: per-channel normalisation mean, for pixels scaled to [0, 1].
         std: per-channel normalisation std.
-        image_size: (height, width) the model was trained at.
+        image_size: (height, width) the model was trained and is evaluated at.
+        presize: the square size training decoded image folders to before taking ``image_size``
+            from it (None: images were used at their stored size); see :mod:`rn_deploy.preprocess`.
     """
 
     arch: str
@@ -49,6 +51,7 @@ class ModelConfig:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     image_size: list[int] = field(default_factory=lambda: [224, 224])
+    presize: int | None = None
 
     def __post_init__(self) -> None:
         if not self.class_names:

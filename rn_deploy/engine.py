@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import ModelConfig
 from .errors import RnDeployError
+from .preprocess import preprocess
 from .runners import BaseRunner, OrtRunner, TrtRunner
 
 
@@ -37,37 +37,6 @@ class Prediction:
     index: int
     score: float
     probs: dict[str, float]
-
-
-def preprocess(images: Sequence[np.ndarray], size: tuple[int, int] | None, channels: int, mean: Sequence[float],
-               std: Sequence[float]) -> torch.Tensor:
-    """uint8 HxWxC (or HxW) images -> normalised float32 NCHW, resized to ``size`` if given (bilinear, antialiased)."""
-    batch = []
-    for i, img in enumerate(images):
-        a = np.asarray(img)
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if a.ndim != 3:
-            raise RnDeployError(f"image {i}: expected HxWxC uint8, got shape {a.shape}")
-        if a.shape[2] != channels:
-            how = "PIL: image.convert('RGB')" if channels == 3 else "PIL: image.convert('L')"
-            raise RnDeployError(f"image {i}: has {a.shape[2]} channel(s), the model takes {channels}; convert it first ({how})")
-        if a.dtype != np.uint8:
-            raise RnDeployError(f"image {i}: dtype {a.dtype}, expected uint8 pixels 0-255; pass a normalised tensor instead")
-        t = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float()
-        if size is not None and tuple(t.shape[1:]) != tuple(size):
-            t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-        batch.append(t)
-    shapes = {tuple(t.shape) for t in batch}
-    if len(shapes) != 1:
-        raise RnDeployError(f"images of different sizes {sorted(shapes)} in one batch; pass size= or use Engine.predict")
-    x = torch.stack(batch) / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = (x - m) / s
-    if not torch.isfinite(x).all():
-        raise RnDeployError("input has NaN or Inf values after normalisation")
-    return x
 
 
 class Engine:
@@ -113,7 +82,12 @@ class Engine:
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, *, size: tuple[int, int] | None = None,
                 top_k: int | None = 5) -> list[Prediction]:
-        """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor."""
+        """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor.
+
+        Images go through :func:`rn_deploy.preprocess.preprocess`, the training evaluation's own
+        policy: fitted (short side resized, centre crop) to ``size``, by default the model's training
+        size ``config.image_size``. Pass ``size=(H, W)`` to run at another size the engine covers.
+        """
         cfg = self.config
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != cfg.in_channels:
@@ -123,13 +97,13 @@ class Engine:
                 raise RnDeployError("input tensor has NaN or Inf values; clean the batch before inference")
             order, batches = list(range(len(images))), [images.float()]
         else:
+            # The training evaluation's policy (rn_deploy.preprocess): every image is fitted to one size.
             imgs = list(images)
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for i, im in enumerate(imgs):
-                key = tuple(size) if size else tuple(np.asarray(im).shape[:2])
-                groups.setdefault(key, []).append(i)
-            order = [i for idx in groups.values() for i in idx]
-            batches = [preprocess([imgs[i] for i in idx], size, cfg.in_channels, cfg.mean, cfg.std) for idx in groups.values()]
+            order = list(range(len(imgs)))
+            target = tuple(size) if size else tuple(cfg.image_size)
+            batches = [preprocess(imgs, target, cfg.in_channels, cfg.mean, cfg.std, presize=cfg.presize)] if imgs else []
+        if not batches:
+            return []
         probs = torch.cat([self.logits(b).softmax(1) for b in batches])
         result: list[Prediction | None] = [None] * len(order)
         k = min(top_k or cfg.n_classes, cfg.n_classes)

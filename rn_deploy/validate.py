@@ -140,10 +140,10 @@ def _time(runner: Runner, prepared: Any, warmup: int, iters: int, batch: int) ->
 
 def make_inputs(batch: int, h: int, w: int, channels: int, seed: int, images: Sequence[np.ndarray] | None,
                 mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Normalised NCHW float32: random normal, or real uint8 HxWxC images resized to (h, w)."""
+    """Normalised NCHW float32: random normal, or real uint8 HxWxC images fitted to (h, w) (rn_deploy.preprocess)."""
     if not images:
         return torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(seed))
-    from .engine import preprocess
+    from .preprocess import preprocess
 
     picks = [images[(seed + i) % len(images)] for i in range(batch)]
     return preprocess(picks, (h, w), channels, mean, std)
@@ -221,6 +221,8 @@ def load_images(folder: str | Path, channels: int, limit: int = 64) -> list[np.n
     """Up to ``limit`` images (sorted, recursive) from ``folder`` as uint8 HxWxC."""
     from PIL import Image, UnidentifiedImageError
 
+    from .preprocess import convert_pil
+
     folder = Path(folder)
     if not folder.is_dir():
         raise RnDeployError(f"{folder}: no such folder (--images)")
@@ -230,7 +232,7 @@ def load_images(folder: str | Path, channels: int, limit: int = 64) -> list[np.n
     for f in files:
         try:
             with Image.open(f) as im:
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+                arr = np.asarray(convert_pil(im, channels))
         except (OSError, UnidentifiedImageError):
             continue
         out.append(arr[:, :, None] if arr.ndim == 2 else arr)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from rn_deploy.errors import DataError
+from rn_deploy.preprocess import convert_pil, eval_batch, fit_uint8, normalize
 
 FASHION_MNIST_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -66,6 +67,7 @@ class ImageSet:
     std: list[float]
     augment: Augment = field(default_factory=Augment)
     skipped: int = 0
+    presize: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -79,7 +81,8 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.mean, self.std, self.augment, self.skipped)
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.mean, self.std, self.augment, self.skipped,
+                        self.presize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +159,7 @@ def _list_split(root: Path, split: str, class_names: list[str] | None) -> tuple[
 
 
 class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor, bool]]):
-    """Decodes one image to ``(C, size, size)`` uint8: resize the short side, centre crop."""
+    """Decodes one image to ``(C, size, size)`` uint8: resize the short side, centre crop (rn_deploy.preprocess)."""
 
     def __init__(self, files: list[Path], size: int, channels: int):
         self.files, self.size, self.channels = files, size, channels
@@ -169,19 +172,13 @@ class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor, bool]]):
 
         try:
             with Image.open(self.files[i]) as src:
-                im = src.convert("L" if self.channels == 1 else "RGB")
-                w, h = im.size
-                s = self.size / min(w, h)
-                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.Resampling.BILINEAR)
-                w, h = im.size
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                im = im.crop((left, top, left + self.size, top + self.size))
-                arr = np.asarray(im, dtype=np.uint8)
+                arr = np.asarray(convert_pil(src, self.channels), dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), False
         if arr.ndim == 2:
             arr = arr[:, :, None]
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), True
+        # The serving path (rn_deploy.preprocess) applies this same decode step when ModelConfig.presize is set.
+        return fit_uint8(arr, self.size), True
 
 
 def _decode_all(files: list[Path], size: int, channels: int, workers: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -197,7 +194,8 @@ def _decode_all(files: list[Path], size: int, channels: int, workers: int) -> tu
 
 
 def _cache_path(root: Path, split: str, files: list[Path], size: int, channels: int) -> Path:
-    key = hashlib.sha1("\n".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:12]
+    # "fit1": the decode policy of rn_deploy.preprocess; a cache written by another policy is not reused.
+    key = hashlib.sha1(("fit1\n" + "\n".join(f"{f}:{f.stat().st_size}" for f in files)).encode()).hexdigest()[:12]
     return root / ".rn-deploy-cache" / f"{split}-{size}px-{channels}ch-{key}.npz"
 
 
@@ -239,7 +237,7 @@ def load_image_folder(root: str | Path, split: str, *, presize: int, channels: i
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     imgs, labels, names, bad = _load_folder_split(root, split, class_names, presize, channels, workers, max_bad, cache)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ([0.5], [0.5])
-    return ImageSet(imgs, labels, names, mean, std, Augment(min_scale=0.5, flip=True), bad)
+    return ImageSet(imgs, labels, names, mean, std, Augment(min_scale=0.5, flip=True), bad, presize)
 
 
 def load_mnist_png(root: str | Path, split: str, *, workers: int | None = None, max_bad: float = 0.05, cache: bool = True) -> ImageSet:
@@ -251,7 +249,7 @@ def load_mnist_png(root: str | Path, split: str, *, workers: int | None = None, 
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     names = None if split == "train" else [p.name for p in _class_folders(root / "training")]
     imgs, labels, names, bad = _load_folder_split(root, sub, names, 28, 1, workers, max_bad, cache)
-    return ImageSet(imgs, labels, names, [0.1307], [0.3081], Augment(pad=3), bad)
+    return ImageSet(imgs, labels, names, [0.1307], [0.3081], Augment(pad=3), bad, 28)
 
 
 def load_dataset(name: str, data: str | Path | None, *, presize: int = 160, workers: int | None = None) -> tuple[ImageSet, ImageSet]:
@@ -305,12 +303,6 @@ def augment_batch(x: torch.Tensor, size: tuple[int, int], aug: Augment, gen: tor
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def resize_batch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
 class DeviceLoader:
     """Iterates normalised float batches of an :class:`ImageSet` held on ``device``.
 
@@ -331,9 +323,6 @@ class DeviceLoader:
         self.rank, self.world, self.seed, self.channels_last = rank, world, seed, channels_last
         self.images = ds.images.to(device, non_blocking=True)
         self.labels = ds.labels.to(device, non_blocking=True)
-        c = ds.in_channels
-        self.mean = torch.tensor(ds.mean, device=device).view(1, c, 1, 1) * 255
-        self.std = torch.tensor(ds.std, device=device).view(1, c, 1, 1) * 255
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -356,9 +345,11 @@ class DeviceLoader:
             aug_gen = None
         for i in range(self.rank, n_batches, self.world):
             idx = order[i * self.bs : (i + 1) * self.bs]
-            x = self.images.index_select(0, idx).float()
-            x = augment_batch(x, self.size, self.ds.augment, aug_gen) if self.train else resize_batch(x, self.size)
-            x = (x - self.mean) / self.std
+            x = self.images.index_select(0, idx)
+            if self.train:
+                x = normalize(augment_batch(x.float(), self.size, self.ds.augment, aug_gen), self.ds.mean, self.ds.std)
+            else:  # evaluation: exactly what Engine, validate, eval and serve do (rn_deploy.preprocess)
+                x = eval_batch(x, self.size, self.ds.mean, self.ds.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels.index_select(0, idx)

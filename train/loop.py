@@ -269,7 +269,8 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
 
     torch.manual_seed(cfg.seed)
     config = ModelConfig(arch=cfg.arch, n_classes=len(train_set.class_names), in_channels=train_set.in_channels,
-                         class_names=train_set.class_names, mean=train_set.mean, std=train_set.std, image_size=[cfg.size, cfg.size])
+                         class_names=train_set.class_names, mean=train_set.mean, std=train_set.std, image_size=[cfg.size, cfg.size],
+                         presize=val_set.presize)
     model = config.build().to(dev)
     if use_cl:
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,115 @@
+"""The one preprocessing: uint8 pixels -> normalised float NCHW, shared by every consumer.
+
+Training evaluation (``train.data.DeviceLoader`` on the validation set), ``validate``'s real
+images, ``eval``, :class:`rn_deploy.Engine` and ``serve`` all call these functions, so a model sees
+the same pixels in production as it was judged on. The policy:
+
+1. colour mode: images are converted to the model's channels the way the training loader decodes
+   them (PIL ``"L"`` for 1 channel, ``"RGB"`` for 3): :func:`convert_pil`, :data:`COLOR_MODES`;
+2. decode size (image folders only, ``ModelConfig.presize``): the image is fitted to a
+   ``presize`` x ``presize`` square and stored as uint8 (:func:`fit_uint8`), as training decodes
+   and caches its folders;
+3. evaluation size: the short side is resized (bilinear, antialiased) so the image covers the
+   target H x W, then the centre is cropped (:func:`fit`); an image already at that size is
+   untouched;
+4. normalisation: ``(x - 255 * mean) / (255 * std)`` on pixels in 0..255 (:func:`normalize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import RnDeployError
+
+COLOR_MODES = {1: "L", 3: "RGB"}
+
+
+def convert_pil(image: Any, channels: int) -> Any:
+    """A PIL image converted to the model's colour mode (``L`` or ``RGB``), as the training loader does."""
+    if channels not in COLOR_MODES:
+        raise RnDeployError(f"models with {channels} input channels take no decoded images; only 1 (L) or 3 (RGB)")
+    return image if image.mode == COLOR_MODES[channels] else image.convert(COLOR_MODES[channels])
+
+
+def fit(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize the short side of float ``(C, H, W)`` or ``(N, C, H, W)`` to cover ``size``, then centre-crop to it."""
+    th, tw = int(size[0]), int(size[1])
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if (h, w) == (th, tw):
+        return x
+    s = max(th / h, tw / w)
+    nh, nw = max(th, round(h * s)), max(tw, round(w * s))
+    if (nh, nw) != (h, w):
+        batched = x if x.dim() == 4 else x[None]
+        batched = F.interpolate(batched, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        x = batched if x.dim() == 4 else batched[0]
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return x[..., top : top + th, left : left + tw]
+
+
+def fit_uint8(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """The decode step: uint8 HxWxC (or CxHxW tensor) fitted to ``size`` x ``size``, back to uint8 CxHxW."""
+    t = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1) if isinstance(image, np.ndarray) else image
+    if tuple(t.shape[-2:]) == (size, size):
+        return t.to(torch.uint8)
+    return fit(t.float(), (size, size)).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Float pixels 0..255, NCHW -> ``(x - 255 mean) / (255 std)`` per channel."""
+    c = x.shape[1]
+    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(1, c, 1, 1) * 255
+    s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(1, c, 1, 1) * 255
+    return (x - m) / s
+
+
+def eval_batch(x: torch.Tensor, size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A uint8 (or float 0..255) NCHW batch at evaluation ``size``, normalised: what the model is judged on."""
+    return normalize(fit(x.float(), size), mean, std)
+
+
+def as_chw_uint8(image: np.ndarray | torch.Tensor, channels: int, index: int = 0) -> torch.Tensor:
+    """Check one HxWxC (or HxW) uint8 array and return it as a CxHxW uint8 tensor."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise RnDeployError(f"image {index}: expected HxWxC uint8, got shape {a.shape}")
+    if a.shape[2] != channels:
+        how = "PIL: image.convert('RGB')" if channels == 3 else "PIL: image.convert('L')"
+        raise RnDeployError(f"image {index}: has {a.shape[2]} channel(s), the model takes {channels}; convert it first ({how})")
+    if a.dtype != np.uint8:
+        raise RnDeployError(f"image {index}: dtype {a.dtype}, expected uint8 pixels 0-255; pass a normalised tensor instead")
+    if min(a.shape[:2]) < 1:
+        raise RnDeployError(f"image {index}: empty ({a.shape[0]}x{a.shape[1]} pixels)")
+    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)
+
+
+def preprocess(images: Sequence[np.ndarray | torch.Tensor], size: Sequence[int], channels: int, mean: Sequence[float],
+               std: Sequence[float], presize: int | None = None) -> torch.Tensor:
+    """uint8 HxWxC images -> normalised float32 NCHW at ``size``, by the policy of this module.
+
+    Args:
+        images: uint8 HxWxC (or HxW for one channel) arrays, any sizes.
+        size: evaluation (H, W).
+        channels: the model's input channels (images must already have them).
+        mean: per-channel mean for pixels in [0, 1].
+        std: per-channel std for pixels in [0, 1].
+        presize: the training decode size (``ModelConfig.presize``), or None when training saw
+            images at their stored size.
+    """
+    batch = []
+    for i, img in enumerate(images):
+        t = as_chw_uint8(img, channels, i)
+        if presize:
+            t = fit_uint8(t, presize)
+        batch.append(fit(t.float(), size))
+    x = normalize(torch.stack(batch), mean, std)
+    if not torch.isfinite(x).all():
+        raise RnDeployError("input has NaN or Inf values after normalisation (a std of 0 in the model's metadata?)")
+    return x
