@@ -42,3 +42,7 @@ class DataError(RnDeployError):
 
 class ValidationFailed(RnDeployError):
     """Validation ran, and at least one cell is outside its tolerance."""
+
+
+class RequestError(RnDeployError):
+    """A served request carries no usable image (not an image, truncated, too large, wrong channels, empty)."""

@@ -1,0 +1,368 @@
+"""`rn-deploy serve` on a real Triton Inference Server (PyTriton): results, bad input, soak, SIGTERM, startup errors.
+
+Servers listen on 127.0.0.1 free ports, every request loop is bounded, and every server started here is
+stopped (SIGTERM, then SIGKILL of its whole process tree) whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from rn_deploy.checkpoint import ModelConfig, save_checkpoint
+from rn_deploy.client import classify, request, run_level, server_message
+from rn_deploy.engine import Engine
+from rn_deploy.export import export_onnx
+from rn_deploy.models import create_model
+from rn_deploy.serve import PIXELS, prefer_own_libpython
+
+from .conftest import FASHION_DIR, needs_fashion
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+START_TIMEOUT_S = 120
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+    except OSError:
+        return False
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    http: str
+    grpc: str
+    log: Path
+
+    def stop(self) -> int:
+        kids = descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            rc = -9
+        for pid in [self.proc.pid, *kids]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        return rc
+
+
+def start_server(model: Path, log: Path, *extra: str) -> Server:
+    h, g, m = free_ports(3)
+    cmd = [sys.executable, "-m", "rn_deploy.cli", "serve", str(model), "--host", "127.0.0.1", "--http-port", str(h),
+           "--grpc-port", str(g), "--metrics-port", str(m), *extra]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, text=True)
+    srv = Server(proc, f"127.0.0.1:{h}", f"127.0.0.1:{g}", log)
+    client = thttp.InferenceServerClient(srv.http)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if client.is_model_ready("classifier"):
+                    return srv
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"serve not ready in {START_TIMEOUT_S}s: {log.read_text()[-2000:]}")
+    except BaseException:
+        srv.stop()
+        raise
+    finally:
+        client.close()
+
+
+def png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_declaring(w: int, h: int) -> bytes:
+    """A few hundred bytes of valid PNG header declaring a w x h image (its pixel data cannot fill it)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    net = create_model("mnist_resnet", n_classes=10, in_channels=1)
+    with torch.no_grad():
+        for mod in net.modules():  # zero-init BatchNorms would flatten the outputs: make every class reachable
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+    cfg = ModelConfig(arch="mnist_resnet", n_classes=10, in_channels=1, image_size=[28, 28], class_names=FASHION,
+                      mean=[0.286], std=[0.353])
+    save_checkpoint(d / "model.pt", net, cfg, {"note": "random test weights"})
+    return Path(export_onnx(d / "model.pt", d / "model.onnx", verify=False).onnx_path)
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[Server]:
+    srv = start_server(model, model.with_name("serve.log"), "--max-queue-delay-us", "5000")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def fashion_test() -> np.ndarray:
+    from train.data import load_fashion_mnist
+
+    return load_fashion_mnist(FASHION_DIR, "test").images[:128, 0].numpy()
+
+
+def test_prefer_own_libpython_puts_interpreter_lib_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = str(Path(sys.base_prefix) / "lib")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/opt/x:{lib}:/opt/y")
+    prefer_own_libpython()
+    assert os.environ["LD_LIBRARY_PATH"].split(":") == [lib, "/opt/x", "/opt/y"]
+
+
+@needs_fashion
+def test_served_results_equal_engine_predict_over_http_and_grpc(model: Path, server: Server, fashion_test: np.ndarray) -> None:
+    images = fashion_test[:120]
+    expected = Engine.load(model).predict(list(images[:, :, :, None]), top_k=None)
+    encoded = [png(a) for a in images]
+
+    def one(args: tuple[int, bool]) -> dict:
+        i, grpc = args
+        return classify(server.grpc if grpc else server.http, [encoded[i]], grpc=grpc)[0]
+
+    # 8 clients at once, so the dynamic batcher really mixes requests into batches.
+    with ThreadPoolExecutor(8) as pool:
+        for grpc in (False, True):
+            got = list(pool.map(one, [(i, grpc) for i in range(len(encoded))]))
+            for r, e in zip(got, expected, strict=True):
+                assert "error" not in r, r
+                assert (r["label"], r["index"]) == (e.label, e.index)
+                assert r["score"] == pytest.approx(e.score, abs=1e-5)
+                np.testing.assert_allclose(r["probs"], [e.probs[c] for c in FASHION], atol=1e-5)
+    assert len({e.index for e in expected}) > 1  # the check could fail: outputs differ between images
+
+    # raw pixels give the same answer as the PNG of the same pixels
+    c = thttp.InferenceServerClient(server.http)
+    inp = thttp.InferInput(PIXELS, [1, 28, 28, 1], "UINT8")
+    inp.set_data_from_numpy(images[:1, :, :, None])
+    res = c.infer("classifier", [inp])
+    assert int(res.as_numpy("index")[0, 0]) == expected[0].index
+    assert res.as_numpy("label")[0, 0].decode() == expected[0].label
+    c.close()
+
+
+@needs_fashion
+@pytest.mark.parametrize("case", ["not-an-image", "truncated-png", "over-max-pixels", "pil-bomb", "empty", "wrong-channels"])
+def test_bad_request_gets_an_error_naming_it_and_server_stays_ready(server: Server, fashion_test: np.ndarray, case: str) -> None:
+    good = png(fashion_test[0])
+    c = thttp.InferenceServerClient(server.http)
+    try:
+        if case == "wrong-channels":
+            inp = thttp.InferInput(PIXELS, [1, 28, 28, 3], "UINT8")
+            inp.set_data_from_numpy(np.zeros((1, 28, 28, 3), np.uint8))
+            with pytest.raises(InferenceServerException) as ei:
+                c.infer("classifier", [inp])
+            assert "pixels" in str(ei.value) and "shape" in str(ei.value)
+        else:
+            data, words = {
+                "not-an-image": (b"hello, I am text, not a picture", "not an image"),
+                "truncated-png": (good[: len(good) // 2], "truncated"),
+                "over-max-pixels": (png_declaring(5000, 5000), "5000x5000 = 25000000 pixels is over the server's --max-pixels"),
+                "pil-bomb": (png_declaring(30000, 30000), "--max-pixels"),
+                "empty": (b"", "empty image bytes"),
+            }[case]
+            with pytest.raises(InferenceServerException) as ei:
+                request(c, "classifier", data)
+            assert words in server_message(ei.value)
+        assert c.is_server_ready() and c.is_model_ready("classifier")
+        assert request(c, "classifier", good)["label"] in FASHION
+    finally:
+        c.close()
+
+
+def test_classify_cli_prints_label_and_score_and_fails_on_bad_file(server: Server, tmp_path: Path) -> None:
+    img = tmp_path / "x.png"
+    img.write_bytes(png(np.arange(28 * 34, dtype=np.uint8).reshape(28, 34)))
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-m", "rn_deploy.cli", "classify", server.grpc, str(img), "--grpc", "--json"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    (r,) = json.loads(run.stdout)
+    assert r["label"] in FASHION and abs(sum(r["probs"]) - 1) < 1e-4
+    run = subprocess.run([sys.executable, "-m", "rn_deploy.cli", "classify", server.http, str(img), str(bad)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1
+    assert run.stdout.startswith(f"{img}: {r['label']} ")
+    assert "notes.txt: error: not an image" in run.stderr
+
+
+@needs_fashion
+def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-m", "rn_deploy.cli", "loadtest", server.http, "--dataset", "fashion-mnist", "--limit", "50",
+                          "--concurrency", "1,4", "--duration", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    rep = json.loads((tmp_path / "loadtest.json").read_text())
+    assert [lv["concurrency"] for lv in rep["levels"]] == [1, 4]
+    for lv in rep["levels"]:
+        assert lv["errors"] == 0 and lv["requests"] > 0 and lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"]
+    assert "| 4 |" in (tmp_path / "loadtest.md").read_text()
+    assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_fashion
+def test_soak_concurrency_32_no_errors_and_steady_memory(server: Server, fashion_test: np.ndarray) -> None:
+    """A short soak (bench/serve_bench.py --soak runs the 30 s version): marks at 1/3 and the end."""
+    duration = 9.0
+    images = [png(a) for a in fashion_test[:64]]
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(run_level(server.http, "classifier", images, 32, duration, False)))
+    t.start()
+    time.sleep(1.0 + duration / 3)
+    rss_early = tree_rss_mb(server.proc.pid)
+    t.join(duration + 120)
+    rss_late = tree_rss_mb(server.proc.pid)
+    (lv,) = result
+    assert lv.errors == 0, lv.first_error
+    assert lv.requests > 32
+    assert abs(rss_late - rss_early) <= 0.10 * rss_early, (rss_early, rss_late)
+
+
+def test_sigterm_answers_requests_in_flight_and_exits_0(model: Path, tmp_path: Path) -> None:
+    # A long batching delay keeps the requests queued in the server when the signal arrives.
+    srv = start_server(model, tmp_path / "serve.log", "--max-queue-delay-us", "400000")
+    try:
+        kids = descendants(srv.proc.pid)
+        assert kids, "tritonserver should run as a child"
+        data = png(np.full((28, 28), 128, np.uint8))
+
+        def send(_: int) -> dict:
+            c = thttp.InferenceServerClient(srv.http, network_timeout=30)
+            try:
+                return request(c, "classifier", data)
+            finally:
+                c.close()
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(send, i) for i in range(6)]
+            time.sleep(0.15)
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            answers = [f.result(timeout=30) for f in futures]
+            rc = srv.proc.wait(15)
+            took = time.monotonic() - t0
+        assert all(a["label"] in FASHION for a in answers)
+        assert rc == 0, srv.log.read_text()[-2000:]
+        assert took < 10, took
+        assert not [p for p in kids if alive(p)]
+    finally:
+        srv.stop()
+
+
+def _serve_fails(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "rn_deploy.cli", "serve", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_bad_model_path_is_one_line_exit_1(tmp_path: Path) -> None:
+    h, g, m = free_ports(3)
+    run = _serve_fails([str(tmp_path / "missing.onnx"), "--host", "127.0.0.1", "--http-port", str(h), "--grpc-port", str(g),
+                        "--metrics-port", str(m)])
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.onnx'}: no such file"]
+
+
+def test_port_in_use_is_one_line_exit_1_and_nothing_left_running(model: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        g, m = free_ports(2)
+        before = set(os.listdir("/proc"))
+        run = _serve_fails([str(model), "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(g), "--metrics-port", str(m)])
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1
+    assert len(lines) == 1 and lines[0].startswith(f"error: --http-port {port}: cannot listen on 127.0.0.1:{port}"), run.stderr
+    new = [p for p in set(os.listdir("/proc")) - before if p.isdigit()]
+    strays = []
+    for p in new:
+        try:
+            if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text() and str(g) in Path(f"/proc/{p}/cmdline").read_text():
+                strays.append(p)
+        except OSError:
+            pass
+    assert not strays
