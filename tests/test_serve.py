@@ -208,8 +208,8 @@ def test_served_results_equal_engine_predict_over_http_and_grpc(model: Path, ser
             for r, e in zip(got, expected, strict=True):
                 assert "error" not in r, r
                 assert (r["label"], r["index"]) == (e.label, e.index)
-                assert r["score"] == pytest.approx(e.score, abs=1e-5)
-                np.testing.assert_allclose(r["probs"], [e.probs[c] for c in FASHION], atol=1e-5)
+                assert r["score"] == pytest.approx(e.score, abs=1e-6)
+                np.testing.assert_allclose(r["probs"], [e.probs[c] for c in FASHION], atol=1e-6, rtol=0)  # measured <= 1e-7: batch composition differs
     assert len({e.index for e in expected}) > 1  # the check could fail: outputs differ between images
 
     # raw pixels give the same answer as the PNG of the same pixels
