@@ -273,6 +273,7 @@ def plot(rep: LoadReport, path: Path) -> None:
     ax.set_xticks(c, [str(v) for v in c])
     ax.set_xlabel("concurrency (clients)")
     ax.set_ylabel("requests/s", color="tab:blue")
+    ax.set_ylim(bottom=0)
     ax2 = ax.twinx()
     for q, style in (("p50_ms", "s--"), ("p90_ms", "^--"), ("p99_ms", "v--")):
         ax2.plot(c, [getattr(lv, q) or float("nan") for lv in rep.levels], style, label=q.replace("_ms", ""), alpha=0.8)
