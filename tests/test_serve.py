@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from PIL import Image
 from tritonclient.utils import InferenceServerException
@@ -366,3 +365,17 @@ def test_port_in_use_is_one_line_exit_1_and_nothing_left_running(model: Path) ->
         except OSError:
             pass
     assert not strays
+
+
+def test_classify_without_a_server_is_one_line_exit_1(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rn_deploy.cli import main
+
+    img = tmp_path / "x.png"
+    img.write_bytes(png(np.zeros((28, 28), np.uint8)))
+    (port,) = free_ports(1)
+    res = CliRunner().invoke(main, ["classify", f"127.0.0.1:{port}", str(img)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [f"error: cannot reach a Triton server ([Errno 111] Connection refused); "
+                                               "is `rn-deploy serve` running there (HTTP port?)?"]
