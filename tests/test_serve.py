@@ -377,5 +377,5 @@ def test_classify_without_a_server_is_one_line_exit_1(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     res = CliRunner().invoke(main, ["classify", f"127.0.0.1:{port}", str(img)])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines() == [f"error: cannot reach a Triton server ([Errno 111] Connection refused); "
+    assert res.output.strip().splitlines() == ["error: cannot reach a Triton server ([Errno 111] Connection refused); "
                                                "is `rn-deploy serve` running there (HTTP port?)?"]
