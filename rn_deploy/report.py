@@ -186,7 +186,7 @@ def _plots(rep: ValidationReport, out: Path) -> list[Path]:
     m = parity_matrix(rep)
     if m is not None:
         grid = np.array([[np.nan if v is None else (m.vmax + 1 if math.isinf(v) else math.log10(v)) for v in row] for row in m.values])
-        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(m.cols) + 3.5), 0.7 * len(m.rows) + 2.4))
+        fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(m.cols) + 3.5), max(3.6, 0.7 * len(m.rows) + 2.4)))
         im = ax.imshow(np.clip(grid, m.vmin, m.vmax), cmap="viridis", aspect="auto", vmin=m.vmin, vmax=m.vmax)
         ax.set_xticks(range(len(m.cols)), m.cols, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(m.rows)), [f"{r}\n(tol {t:.0e})" if t else r for r, t in zip(m.rows, m.tolerance, strict=True)],
@@ -203,7 +203,8 @@ def _plots(rep: ValidationReport, out: Path) -> list[Path]:
                 bright = (float(np.clip(grid[i, j], m.vmin, m.vmax)) - m.vmin) / (m.vmax - m.vmin) > 0.6
                 ax.text(j, i, text, ha="center", va="center", fontsize=6, color="black" if bright else "white",
                         fontweight="bold" if m.failed[i][j] else "normal")
-        cb = fig.colorbar(im, ax=ax, label="log10 relative L2 error vs FP32 reference")
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label("log10 relative L2 error", fontsize=8)
         tols = sorted({t for t in m.tolerance if t})
         for t in tols:
             cb.ax.axhline(math.log10(t), color="red", linewidth=2)
