@@ -3,7 +3,7 @@ without CUDA graphs), the Engine service API, and TensorRT where an engine can r
 
     python bench/infer_bench.py --models tv_resnet50 --sizes 224 --batches 1,256 --compile --out infer.json
 
-Every timing uses rn_deploy.validate._time, the same code as `rn-deploy validate`: one first call
+Every timing uses rn_deploy.benchmark.benchmark, the same code as `rn-deploy validate`: one first call
 (reported separately), warm-up calls, then device-synchronised timed calls; p50/p90/p99 ms and
 img/s. Models have random weights (1000 classes): latency does not depend on the values. ONNX
 files are exported with rn_deploy.export (dynamic axes; FP16 = FP16 weights/compute, FP32 I/O).
@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
+from rn_deploy.benchmark import benchmark
 from rn_deploy.checkpoint import ModelConfig
 from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
 from rn_deploy.models import create_model
 from rn_deploy.runners import BaseRunner, OrtRunner, RunnerUnavailable, TorchRunner
-from rn_deploy.validate import _time
 
 
 class CompiledRunner(BaseRunner):
@@ -114,7 +114,7 @@ def main() -> None:
                     warm, iters = iters_for(b, size)
                     x = torch.randn(b, 3, size, size)
                     try:
-                        _, lat = _time(runner, runner.prepare(x), warm, iters, b)
+                        lat = benchmark(runner, runner.prepare(x), b, warm, iters)
                     except Exception as e:  # noqa: BLE001 - record and go on with the next cell
                         print(json.dumps({"model": arch, "method": method, "batch": b, "size": size, "error": str(e)[:200]}), flush=True)
                         continue

@@ -46,7 +46,7 @@ def _pick_backend() -> tuple[str | None, list[str] | None, str]:
 
 
 def _runs_here(engine_path: Path) -> bool:
-    """Whether this machine's library and GPU can run the engine (no GPU: validation skips it anyway)."""
+    """Whether this machine's library and GPU can run the engine (no GPU: validation reports it as not judged)."""
     import torch
 
     from .build import EngineManifest, check_compatible
@@ -60,6 +60,17 @@ def _runs_here(engine_path: Path) -> bool:
     except RnDeployError:
         return False
     return True
+
+
+def verdict_line(rep: Any, built: list[str]) -> str:
+    """The demo's last line: which artifacts were judged (by which backends) and which were only built."""
+    judged = [f"{Path(a['path']).name} ({', '.join(a['by'])})" for a in rep.artifacts if a["judged"] is True]
+    only_built = [f"{Path(a['path']).name} ({a.get('reason', 'not run')})" for a in rep.artifacts if a["judged"] is False]
+    named = {Path(a["path"]) for a in rep.artifacts}
+    only_built += [f"{Path(b).name} (cannot run on this machine)" for b in built if Path(b) not in named]
+    head = f"validation {'passed' if rep.passed else 'FAILED'} against {rep.reference}"
+    return (f"{head}; judged: {', '.join(judged) or 'nothing'}; only built, not judged: {', '.join(only_built) or 'nothing'}; "
+            f"latency figures from {rep.timing.get('iters')} timed calls are smoke figures")
 
 
 def _write_samples(folder: Path, n: int, data: str | None) -> Path:
@@ -97,19 +108,20 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
         say(f"[3/4] build FP16 engine: {why}")
         engine_path = out / f"model.{backend}.engine"
         build_engine(out / "model.onnx", engine_path, backend=backend, precision="fp16", profiles=[profile], targets=targets, log=say)
-    if engine_path is not None and not _runs_here(engine_path):
+    # The engine is named to validation whenever this machine's library can load it; where it
+    # cannot run (no GPU) the demo accepts that (allow_skip) and says it was only built.
+    runs_here = engine_path is not None and _runs_here(engine_path)
+    if engine_path is not None and not runs_here:
         say(f"validate: the engine cannot run on this machine ({why}); validating PyTorch and ONNX Runtime")
-        engine_path_for_validation = None
-    else:
-        engine_path_for_validation = engine_path
     say("[4/4] validate on real Fashion-MNIST test images")
     samples = _write_samples(out / "samples", 16, data)
-    rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path_for_validation,
-                                backends=None,
-                                sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out, iters=5, log=say)
+    rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path if runs_here else None,
+                                backends=None, sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out,
+                                iters=5, allow_skip=True, log=say)
+    built = [str(engine_path)] if engine_path is not None else []
     summary = {"accuracy": res.accuracy, "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,
                "engine": str(engine_path) if engine_path else None, "engine_note": why, "report": files, "passed": rep.passed,
-               "backends": rep.backends}
+               "backends": rep.backends, "verdict": verdict_line(rep, built)}
     if not rep.passed:
-        raise RnDeployError(f"{files.get('markdown')}: validation failed; see the report")
+        raise RnDeployError(f"{files.get('markdown')}: validation failed ({rep.failure()}); see the report")
     return summary

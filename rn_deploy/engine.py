@@ -9,16 +9,21 @@ Normalisation (mean/std, channels) comes from the manifest/ONNX metadata written
 service never re-implements it. Images of equal size are batched together, in chunks no larger
 than the engine's largest profile batch.
 
-Threads: an ``Engine`` owns one execution context (TensorRT) or session binding (ONNX Runtime CUDA)
-and serialises calls with a lock, so sharing one across threads is safe but not parallel. For
-parallel inference give each thread (each CUDA stream) its own ``Engine.load(...)``: engines are
-cheap to load again and each has its own context and stream.
+Threads: ``Engine.load(path, contexts=N)`` keeps ONE deserialised engine (one copy of the weights
+in GPU memory) and a pool of N runners, each with its own execution contexts and CUDA stream
+(TensorRT), or its own stream and session (ONNX Runtime CUDA, where the stream is a session
+option), or sharing one session (ONNX Runtime CPU, whose ``run`` is thread-safe). ``predict`` and
+``logits`` are safe from any number of threads and run up to N calls in parallel; a call borrows a
+runner from the pool for its whole batch and waits when all N are busy. Loading another ``Engine``
+instead is not cheap: it deserialises the engine again and holds a second copy of its weights and
+activations on the GPU.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+import queue
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +45,51 @@ class Prediction:
 
 
 class Engine:
-    """A loaded model for serving: TensorRT engine, or ONNX through ONNX Runtime."""
+    """A loaded model for serving: TensorRT engine, or ONNX through ONNX Runtime, with a pool of runners.
 
-    def __init__(self, runner: BaseRunner, config: ModelConfig, max_batch: int):
+    Args:
+        runner: the first runner; ``contexts - 1`` more are made with its ``replica()``.
+        config: the model's config (class names, normalisation, training size).
+        max_batch: the largest batch one call may take (larger inputs are chunked).
+        contexts: how many calls may run at once (one runner, context and stream each).
+    """
+
+    def __init__(self, runner: BaseRunner, config: ModelConfig, max_batch: int, contexts: int = 1):
+        if contexts < 1:
+            raise RnDeployError(f"contexts={contexts}: use 1 or more")
         self.runner, self.config, self.max_batch = runner, config, max_batch
-        self._lock = threading.Lock()
+        replica = getattr(runner, "replica", None)
+        if contexts > 1 and replica is None:
+            raise RnDeployError(f"{runner.name}: this runner cannot be replicated; use contexts=1")
+        self.runners: list[BaseRunner] = [runner] + [replica() for _ in range(contexts - 1)] if replica else [runner]
+        self._pool: queue.Queue[BaseRunner] = queue.Queue()
+        for r in self.runners:
+            self._pool.put(r)
+
+    @property
+    def contexts(self) -> int:
+        return len(self.runners)
+
+    @contextmanager
+    def _borrow(self) -> Iterator[BaseRunner]:
+        r = self._pool.get()
+        try:
+            yield r
+        finally:
+            self._pool.put(r)
 
     @classmethod
-    def load(cls, path: str | Path, *, provider: str | None = None, cuda_graph: bool = False) -> Engine:
-        """Load ``*.engine`` (TensorRT, manifest checked first) or ``*.onnx`` (ONNX Runtime: CUDA if available, else CPU)."""
+    def load(cls, path: str | Path, *, provider: str | None = None, cuda_graph: bool = False, contexts: int = 1,
+             max_graphs: int = 8) -> Engine:
+        """Load ``*.engine`` (TensorRT, manifest checked first) or ``*.onnx`` (ONNX Runtime: CUDA if available, else CPU).
+
+        Args:
+            path: the engine or ONNX file.
+            provider: ``cpu`` or ``cuda`` for ONNX (default: CUDA when available).
+            cuda_graph: replay CUDA graphs, one per input shape.
+            contexts: runners in the pool: calls that may run in parallel from different threads.
+            max_graphs: per runner, the most CUDA-graph shapes kept (least recently used evicted).
+        """
         path = Path(path)
         if not path.exists():
             raise RnDeployError(f"{path}: no such file")
@@ -63,21 +104,22 @@ class Engine:
 
                 cuda_ok = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
                 provider = "cuda" if cuda_ok else "cpu"
-            return cls(OrtRunner(path, provider=provider, cuda_graph=cuda_graph), cfg, max_batch=1 << 30)
-        trt = TrtRunner(path, cuda_graph=cuda_graph)
+            ort_runner = OrtRunner(path, provider=provider, cuda_graph=cuda_graph, max_graphs=max_graphs)
+            return cls(ort_runner, cfg, max_batch=1 << 30, contexts=contexts)
+        trt = TrtRunner(path, cuda_graph=cuda_graph, max_graphs=max_graphs)
         if not trt.manifest.config:
             raise RnDeployError(f"{path}: manifest has no model config; build from an ONNX written by `rn-deploy export`")
-        return cls(trt, ModelConfig.from_dict(trt.manifest.config), max(p.max[0] for p in trt.profiles))
+        return cls(trt, ModelConfig.from_dict(trt.manifest.config), max(p.max[0] for p in trt.profiles), contexts=contexts)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw logits for a normalised NCHW float batch (chunked to the engine's max batch)."""
+        """Raw logits for a normalised NCHW float batch (chunked to the engine's max batch); thread-safe."""
         outs = []
-        with self._lock:
+        with self._borrow() as runner:
             for chunk in x.split(self.max_batch):
-                why = self.runner.covers(tuple(chunk.shape))
+                why = runner.covers(tuple(chunk.shape))
                 if why:
                     raise RnDeployError(why)
-                outs.append(self.runner.infer(self.runner.prepare(chunk)).cpu())
+                outs.append(runner.infer(runner.prepare(chunk)).cpu())
         return torch.cat(outs)
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, *, size: tuple[int, int] | None = None,
@@ -114,7 +156,8 @@ class Engine:
         return [p for p in result if p is not None]
 
     def close(self) -> None:
-        self.runner.close()
+        for r in self.runners:
+            r.close()
 
     def __enter__(self) -> Engine:
         return self

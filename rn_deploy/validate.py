@@ -1,15 +1,18 @@
-"""Parity and latency of several runners over a grid of (batch, height, width).
+"""Parity and latency of several runners over a grid of (batch, height, width): the composition.
 
-Every cell runs the same input through the FP32 PyTorch reference and each runner, compares the
-logits (:mod:`rn_deploy.metrics`) against per-precision tolerances, and times the runner:
-warm-up, device-synchronised iterations, p50/p90/p99 and img/s, with the first call after a shape
-change reported on its own (it includes allocation, profile switch or graph capture).
+Every cell runs the same input through the FP32 PyTorch reference and each runner in two explicit
+steps: :func:`rn_deploy.benchmark.benchmark` times the runner (first call after a shape change on
+its own, warm-up, device-synchronised iterations, p50/p90/p99, img/s), then
+:func:`rn_deploy.compare.compare_runner` makes one more call and judges that owned output against
+per-precision tolerances. A runner that is the reference itself (same framework, device and
+precision) is timed but is not a parity cell, and a report passes only when at least one
+independent backend ran and was compared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,34 +22,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
+from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
-from .metrics import parity
 from .runners import Runner, RunnerUnavailable
 
-REPORT_FORMAT = "rn-deploy-report/1"
-# Per precision: the largest rel_l2, the smallest per-sample cosine, and (None = report only) top-1 agreement.
-DEFAULT_TOLERANCES: dict[str, dict[str, float | None]] = {
-    "fp32": {"rel_l2": 1e-3, "cosine": 0.9999, "top1": None},
-    "fp16": {"rel_l2": 2e-2, "cosine": 0.999, "top1": None},
-}
+__all__ = ["DEFAULT_TOLERANCES", "Cell", "Latency", "ValidationReport", "check", "run_validation", "validate"]
+
+REPORT_FORMAT = "rn-deploy-report/2"
 Log = Callable[[str], None]
-
-
-@dataclass
-class Latency:
-    """Milliseconds per call at one shape (device-synchronised)."""
-
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    img_per_s: float
-    first_call_ms: float
-    iters: int
+NOTHING_COMPARED = ("nothing was compared: every backend that ran is the PyTorch FP32 reference itself; pass --onnx MODEL.onnx "
+                    "(ONNX Runtime CPU runs anywhere), --engine MODEL.engine on a machine with a GPU, or install "
+                    "onnxruntime-gpu on a GPU machine for ort-cuda")
 
 
 @dataclass
 class Cell:
+    """One (backend, batch, H, W): its latency and, unless it is the reference's twin, its parity."""
+
     backend: str
     precision: str
     batch: int
@@ -58,6 +51,9 @@ class Cell:
     latency: Latency | None = None
     skipped: str | None = None
     failures: list[str] = field(default_factory=list)
+    compared: bool = False
+    images: int = 0
+    artifact: str | None = None
 
 
 @dataclass
@@ -72,18 +68,42 @@ class ValidationReport:
     inputs: str
     environment: dict[str, Any]
     format: str = REPORT_FORMAT
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)
+    allow_skip: bool = False
+
+    @property
+    def compared(self) -> list[Cell]:
+        """Cells that ran and were compared with the reference."""
+        return [c for c in self.cells if c.skipped is None and c.compared]
 
     @property
     def passed(self) -> bool:
-        ran = [c for c in self.cells if c.skipped is None]
-        return bool(ran) and all(c.passed for c in ran)
+        cmp = self.compared
+        return not self.problems and bool(cmp) and all(c.passed for c in cmp)
 
     def __bool__(self) -> bool:
         return self.passed
 
+    def failure(self) -> str | None:
+        """One line saying why the report did not pass (None when it passed)."""
+        if self.passed:
+            return None
+        bad = [c for c in self.compared if not c.passed]
+        if bad:
+            c = bad[0]
+            return (f"{len(bad)} of {len(self.compared)} compared cells out of tolerance (first: {c.backend} "
+                    f"{c.batch}x{c.height}x{c.width}: {'; '.join(c.failures)})")
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            return self.problems[0] + more
+        return NOTHING_COMPARED
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
+        d["failure"] = self.failure()
         return d
 
 
@@ -104,40 +124,6 @@ def parse_tolerance_overrides(items: Sequence[str]) -> dict[str, dict[str, float
     return out
 
 
-def _check(p: dict[str, Any], tol: dict[str, float | None]) -> list[str]:
-    fails = []
-    if not p["finite"]:
-        fails.append("non-finite output")
-    if tol.get("rel_l2") is not None and p["rel_l2"] > tol["rel_l2"]:  # type: ignore[operator]
-        fails.append(f"rel_l2 {p['rel_l2']:.2e} > {tol['rel_l2']:.0e}")
-    if tol.get("cosine") is not None and p["cosine"] < tol["cosine"]:  # type: ignore[operator]
-        fails.append(f"cosine {p['cosine']:.6f} < {tol['cosine']}")
-    if tol.get("top1") is not None and p["top1"] < tol["top1"]:  # type: ignore[operator]
-        fails.append(f"top1 {p['top1']:.3f} < {tol['top1']}")
-    return fails
-
-
-def _time(runner: Runner, prepared: Any, warmup: int, iters: int, batch: int) -> tuple[torch.Tensor, Latency]:
-    runner.sync()
-    t = time.perf_counter()
-    out = runner.infer(prepared)
-    runner.sync()
-    first = (time.perf_counter() - t) * 1e3
-    for _ in range(warmup):
-        runner.infer(prepared)
-    runner.sync()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        runner.infer(prepared)
-        runner.sync()
-        times.append((time.perf_counter() - t) * 1e3)
-    q = np.percentile(times, [50, 90, 99])
-    mean = statistics.fmean(times)
-    return out, Latency(round(float(q[0]), 4), round(float(q[1]), 4), round(float(q[2]), 4), round(mean, 4),
-                        round(batch / (mean / 1e3), 1), round(first, 3), iters)
-
-
 def make_inputs(batch: int, h: int, w: int, channels: int, seed: int, images: Sequence[np.ndarray] | None,
                 mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalised NCHW float32: random normal, or real uint8 HxWxC images fitted to (h, w) (rn_deploy.preprocess)."""
@@ -147,6 +133,29 @@ def make_inputs(batch: int, h: int, w: int, channels: int, seed: int, images: Se
 
     picks = [images[(seed + i) % len(images)] for i in range(batch)]
     return preprocess(picks, (h, w), channels, mean, std)
+
+
+def environment() -> dict[str, Any]:
+    """Host, date, GPU and the versions of every tool and runtime a report's numbers depend on."""
+    from importlib import metadata
+
+    from . import __version__
+
+    env: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "rn_deploy": __version__,
+                           "torch": torch.__version__, "numpy": np.__version__,
+                           "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for key, dists in (("onnx", ["onnx"]), ("onnxruntime", ["onnxruntime-gpu", "onnxruntime"]), ("tensorrt", ["tensorrt"]),
+                       ("tensorrt_rtx", ["tensorrt_rtx_cu13_bindings", "tensorrt_rtx_cu12_bindings", "tensorrt-rtx"])):
+        for dist in dists:
+            try:
+                env[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        else:
+            env[key] = None
+    return env
 
 
 def validate(
@@ -164,57 +173,67 @@ def validate(
     skipped: dict[str, str] | None = None,
     log: Log | None = None,
 ) -> ValidationReport:
-    """Compare each runner with the FP32 reference at every grid cell and time it.
+    """Time each runner, then compare it with the FP32 reference, at every grid cell.
 
     Args:
         reference: the FP32 PyTorch runner whose outputs are ground truth.
-        runners: the runners under test (the reference may be among them, for its latency).
+        runners: the runners under test. One that is the reference itself (same framework, device
+            and precision, e.g. ``torch-cpu-fp32``) is timed only: its cells have ``compared=False``.
         grid: (batch, height, width) cells.
         channels: input channels.
-        tolerances: per precision, overrides merged over :data:`DEFAULT_TOLERANCES`.
+        tolerances: per precision, overrides merged over :data:`DEFAULT_TOLERANCES`
+            (:func:`rn_deploy.compare.effective_tolerances`).
         warmup: untimed calls per cell after the first call.
         iters: timed calls per cell.
         images: real uint8 HxWxC images used instead of random inputs.
         mean, std: normalisation for ``images``.
         skipped: backends that could not be created, with the reason.
         log: progress callback.
+
+    The report passes only when at least one cell was compared and every compared cell passed.
     """
     say = log or (lambda _s: None)
-    tol = {p: {**DEFAULT_TOLERANCES[p], **(tolerances or {}).get(p, {})} for p in DEFAULT_TOLERANCES}
+    tol = effective_tolerances(tolerances, real_images=bool(images))
     cells: list[Cell] = []
-    backends: dict[str, dict[str, Any]] = {r.name: {"ran": True, "device": r.device, "precision": r.precision} for r in runners}
+    backends: dict[str, dict[str, Any]] = {}
+    for r in runners:
+        twin = is_reference_twin(r, reference)
+        backends[r.name] = {"ran": True, "device": r.device, "precision": r.precision, "compared": not twin,
+                            **({"note": "the reference itself: timed, not compared"} if twin else {})}
     for name, reason in (skipped or {}).items():
         backends[name] = {"ran": False, "reason": reason}
     for k, (b, h, w) in enumerate(grid):
         x = make_inputs(b, h, w, channels, k, images, mean, std)
-        ref = reference.infer(reference.prepare(x)).cpu().numpy()
+        ref = owned(reference.infer(reference.prepare(x)))
         for r in runners:
+            twin = is_reference_twin(r, reference)
+            artifact = getattr(r, "artifact", None)
             why = r.covers((b, channels, h, w))
             if why is None:
                 try:
-                    out, lat = _time(r, r.prepare(x), warmup, iters, b)
+                    prepared = r.prepare(x)
+                    lat = benchmark(r, prepared, b, warmup, iters)  # step 1: timing; outputs discarded
+                    cmp = None if twin else compare_runner(r, prepared, ref, tol[r.precision])  # step 2: one explicit call
                 except RunnerUnavailable as e:
                     why = str(e)
             if why is not None:
-                cells.append(Cell(r.name, r.precision, b, h, w, passed=True, skipped=why))
+                cells.append(Cell(r.name, r.precision, b, h, w, passed=False, skipped=why, artifact=artifact))
                 continue
-            p = parity(ref, out.cpu().numpy()).to_dict()
-            t = tol[r.precision]
-            fails = _check(p, t)
-            cells.append(Cell(r.name, r.precision, b, h, w, passed=not fails, parity=p, tolerance=t, latency=lat, failures=fails))
-            say(f"{r.name:>22} {b}x{h}x{w}: rel_l2 {p['rel_l2']:.2e} top1 {p['top1']:.2f} p50 {lat.p50_ms:.3f} ms "
-                f"{'ok' if not fails else 'FAIL ' + '; '.join(fails)}")
-    env = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
-        import onnxruntime as ort
-
-        env["onnxruntime"] = ort.__version__
-    except ImportError:
-        pass
+            if cmp is None:
+                cells.append(Cell(r.name, r.precision, b, h, w, passed=True, latency=lat, compared=False, artifact=artifact))
+                say(f"{r.name:>22} {b}x{h}x{w}: p50 {lat.p50_ms:.3f} ms (the reference itself: timed, not compared)")
+                continue
+            p = cmp.parity
+            cells.append(Cell(r.name, r.precision, b, h, w, passed=cmp.passed, parity=p, tolerance=cmp.tolerance, latency=lat,
+                              failures=cmp.failures, compared=True, images=int(p["samples"]), artifact=artifact))
+            rel = "n/a" if p["rel_l2"] is None else f"{p['rel_l2']:.2e}"
+            say(f"{r.name:>22} {b}x{h}x{w}: rel_l2 {rel} top1 {p['top1']:.2f} p50 {lat.p50_ms:.3f} ms "
+                f"{'ok' if cmp.passed else 'FAIL ' + '; '.join(cmp.failures)}")
+    timing = {"warmup": warmup, "iters": iters, "noise_rule": f"noisy when p90/p50 > {NOISE_P90_P50} or fewer than "
+              f"{MIN_TIMED_CALLS} timed calls (a smoke figure)"}
     return ValidationReport(cells=cells, backends=backends, grid=[list(g) for g in grid], tolerances=tol, reference=reference.name,
-                            inputs="images" if images else "random normal (seeded per cell)", environment=env)
+                            inputs="images" if images else "random normal (seeded per cell)", environment=environment(),
+                            timing=timing)
 
 
 def load_images(folder: str | Path, channels: int, limit: int = 64) -> list[np.ndarray]:
@@ -277,6 +296,53 @@ def _make_runner(name: str, checkpoint: Path, onnx_path: Path | None, engine_pat
     return TrtRunner(engine_path, cuda_graph=name.endswith("graph"))
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_artifact(path: Path, role: str) -> dict[str, Any]:
+    """What a report needs to identify a file it judged: path, size, sha256; for engines the manifest's build facts."""
+    d: dict[str, Any] = {"role": role, "path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
+    if role == "onnx":
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            d["external_data"] = {"path": str(data), "sha256": sha256_file(data)}
+    if role == "engine":
+        from .build import EngineManifest
+
+        m = EngineManifest.load(path)
+        d.update({"backend": m.backend, "library_version": m.library_version, "targets": m.targets, "build_gpu": m.build_gpu,
+                  "precision": m.precision, "onnx_sha256": m.onnx_sha256, "built_at": m.built_at})
+    return d
+
+
+def judge_artifacts(rep: ValidationReport, explicit: Sequence[tuple[str, str, Path]], reference: tuple[str, Path],
+                    skipped: dict[str, str], allow_skip: bool) -> None:
+    """Fill ``rep.artifacts``; an explicitly named artifact that no compared cell judged is a problem unless ``allow_skip``."""
+    ref_role, ref_path = reference
+    arts = [{**describe_artifact(ref_path, ref_role), "judged": "reference", "by": [rep.reference]}]
+    for role, flag, path in explicit:
+        by = sorted({c.backend for c in rep.compared if c.artifact is not None and Path(c.artifact) == path})
+        d = describe_artifact(path, role)
+        d.update({"option": flag, "judged": bool(by), "by": by})
+        if not by:
+            prefix = "ort" if role == "onnx" else "trt"
+            reasons = [f"{n}: {r}" if not r.startswith(n) else r for n, r in skipped.items() if n.startswith(prefix)]
+            reasons += sorted({f"{c.backend}: {c.skipped}" for c in rep.cells
+                               if c.skipped and c.artifact is not None and Path(c.artifact) == path})
+            d["reason"] = "; ".join(reasons) or "no backend for it was asked for (--backends)"
+            if not allow_skip:
+                rep.problems.append(f"{flag} {path} was named but not judged ({d['reason']}); run where it can run, or pass "
+                                    f"--allow-skip to accept a report without it")
+        arts.append(d)
+    rep.artifacts = arts
+    rep.allow_skip = allow_skip
+
+
 def run_validation(
     checkpoint: str | Path,
     *,
@@ -290,9 +356,14 @@ def run_validation(
     tolerances: dict[str, dict[str, float | None]] | None = None,
     warmup: int = 3,
     iters: int = 10,
+    allow_skip: bool = False,
     log: Log | None = None,
 ) -> tuple[ValidationReport, dict[str, str]]:
-    """What ``rn-deploy validate`` does: make the runners, pick the grid, validate, write the report files."""
+    """What ``rn-deploy validate`` does: make the runners, pick the grid, validate, write the report files.
+
+    An artifact named by ``onnx_path``/``engine_path`` that no runner could judge here makes the
+    report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way.
+    """
     from .build import fmt_shape as fmt
     from .checkpoint import load_checkpoint
     from .models import get_model_spec
@@ -345,6 +416,8 @@ def run_validation(
     finally:
         for r in runners:
             r.__exit__(None, None, None)
+    explicit = [(role, flag, p) for role, flag, p in (("onnx", "--onnx", onnx_p), ("engine", "--engine", engine_p)) if p is not None]
+    judge_artifacts(rep, explicit, ("checkpoint", checkpoint), skipped, allow_skip)
     from .report import write_report
 
     files = write_report(rep, out_dir) if out_dir is not None else {}

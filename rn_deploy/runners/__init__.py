@@ -2,7 +2,9 @@
 
 A runner is a context manager with ``prepare(x)`` (move a float32 NCHW CPU tensor to where the
 runner computes, outside any timing), ``infer(prepared) -> logits`` (a float32 tensor, on the
-runner's device) and ``sync()`` (wait for the device). Creating a runner for a backend that is
+runner's device, that the caller owns: no later call writes into it) and ``sync()`` (wait for
+the device). ``framework``, ``device`` and ``precision`` say what computes; ``artifact`` is the
+file it runs (None for an in-memory model). Creating a runner for a backend that is
 not available here raises :class:`RunnerUnavailable` with the reason, which reports print as a
 skip rather than a crash.
 """
@@ -23,6 +25,7 @@ class RunnerUnavailable(RnDeployError):
 @runtime_checkable
 class Runner(Protocol):
     name: str
+    framework: str
     device: str
     precision: str
 
@@ -43,8 +46,10 @@ class Runner(Protocol):
 
 class BaseRunner:
     name = "base"
+    framework = "base"
     device = "cpu"
     precision = "fp32"
+    artifact: str | None = None
 
     def __enter__(self) -> BaseRunner:
         return self

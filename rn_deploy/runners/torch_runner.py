@@ -11,7 +11,7 @@ from . import BaseRunner, RunnerUnavailable
 
 
 class TorchRunner(BaseRunner):
-    """Runs a checkpoint's model with PyTorch.
+    """Runs a checkpoint's model with PyTorch (a fresh output tensor every call).
 
     Args:
         source: checkpoint path or a module.
@@ -19,6 +19,8 @@ class TorchRunner(BaseRunner):
         precision: ``fp32`` or ``fp16`` (CUDA only).
         channels_last: channels-last memory format (CUDA).
     """
+
+    framework = "torch"
 
     def __init__(self, source: str | Path | nn.Module, device: str = "cpu", precision: str = "fp32", channels_last: bool = True):
         from ..checkpoint import load_checkpoint
@@ -28,6 +30,7 @@ class TorchRunner(BaseRunner):
         if precision == "fp16" and not device.startswith("cuda"):
             raise RunnerUnavailable("torch fp16 runs on CUDA only (CPU half convolutions are slow and not a deploy target)")
         model = source if isinstance(source, nn.Module) else load_checkpoint(source).model
+        self.artifact = None if isinstance(source, nn.Module) else str(source)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.channels_last = channels_last and device.startswith("cuda")
