@@ -224,7 +224,8 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
             echo_json(ckpt_info)
         else:
             for key, value in ckpt_info.items():
-                click.echo(f"{key:>16}: {value}")
+                if not isinstance(value, dict):  # the raw record is for --json
+                    click.echo(f"{key:>16}: {value}")
         return
     info = inspect_engine(engine)
     if as_json:

@@ -475,6 +475,11 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
             say(f"{a.label}: skipped ({why})")
             rows.append(row)
             continue
+        except RnDeployError as e:  # the artifact itself is unusable (stale engine, profiles missing the image size)
+            row.update({"ran": False, "reason": str(e), "limits": limits, "passed": False, "failures": [str(e)]})
+            say(f"{a.label}: FAIL ({e})")
+            rows.append(row)
+            continue
         acc = accuracy(pred, config.class_names)
         agree, differ = agreement(pred, ref)
         drop, fails = _judge(acc, ref_acc, agree, pred.nonfinite, limits)
@@ -631,8 +636,9 @@ def _plots(report: dict[str, Any], conf: np.ndarray, out: Path) -> dict[str, str
         ax.set_ylabel("top-1 points vs reference")
         lim = max(1.0, *(abs(d) for d in delta)) * 1.15
         ax.set_ylim(-lim, lim)
-        ax.set_title(f"{r['name']}: per-class top-1 change ({-r['drop_points'] or 0.0:+.2f} pts overall, "
-                     f"{r['disagree_count']} of {r['count']} images differ)", fontsize=9)
+        ax.set_title(f"{r['name']} ({r['precision']}): per-class top-1 change vs reference\n"
+                     f"{-r['drop_points'] or 0.0:+.2f} pts overall; top-1 differs on {r['disagree_count']} of {r['count']} images",
+                     fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
         files[f"delta-{_slug(r['name'])}"] = save(fig, out / f"delta-{_slug(r['name'])}.png")
