@@ -400,6 +400,7 @@ def demo_cmd(out: Path, arch: str, epochs: int, limit: int, device: str, data: s
     else:
         for name, b in summary["backends"].items():
             click.echo(f"{name:>22}: " + ("ran" if b["ran"] else f"skipped ({b['reason']})"))
+        click.echo(summary["accuracy_table"])
         click.echo(f"accuracy {summary['accuracy']:.4f}; engine: {summary['engine'] or 'none'} ({summary['engine_note']})")
         click.echo(f"report: {summary['report'].get('markdown')} (+ latency.png, parity.png); validation passed")
 
