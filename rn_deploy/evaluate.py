@@ -127,11 +127,15 @@ def check_data_fits(images: ImageSet, config: ModelConfig, where: str = "data") 
     if n_data != config.n_classes:
         raise DataError(f"{where}: {n_data} classes in the data, the model has {config.n_classes} outputs; "
                         "evaluate on the dataset the model was trained on")
-    default_names = [str(i) for i in range(config.n_classes)]
-    if config.class_names != default_names and list(images.class_names) != config.class_names:
+    if not _default_names(config) and list(images.class_names) != config.class_names:
         diff = next(i for i, (a, b) in enumerate(zip(images.class_names, config.class_names, strict=True)) if a != b)
         raise DataError(f"{where}: class {diff} is {images.class_names[diff]!r} in the data but {config.class_names[diff]!r} "
                         "in the model; evaluate on the dataset the model was trained on")
+
+
+def _default_names(config: ModelConfig) -> bool:
+    """Class names "0", "1", ...: the model does not know its classes (an import), so any data's names fit."""
+    return config.class_names == [str(i) for i in range(config.n_classes)]
 
 
 def _fit_batch(runner: Any, batch: int, shape: tuple[int, int, int]) -> int:
@@ -422,7 +426,8 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
     say = log or (lambda _s: None)
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.config
-    rec = ckpt.train.get("eval") if isinstance(ckpt.train.get("eval"), dict) else {}
+    raw_rec = ckpt.train.get("eval")
+    rec: dict[str, Any] = raw_rec if isinstance(raw_rec, dict) else {}
     if dataset is None:
         if not rec.get("dataset"):
             raise DataError(f"{checkpoint}: records no training dataset; pass --dataset fashion-mnist|mnist|imagefolder")
@@ -439,7 +444,7 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
                                 f"checkpoint {config.in_channels} and {config.n_classes}; was it exported from another model?")
     images = load_split(dataset, data, split, limit=limit, seed=seed,
                         presize=config.presize or max(config.image_size), channels=config.in_channels,
-                        class_names=config.class_names if dataset == "imagefolder" else None)
+                        class_names=config.class_names if dataset == "imagefolder" and not _default_names(config) else None)
     check_data_fits(images, config, str(data or dataset))
     say(f"data: {dataset} {split}, {len(images)} images" + (f" (--limit {limit} --seed {seed})" if limit else ""))
 
