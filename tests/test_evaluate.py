@@ -177,3 +177,38 @@ def test_bad_inputs_give_one_line_errors(trained: dict[str, Path], tmp_path: Pat
     assert "pass --dataset" in msg
     msg = _one_line_error(["eval", "--checkpoint", ckpt, "--onnx", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)])
     assert "missing.onnx" in msg
+
+
+def test_image_folder_and_mnist_png_references_reproduce_training(tmp_path: Path):
+    """The decode (presize) + resize path of folders: eval's reference judges them exactly as training did."""
+    import warnings
+
+    from PIL import Image
+
+    from tests.test_train import _write_imagefolder
+    from train import TrainConfig, fit
+    from train.data import load_fashion_mnist
+
+    root = tmp_path / "folder"
+    _write_imagefolder(root, {"a": (220, 40, 40), "b": (40, 200, 40), "c": (40, 40, 220)}, 12)
+    res = fit(TrainConfig(arch="fcn", dataset="imagefolder", data=str(root), epochs=1, batch_size=8, lr=1e-2, size=32, presize=40,
+                          device="cpu", out=str(tmp_path / "run"), workers=0), progress=False)
+    rep, _ = run_eval(res.checkpoint, out_dir=tmp_path, progress=False)  # dataset, data and split from the checkpoint
+    assert (rep["dataset"], rep["split"], rep["count"]) == ("imagefolder", "val", 18)
+    assert rep["reproduces_training"] is True and rep["artifacts"][0]["top1"] == res.accuracy
+    assert rep["artifacts"][0]["top5"] is None  # 3 classes
+
+    fm = load_fashion_mnist(FASHION_DIR, "test")
+    mn = tmp_path / "mnist"
+    for split, offset in (("training", 0), ("testing", 5000)):
+        for i in range(offset, offset + 150):
+            d = mn / split / str(int(fm.labels[i]))
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(fm.images[i, 0].numpy()).save(d / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fit(TrainConfig(arch="mnist_resnet", dataset="mnist-png", data=str(mn), epochs=1, batch_size=32, lr=1e-2, size=28,
+                              device="cpu", out=str(tmp_path / "mrun"), workers=0, limit=100, seed=7), progress=False)
+    rep, _ = run_eval(res.checkpoint, dataset="mnist", data=mn, limit=100, out_dir=tmp_path, progress=False)
+    assert rep["seed"] == 7 and rep["count"] == 100  # the recorded seed is the default
+    assert rep["reproduces_training"] is True and rep["artifacts"][0]["correct"] == round(res.accuracy * 100)
