@@ -216,7 +216,7 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
     """
     from .build import inspect_engine
 
-    if engine.suffix == ".pt":
+    if engine.suffix in (".pt", ".pth", ".ckpt"):
         from .evaluate import checkpoint_info
 
         ckpt_info = checkpoint_info(engine)
