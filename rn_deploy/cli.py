@@ -207,12 +207,26 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 
 
 @main.command("inspect")
-@click.argument("engine", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("engine", metavar="ENGINE|CHECKPOINT", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print manifest and layers as JSON.")
 def inspect_cmd(engine: Path, as_json: bool) -> None:
-    """Print an engine's manifest and, where it can be deserialised here, its layers and precisions."""
+    """Print an engine's manifest and, where it can be deserialised here, its layers and precisions.
+
+    Given a checkpoint (model.pt): its config and the evaluation training recorded in it.
+    """
     from .build import inspect_engine
 
+    if engine.suffix in (".pt", ".pth", ".ckpt"):
+        from .evaluate import checkpoint_info
+
+        ckpt_info = checkpoint_info(engine)
+        if as_json:
+            echo_json(ckpt_info)
+        else:
+            for key, value in ckpt_info.items():
+                if not isinstance(value, dict):  # the raw record is for --json
+                    click.echo(f"{key:>16}: {value}")
+        return
     info = inspect_engine(engine)
     if as_json:
         echo_json(info)
@@ -289,6 +303,47 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
         click.echo(f"report: {', '.join(files.values())}")
     if not rep.passed:
         raise ValidationFailed(rep.failure() or "validation failed")
+
+
+@main.command("eval")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model.pt: the FP32 reference.")
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX model (repeatable).")
+@click.option("--engine", "engines", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine (repeatable).")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "imagefolder"]), default=None,
+              help="Dataset [default: the one training recorded in the checkpoint].")
+@click.option("--data", default=None, help="Dataset folder [default: the recorded one; Fashion-MNIST: /usr/share/datasets/fashion-mnist].")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default=None,
+              help="Split [default: test for Fashion-MNIST/MNIST, val for image folders].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the subset `train --limit N` evaluated on.")
+@click.option("--seed", type=int, default=None, help="Seed of that subset [default: the recorded training seed, else 0].")
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--backends", default=None, help="Comma list of ort-cpu,ort-cuda,trt,torch-fp16 [default: ort-cuda or ort-cpu, trt].")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Allowed top-1 drop in points vs the reference [default: 0.3 fp16, 1.0 int8; fp32: >= 99.9% agreement].")
+@click.option("--allow-skip", is_flag=True, help="An artifact that cannot run here (no GPU) is not a failure.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
+@click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
+def eval_cmd(checkpoint: Path, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
+             split: str | None, limit: int | None, seed: int | None, batch: int, backends: str | None, max_drop: float | None,
+             allow_skip: bool, out: Path | None, as_json: bool) -> None:
+    """Top-1/top-5 accuracy on a real dataset split for the checkpoint and each ONNX / engine.
+
+    Writes eval.json, eval.md, confusion.png (reference) and delta-*.png (per-class change per
+    artifact). Exit 1 when an artifact drops more than allowed below the reference.
+    """
+    from .evaluate import EvalFailed, format_table, run_eval
+
+    rep, files = run_eval(checkpoint, onnx=onnx_paths, engines=engines, dataset=dataset, data=data, split=split, limit=limit,
+                          seed=seed, batch=batch, backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+                          max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log)
+    if as_json:
+        echo_json(rep)
+    else:
+        click.echo(format_table(rep))
+        click.echo(f"report: {', '.join(files.values())}")
+    bad = [a for a in rep["artifacts"] if not a["passed"]]
+    if bad:
+        raise EvalFailed(f"{len(bad)} artifact(s) failed: {bad[0]['name']}: {'; '.join(bad[0]['failures'])}")
 
 
 @main.command("summary")
@@ -427,6 +482,7 @@ def demo_cmd(out: Path, arch: str, epochs: int, limit: int, device: str, data: s
     else:
         for name, b in summary["backends"].items():
             click.echo(f"{name:>22}: " + ("ran" if b["ran"] else f"skipped ({b['reason']})"))
+        click.echo(summary["accuracy_table"])
         click.echo(f"accuracy {summary['accuracy']:.4f}; engine: {summary['engine'] or 'none'} ({summary['engine_note']})")
         click.echo(f"report: {summary['report'].get('markdown')} (+ latency.png, parity.png)")
         click.echo(summary["verdict"])

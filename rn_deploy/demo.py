@@ -3,9 +3,10 @@
 ``rn-deploy demo`` trains a small ResNet on real Fashion-MNIST, exports FP32 and FP16 ONNX,
 builds an engine with the TensorRT flavour available (full TensorRT on an NVIDIA GPU, else
 TensorRT-RTX ahead of time for Ampere/Ada/Blackwell targets, else says why not), and validates
-every backend that can run here on real test images. It leaves ``OUT/`` with model.pt,
+every backend that can run here on real test images, then measures top-1 of each artifact on the
+test images training evaluated on (``rn-deploy eval``). It leaves ``OUT/`` with model.pt,
 model.onnx, model.fp16.onnx, the engine + manifest, samples/, report.json, report.md,
-latency.png and parity.png, and returns a summary.
+latency.png, parity.png, eval.json, eval.md, confusion.png and delta-*.png, and returns a summary.
 """
 
 from __future__ import annotations
@@ -85,6 +86,28 @@ def _write_samples(folder: Path, n: int, data: str | None) -> Path:
     return folder
 
 
+def _accuracy(ckpt: Path, out: Path, onnx32: str, onnx16: str, engine: Path | None, limit: int | None, data: str | None,
+              say: Log) -> dict[str, Any]:
+    """Top-1 of the checkpoint, both ONNX files and the engine (where it runs here and covers the training size)
+    on the test images training evaluated on: ``rn-deploy eval``."""
+    import torch
+
+    from .build import EngineManifest
+    from .evaluate import format_table, run_eval
+
+    engines = []
+    if engine is not None and torch.cuda.is_available():
+        m = EngineManifest.load(engine)
+        if m.config and any(p.covers((1, 1, *m.config["image_size"])) for p in m.input_profiles):
+            engines.append(engine)
+        else:
+            say(f"accuracy: {engine.name} left out: its profiles do not cover the training size")
+    say("accuracy on the test images training evaluated on (rn-deploy eval)")
+    rep, files = run_eval(ckpt, onnx=[onnx32, onnx16], engines=engines, dataset="fashion-mnist", data=data, limit=limit,
+                          allow_skip=True, out_dir=out, log=say)
+    return {"table": format_table(rep), "passed": rep["passed"], "files": files}
+
+
 def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs: int = 1, limit: int | None = 4000,
              size: int = 28, device: str = "auto", data: str | None = None, log: Log | None = None) -> dict[str, Any]:
     """Run the whole pipeline on Fashion-MNIST; see the module docstring."""
@@ -119,7 +142,9 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
                                 backends=None, sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out,
                                 iters=5, allow_skip=True, log=say)
     built = [str(engine_path)] if engine_path is not None else []
-    summary = {"accuracy": res.accuracy, "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,
+    acc_report = _accuracy(ckpt, out, e32.onnx_path, e16.onnx_path, engine_path if runs_here else None, limit, data, say)
+    summary = {"accuracy": res.accuracy, "accuracy_table": acc_report["table"], "accuracy_passed": acc_report["passed"],
+               "eval": acc_report["files"], "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,
                "engine": str(engine_path) if engine_path else None, "engine_note": why, "report": files, "passed": rep.passed,
                "backends": rep.backends, "verdict": verdict_line(rep, built)}
     if not rep.passed:

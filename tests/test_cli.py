@@ -53,6 +53,13 @@ def test_readme_demo_runs_the_whole_pipeline(tmp_path: Path):
         assert (out / "model.tensorrt-rtx.engine").stat().st_size > 100_000
         assert json.loads((out / "model.tensorrt-rtx.engine.json").read_text())["precision"] == "fp16"
     assert len(list((out / "samples").glob("*.png"))) == 16
+    # the accuracy table: reference, ONNX FP32, ONNX FP16 on the test images training evaluated on
+    table = summary["accuracy_table"].splitlines()
+    assert table[0].startswith("artifact") and table[1].startswith("reference")
+    assert table[2].startswith("model.onnx") and table[3].startswith("model.fp16.onnx")
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["count"] == 1024 and ev["reproduces_training"] is True and (out / "confusion.png").exists()
+    assert f"{100 * summary['accuracy']:.2f}" in table[1]
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -68,6 +68,7 @@ class ImageSet:
     augment: Augment = field(default_factory=Augment)
     skipped: int = 0
     presize: int | None = None
+    index: torch.Tensor | None = None  # positions in the full split (set by subset; None: all, in order)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,7 +83,7 @@ class ImageSet:
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.mean, self.std, self.augment, self.skipped,
-                        self.presize)
+                        self.presize, idx if self.index is None else self.index[idx])
 
 
 # --------------------------------------------------------------------------------------------

@@ -334,9 +334,10 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             row = {"epoch": epoch + 1, "size": sizes[epoch], "train_loss": train_loss, **metrics, "img_per_s": n_seen * world / ep_time,
                    "seconds": time.perf_counter() - t_start}
             history.append(row)
+            record = _eval_record(cfg, model, val_dl, metrics, amp_dtype, last=epoch + 1 == cfg.epochs)
             if rank == 0:
                 train_meta = {"epochs": epoch + 1, "dataset": cfg.dataset, **metrics, "train_loss": train_loss,
-                              "history": history, "options": _options(cfg)}
+                              "history": history, "options": _options(cfg), "eval": record}
                 save_checkpoint(ckpt_path, model, config, train_meta,
                                 resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
             say(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
@@ -349,6 +350,32 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
         seconds=time.perf_counter() - t_start, device=str(dev), world_size=world, n_train=len(train_set), n_val=len(val_set),
         history=history,
     )
+
+
+def _eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metrics: dict[str, float],
+                 amp_dtype: torch.dtype | None, last: bool) -> dict[str, Any]:
+    """The saved model's evaluation, as ``rn-deploy eval`` reproduces it: which images, and its top-1.
+
+    ``metrics`` came from this epoch's evaluation of the final weights on the whole validation
+    subset (``val_set.subset(limit, seed)``). Under bf16 autocast or torch.compile the last epoch
+    is evaluated once more, eager in FP32 (TF32 off), as ``eval``'s reference runs.
+    """
+    precision = "fp32"
+    if amp_dtype is not None or cfg.compile:  # eager FP32, as the reference runs
+        if last:
+            tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            try:
+                metrics = evaluate(model, val_dl, None)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        elif amp_dtype is not None:
+            precision = "bf16-autocast"
+    n = len(val_dl.ds)
+    return {"dataset": cfg.dataset, "data": cfg.data, "split": "val" if cfg.dataset in ("imagefolder", "imagenette") else "test",
+            "count": n, "limit": cfg.limit, "seed": cfg.seed, "image_size": list(val_dl.size), "top1": metrics["accuracy"],
+            "correct": round(metrics["accuracy"] * n), "top5": metrics.get("top5"), "device": str(val_dl.device),
+            "precision": precision}
 
 
 def _options(cfg: TrainConfig) -> dict[str, Any]:
