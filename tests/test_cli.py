@@ -12,7 +12,6 @@ from rn_deploy.cli import main
 
 from .conftest import HAS_TRT_RTX, needs_fashion
 
-
 COMMANDS = {"build", "demo", "export", "export-triton", "inspect", "lr-find", "models", "show-batch", "summary", "train", "validate"}
 
 
