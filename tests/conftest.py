@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny trained/untrained checkpoints and skip helpers for optional backends."""
+"""Shared fixtures: tiny trained/untrained checkpoints and skip helpers for optional backends.
+
+Skips go through :func:`requires` / :func:`skip` (tests/strict.py): under ``RN_DEPLOY_STRICT=1``
+only "no GPU" and "no full TensorRT" may skip; every other skip fails.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ import torch
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
 from rn_deploy.models import create_model
 
-FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+from .strict import pytest_collection_modifyitems, pytest_make_collect_report, pytest_runtest_makereport, requires, skip
 
+__all__ = ["pytest_collection_modifyitems", "pytest_make_collect_report", "pytest_runtest_makereport", "requires", "skip"]
+
+FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 
 def _has_trt_api(module: str) -> bool:
@@ -30,14 +37,21 @@ HAS_TRT_RTX = _has_trt_api("tensorrt_rtx_bindings")
 HAS_TRT = _has_trt_api("tensorrt")
 HAS_CUDA = torch.cuda.is_available()
 
-needs_fashion = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason=f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
-)
+HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
+
+needs_fashion = requires(HAS_FASHION, f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+needs_rtx = requires(HAS_TRT_RTX, "TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
+needs_gpu = requires(HAS_CUDA, "needs a CUDA GPU", kind="gpu")  # with @pytest.mark.gpu
 
 
 def make_checkpoint(path: Path, arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0) -> Path:
     """A checkpoint with random (but non-trivial) weights, BatchNorm stats set away from defaults."""
+    return save_checkpoint(path, *make_model(arch, n_classes, in_channels, size, seed), {"note": "random test weights"})
+
+
+def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0
+               ) -> tuple[torch.nn.Module, ModelConfig]:
+    """The model and config :func:`make_checkpoint` saves, in memory."""
     torch.manual_seed(seed)
     model = create_model(arch, n_classes=n_classes, in_channels=in_channels)
     with torch.no_grad():
@@ -49,7 +63,7 @@ def make_checkpoint(path: Path, arch: str = "resnet18", n_classes: int = 5, in_c
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
     cfg = ModelConfig(arch=arch, n_classes=n_classes, in_channels=in_channels, image_size=[size, size])
-    return save_checkpoint(path, model, cfg, {"note": "random test weights"})
+    return model, cfg
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ left behind, and nothing executed from a malicious pickle.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -19,10 +20,11 @@ import pytest
 import torch
 
 from rn_deploy import Engine
+from rn_deploy._io import sha256_file
 from rn_deploy.errors import RnDeployError
 
-from .bad_inputs.make_corpus import MARKER, make_corpus
-from .conftest import HAS_TRT_RTX
+from .bad_inputs.make_corpus import ENGINE_CASES, MARKER, make_corpus
+from .conftest import FASHION_DIR, HAS_TRT_RTX, needs_fashion, needs_rtx, skip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,16 +91,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def _needs_rtx(case: tuple[str, list[str], str, int]) -> bool:
+    """The builder is reached before the write, or the case reads an engine of the corpus."""
+    return case[0] == "build-into-a-file" or any("{" + e + "}" in a for a in case[1] for e in ENGINE_CASES)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.trt_rtx] if _needs_rtx(c) else []) for c in CASES],
+                         ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_cleanly(corpus: dict[str, Path], tmp_path: Path, case: tuple[str, list[str], str, int]):
     case_id, argv, pattern, code = case
-    if case_id == "build-into-a-file" and not HAS_TRT_RTX:
-        pytest.skip("the builder is reached before the write: needs TensorRT-RTX")
+    if _needs_rtx(case) and not HAS_TRT_RTX:
+        skip(f"{case_id}: needs TensorRT-RTX (its engines are real builds)")
     needed = [a[1:-1] for a in argv if a.startswith("{") and a.endswith("}") and a[1:-1] != "tmp"]
     needed += [a.split("}")[0][1:] for a in argv if a.startswith("{") and "}/" in a and not a.startswith("{tmp}")]
-    for name in needed:
-        if name not in corpus:
-            pytest.skip(f"{name} needs TensorRT-RTX to be generated")
+    missing = [name for name in needed if name not in corpus]
+    assert not missing, f"the corpus did not make {missing}"
     args = []
     for a in argv:
         for name, path in corpus.items():
@@ -111,6 +118,18 @@ def test_bad_input_is_refused_cleanly(corpus: dict[str, Path], tmp_path: Path, c
     assert not (corpus["good.pt"].parent / MARKER).exists(), "a pickle's payload ran"
 
 
+@pytest.mark.trt_rtx
+@needs_rtx
+def test_corpus_engines_are_real_builds(corpus: dict[str, Path]):
+    """The engine cases come from a real TensorRT-RTX build, not a placeholder."""
+    assert set(ENGINE_CASES) <= set(corpus)
+    eng = corpus["rtx.engine"]
+    manifest = json.loads(eng.with_name(eng.name + ".json").read_text())
+    assert eng.stat().st_size == manifest["engine_size"] > 10_000
+    assert manifest["engine_sha256"] == sha256_file(eng) and manifest["backend"] == "tensorrt-rtx"
+    assert manifest["targets"] == ["sm89"]
+
+
 def test_disk_full_during_export_leaves_nothing(corpus: dict[str, Path], tmp_path: Path):
     out = tmp_path / "full"
     out.mkdir()
@@ -119,11 +138,8 @@ def test_disk_full_during_export_leaves_nothing(corpus: dict[str, Path], tmp_pat
     assert list(out.iterdir()) == []
 
 
+@needs_fashion
 def test_disk_full_during_training_checkpoint(corpus: dict[str, Path], tmp_path: Path):
-    from .conftest import FASHION_DIR
-
-    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not installed")
     run = tmp_path / "run"
     proc = run_cli(["train", "--arch", "mnist_cnn", "--limit", "128", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
                     "--out", str(run), "--quiet", "--data", str(FASHION_DIR)], tmp_path, fsize=32 * 1024)

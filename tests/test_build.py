@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import onnx
@@ -21,9 +22,8 @@ from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError, MissingDependencyError, RnDeployError
 from rn_deploy.export import export_onnx
 
-from .conftest import HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint
+from .conftest import HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_gpu, needs_rtx, requires
 
-needs_rtx = pytest.mark.skipif(not HAS_TRT_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
 P = Profile((1, 3, 32, 32), (4, 3, 96, 96), (8, 3, 256, 256))
 
 
@@ -34,8 +34,8 @@ def onnx32(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(export_onnx(ck, d / "model.onnx", verify=False).onnx_path)
 
 
-@needs_rtx
 @pytest.mark.trt_rtx
+@needs_rtx
 def test_rtx_builds_fp32_and_fp16_with_several_profiles_and_targets(onnx32: Path, tmp_path: Path):
     p2 = Profile((1, 3, 256, 256), (2, 3, 384, 384), (4, 3, 640, 640))
     m32 = build_engine(onnx32, tmp_path / "f32.engine", backend="tensorrt-rtx", precision="fp32", profiles=[P, p2], targets=["sm86", "sm89"])
@@ -57,6 +57,7 @@ def test_rtx_builds_fp32_and_fp16_with_several_profiles_and_targets(onnx32: Path
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.trt_rtx
 @needs_rtx
 def test_rtx_timing_cache_is_a_noop_said_so(onnx32: Path, tmp_path: Path):
     m = build_engine(onnx32, tmp_path / "e.engine", backend="tensorrt-rtx", precision="fp32", profiles=[P], targets=["sm89"],
@@ -64,6 +65,7 @@ def test_rtx_timing_cache_is_a_noop_said_so(onnx32: Path, tmp_path: Path):
     assert any("no-op" in n for n in m.notes) and not (tmp_path / "tc.bin").exists()
 
 
+@pytest.mark.trt_rtx
 @needs_rtx
 def test_sizes_file_profiles_and_cli(onnx32: Path, tmp_path: Path):
     sizes = tmp_path / "sizes.txt"
@@ -107,6 +109,7 @@ def test_profile_parsing_errors():
     assert res.exit_code == 2 and "go together" in res.output
 
 
+@pytest.mark.trt_rtx
 @needs_rtx
 def test_corrupt_onnx_gives_parser_errors_in_one_message(onnx32: Path, tmp_path: Path):
     m = onnx.load(str(onnx32))
@@ -122,6 +125,7 @@ def test_corrupt_onnx_gives_parser_errors_in_one_message(onnx32: Path, tmp_path:
         build_engine(junk, tmp_path / "j.engine", backend="tensorrt-rtx", profiles=[P], targets=["sm89"])
 
 
+@pytest.mark.trt_rtx
 @needs_rtx
 def test_manifest_checks_before_deserialising(onnx32: Path, tmp_path: Path):
     import tensorrt_rtx_bindings as trt
@@ -135,14 +139,16 @@ def test_manifest_checks_before_deserialising(onnx32: Path, tmp_path: Path):
     check_compatible(m, trt, "8.9")  # an Ada GPU with the same library: fine
 
 
-@pytest.mark.skipif(HAS_TRT, reason="full TensorRT is installed here")
-def test_missing_tensorrt_says_what_to_install(onnx32: Path, tmp_path: Path):
+def test_missing_tensorrt_says_what_to_install(onnx32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # runs everywhere: `import tensorrt` fails as when it is not installed
     with pytest.raises(MissingDependencyError, match="pip install tensorrt"):
         build_engine(onnx32, tmp_path / "t.engine", backend="tensorrt", profiles=[P])
 
 
+@pytest.mark.gpu
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not (HAS_TRT and HAS_CUDA), reason="needs full TensorRT (pip install tensorrt) and an NVIDIA GPU")
+@requires(HAS_TRT, "needs full TensorRT (pip install tensorrt)", kind="tensorrt")
+@needs_gpu  # checked first
 def test_full_tensorrt_build_fp16_and_inspect(onnx32: Path, tmp_path: Path):
     m = build_engine(onnx32, tmp_path / "t.engine", backend="tensorrt", precision="fp16", profiles=[P], timing_cache=tmp_path / "tc")
     assert m.build_gpu is not None and (tmp_path / "tc").stat().st_size > 0
@@ -166,7 +172,8 @@ def _runnable_backend() -> tuple[str, list[str] | None] | None:
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-@pytest.mark.skipif(_runnable_backend() is None, reason="needs a GPU with full TensorRT, or TensorRT-RTX on Ampere/Ada/Blackwell")
+@requires(_runnable_backend() is not None, "needs full TensorRT, or TensorRT-RTX on an Ampere/Ada/Blackwell GPU", kind="tensorrt")
+@needs_gpu  # checked first
 def test_trt_runner_matches_the_reference(onnx32: Path, tmp_path: Path):
     import torch
 

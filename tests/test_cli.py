@@ -12,11 +12,24 @@ from rn_deploy.cli import main
 
 from .conftest import HAS_TRT_RTX, needs_fashion
 
+COMMANDS = {"build", "demo", "export", "export-triton", "inspect", "lr-find", "models", "show-batch", "summary", "train", "validate"}
+
 
 def test_help_lists_commands():
-    out = CliRunner().invoke(main, ["--help"]).output
-    for cmd in ("train", "export", "build", "validate", "inspect", "models"):
-        assert cmd in out
+    """The Commands section lists exactly these commands, and each answers its own --help.
+
+    (Asserting names against the whole help text could not fail: its description already says
+    "Train, export, build, validate and inspect".)
+    """
+    res = CliRunner().invoke(main, ["--help"])
+    assert res.exit_code == 0, res.output
+    section = res.output.split("\nCommands:\n", 1)[1]
+    listed = {ln.split()[0] for ln in section.splitlines() if ln.startswith("  ") and ln.strip()}
+    assert listed == COMMANDS
+    for cmd in sorted(COMMANDS):
+        sub = CliRunner().invoke(main, [cmd, "--help"])
+        assert sub.exit_code == 0, (cmd, sub.output)
+        assert re.search(rf"^Usage: \S+ {re.escape(cmd)} ", sub.output, re.M), (cmd, sub.output[:200])
 
 
 def test_models_json_counts():

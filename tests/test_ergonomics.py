@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -18,7 +19,7 @@ from rn_deploy.summary import summarize
 from train import TrainConfig, fit
 from train.data import DeviceLoader, load_fashion_mnist
 from train.loop import parse_size_schedule
-from train.lr_find import lr_find
+from train.lr_find import lr_find, suggest
 from train.show import CELL_PX, show_batch
 
 from .conftest import FASHION_DIR, needs_fashion
@@ -42,16 +43,38 @@ def test_summary_macs_of_a_known_layer():
         create_model("mnist_cnn", n_classes=1000, in_channels=1))
 
 
+def test_lr_find_suggestion_on_a_known_curve():
+    """Steepest descent before the minimum: the LR where a tanh step in log-LR falls fastest."""
+    lrs = [float(v) for v in np.logspace(-6, 1, 71)]  # 10 points per decade
+    x = np.log10(lrs)
+    losses = 2.0 - np.tanh(2 * (x + 3))  # falls fastest at lr = 1e-3
+    losses = np.where(x > -1, losses + 3 * (x + 1) ** 2, losses)  # diverges past lr = 0.1, minimum there
+    i_min = int(np.argmin(losses))
+    spike = losses.copy()
+    spike[i_min + 5:i_min + 8] = [9.0, 6.0, 3.5]  # a steeper fall after the minimum must be ignored
+    noisy_start = losses.copy()
+    noisy_start[:5] = [2.9, 2.8, 2.5, 2.9, 3.0]  # the first smoothed points average a few batches: noise
+    for curve in (losses, spike, noisy_start):
+        assert suggest(lrs, [float(v) for v in curve]) == pytest.approx(1e-3, rel=1e-9)
+    flat_then_up = [1.0] * 3 + [1.0 + k for k in range(10)]  # the minimum is at the start: suggest it
+    assert suggest(lrs[:13], flat_then_up) == lrs[0]
+
+
 @needs_fashion
-def test_lr_find_on_real_data_restores_state_and_suggests_inside_range(tmp_path: Path):
+def test_lr_find_on_real_data_restores_state_and_suggests_a_descending_lr(tmp_path: Path):
     ds = load_fashion_mnist(FASHION_DIR, "train").subset(512)
     torch.manual_seed(0)
     model = create_model("mnist_cnn", n_classes=10, in_channels=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = lr_find(model, opt, DeviceLoader(ds, 32, (28, 28), torch.device("cpu"), train=True), start=1e-6, end=10, iters=40)
-    assert 1e-6 <= res.suggestion <= 10 and all(torch.isfinite(torch.tensor(res.losses)))
-    assert res.suggestion < res.lrs[-1]
+    assert all(np.isfinite(res.losses)) and len(res.lrs) == len(res.losses) >= 10
+    assert min(res.losses) < 0.9 * res.losses[0]  # the model learned on the way
+    i, i_min = res.lrs.index(res.suggestion), res.lrs.index(res.min_loss_lr)
+    assert i_min == int(np.argmin(res.losses))
+    assert 0 < i < i_min, (i, i_min)  # before the minimum, not the start
+    assert res.losses[i + 1] < res.losses[i - 1]  # the (smoothed) loss is falling there
+    assert res.suggestion > 1e-4, res.suggestion  # not the noise of the first batches (this model trains at ~1e-3)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert opt.param_groups[0]["lr"] == 1e-3 and not opt.state  # optimiser restored too
@@ -60,7 +83,9 @@ def test_lr_find_on_real_data_restores_state_and_suggests_inside_range(tmp_path:
                                     "--device", "cpu", "--out", str(out), "--json", "--data", str(FASHION_DIR)])
     assert cli.exit_code == 0, cli.output
     d = json.loads(cli.stdout)
-    assert 1e-7 <= d["suggestion"] <= 10 and Path(d["plot"]).stat().st_size > 5000
+    assert len(d["lrs"]) == len(d["losses"]) >= 10 and d["lrs"][0] == pytest.approx(1e-7)
+    assert d["suggestion"] == suggest(d["lrs"], d["losses"]) and d["suggestion"] < d["min_loss_lr"]
+    assert Path(d["plot"]).stat().st_size > 5000
 
 
 @needs_fashion

@@ -143,14 +143,38 @@ def test_fp16_export_is_half_the_size_and_close(tmp_path: Path, tiny_ckpt: Path)
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     f16io = export_onnx(tiny_ckpt, tmp_path / "io.onnx", fp16=True, fp16_io=True)
     assert f16io.io_dtype == "float16" and f16io.passed
+    g = onnx.load(str(tmp_path / "io.onnx")).graph  # the written file, not the result's label
+    assert g.input[0].type.tensor_type.elem_type == g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def _written(path: Path) -> tuple[list[int | str], int, dict[str, str]]:
+    """What the ONNX file on disk says: input dims, ai.onnx opset, metadata."""
+    m = onnx.load(str(path), load_external_data=False)
+    dims: list[int | str] = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    return dims, opset, {p.key: p.value for p in m.metadata_props}
 
 
 def test_cli_export_json_and_table(tmp_path: Path, tiny_ckpt: Path):
+    """The JSON report must describe the file that was written, not what the exporter meant to write."""
+    from rn_deploy._io import sha256_file
+
     out = tmp_path / "c.onnx"
     res = CliRunner().invoke(main, ["export", str(tiny_ckpt), "-o", str(out), "--json", "--opset", "18"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
-    assert d["passed"] and d["opset"] == 18 and d["input_shape"] == ["batch", 3, "height", "width"]
+    dims, opset, meta = _written(out)
+    assert d["passed"] and d["opset"] == opset == 18
+    assert d["input_shape"] == dims == ["batch", 3, "height", "width"]
+    assert d["sha256"] == sha256_file(out) and d["dynamic"] is True and meta["rn_deploy.dynamic"] == "true"
+    res = CliRunner().invoke(main, ["export", str(tiny_ckpt), "-o", str(out), "--static", "96x80", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    dims, _, meta = _written(out)
+    assert d["input_shape"] == dims == ["batch", 3, 96, 80]
+    assert d["sha256"] == sha256_file(out) and d["dynamic"] is False and meta["rn_deploy.dynamic"] == "false"
+    assert {(r["height"], r["width"]) for r in d["verification"]} == {(96, 80)}
     res = CliRunner().invoke(main, ["export", str(tiny_ckpt), "-o", str(out), "--static", "96x80"])
     assert res.exit_code == 0 and "1x96x80" in res.stdout and "ok" in res.stdout
 

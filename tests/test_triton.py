@@ -13,9 +13,13 @@ from rn_deploy.errors import RnDeployError
 from rn_deploy.export import export_onnx
 from rn_deploy.triton import export_triton
 
-from .conftest import make_checkpoint
+from .conftest import make_checkpoint, requires
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="pip install 'tritonclient[grpc]'")
+try:
+    from tritonclient.grpc import model_config_pb2
+except ImportError:
+    model_config_pb2 = None
+pytestmark = requires(model_config_pb2 is not None, "tritonclient not installed (pip install 'tritonclient[grpc]')")
 
 
 def _parse(folder: Path):

@@ -2,7 +2,8 @@
 
 The LR grows exponentially from ``start`` to ``end`` over ``iters`` mini-batches; the loss is
 smoothed (exponential moving average, debiased) and the test stops once it exceeds 4x its
-minimum. The suggestion is the LR of steepest descent of the smoothed loss before its minimum.
+minimum. The suggestion is the LR of steepest descent of the smoothed loss before its minimum,
+ignoring the first points (a debiased average of a few batches: noise, as fastai's ``skip_start``).
 Model and optimiser state are restored afterwards.
 """
 
@@ -87,13 +88,18 @@ def lr_find(model: nn.Module, opt: torch.optim.Optimizer, loader: Iterable[tuple
     return LRFindResult(lrs, losses, suggest(lrs, losses), lrs[int(np.argmin(losses))], stopped)
 
 
-def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The LR of steepest descent of the loss (in log-LR) up to the loss minimum."""
+def suggest(lrs: list[float], losses: list[float], skip_start: int = 10) -> float:
+    """The LR of steepest descent of the loss (in log-LR) up to the loss minimum.
+
+    The first ``skip_start`` points (at most half the way to the minimum) are left out: there the
+    smoothed loss averages only a few batches, and one lucky batch looked like the steepest descent.
+    """
     stop = int(np.argmin(losses))
-    if stop < 2:
+    start = min(skip_start, stop // 2)
+    if stop - start < 2:
         return lrs[stop]
-    grads = np.gradient(np.array(losses[: stop + 1]), np.log(np.array(lrs[: stop + 1])))
-    return float(lrs[int(np.argmin(grads))])
+    grads = np.gradient(np.array(losses[start: stop + 1]), np.log(np.array(lrs[start: stop + 1])))
+    return float(lrs[start + int(np.argmin(grads))])
 
 
 def plot_lr_find(res: LRFindResult, path: str | Path, title: str = "") -> Path:

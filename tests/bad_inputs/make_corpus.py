@@ -3,7 +3,9 @@
     python -m tests.bad_inputs.make_corpus OUT_DIR
 
 Nothing here is committed: the files are made fresh (tests call ``make_corpus(tmp_path)``), from
-a tiny real checkpoint, so they track the current formats.
+a tiny real checkpoint, so they track the current formats. The engine cases are real TensorRT-RTX
+builds; only a missing TensorRT-RTX leaves them out (the tests then skip them, which fails under
+RN_DEPLOY_STRICT=1). Any other build error propagates.
 """
 
 from __future__ import annotations
@@ -16,11 +18,22 @@ from pathlib import Path
 
 import torch
 
+from rn_deploy.build import Profile, build_engine, import_backend
 from rn_deploy.checkpoint import FORMAT, ModelConfig, save_checkpoint
+from rn_deploy.errors import MissingDependencyError
 from rn_deploy.export import export_onnx
 from rn_deploy.models import create_model
 
 MARKER = "PWNED"  # the file the malicious pickles would create
+ENGINE_CASES = ("rtx.engine", "newer.engine", "other_backend.engine", "tampered.engine")
+
+
+def have_trt_rtx() -> bool:
+    try:
+        import_backend("tensorrt-rtx")
+    except MissingDependencyError:
+        return False
+    return True
 
 
 class _RunsCode:
@@ -67,9 +80,7 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
     (out / "not_onnx.onnx").write_bytes(b"\x08\x01garbage" * 100)
     c["not_onnx.onnx"] = out / "not_onnx.onnx"
 
-    try:
-        from rn_deploy.build import Profile, build_engine
-
+    if have_trt_rtx():
         eng = out / "rtx.engine"
         build_engine(c["good.onnx"], eng, backend="tensorrt-rtx", precision="fp32",
                      profiles=[Profile((1, 1, 28, 28), (4, 1, 64, 64), (8, 1, 128, 128))], targets=["sm89"])
@@ -88,8 +99,6 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
         tampered.write_bytes(eng.read_bytes()[:-100])
         tampered.with_name(tampered.name + ".json").write_text(json.dumps({**m, "engine_path": str(tampered)}))
         c["tampered.engine"] = tampered
-    except Exception:  # noqa: BLE001 - no TensorRT-RTX here: the engine cases are skipped by the tests
-        pass
     (out / "a_file").write_text("a regular file standing where a folder should be\n")
     c["a_file"] = out / "a_file"
     return c
