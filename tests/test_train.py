@@ -72,6 +72,31 @@ def test_imagefolder_layout_trains_and_checkpoint_loads(tmp_path: Path):
     assert ck.config.class_names == ["n01440764", "n02102040", "n02979186"] and ck.config.in_channels == 3
 
 
+def _file_backed(t: torch.Tensor) -> str | None:
+    """The file whose memory mapping holds ``t``'s data (Linux /proc/self/maps), or None."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        lo, hi = (int(v, 16) for v in parts[0].split("-"))
+        if lo <= ptr < hi:
+            return parts[5] if len(parts) == 6 and parts[5].startswith("/") else None
+    return None
+
+
+def test_imagefolder_cache_is_memory_mapped_and_equals_a_fresh_decode(tmp_path: Path):
+    """Splits larger than memory: the decoded cache is read page by page, not loaded whole."""
+    root = tmp_path / "d"
+    _write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 6)
+    fresh = load_image_folder(root, "val", presize=24, cache=False, workers=0)
+    assert not _file_backed(fresh.images)
+    first = load_image_folder(root, "val", presize=24, workers=0)  # decodes into the cache file
+    again = load_image_folder(root, "val", presize=24, workers=0)  # reads it back
+    cache = sorted((root / ".rn-deploy-cache").iterdir())
+    assert str(_file_backed(first.images)).endswith(".npy") and _file_backed(again.images) == _file_backed(first.images)
+    assert torch.equal(fresh.images, again.images) and torch.equal(fresh.labels, again.labels)
+    assert [p.suffix for p in cache] == [".npy", ".npy"]  # images + ok-mask, no temp file left
+
+
 def test_imagefolder_errors(tmp_path: Path):
     root = tmp_path / "d"
     _write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 4)

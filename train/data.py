@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rn_deploy._io import atomic_path
 from rn_deploy.errors import DataError
 from rn_deploy.preprocess import convert_pil, eval_batch, fit_uint8, normalize
 
@@ -182,51 +183,70 @@ class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor, bool]]):
         return fit_uint8(arr, self.size), True
 
 
-def _decode_all(files: list[Path], size: int, channels: int, workers: int) -> tuple[torch.Tensor, np.ndarray]:
-    out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+def _decode_into(files: list[Path], size: int, channels: int, workers: int, dest: np.ndarray) -> np.ndarray:
+    """Decode ``files`` into ``dest`` (N, C, size, size) uint8, 64 at a time; return which decoded."""
     ok = np.zeros(len(files), dtype=bool)
     loader = torch.utils.data.DataLoader(_DecodeDataset(files, size, channels), batch_size=64, num_workers=workers)
     i = 0
     for imgs, good in loader:
-        out[i : i + len(imgs)] = imgs
+        dest[i : i + len(imgs)] = imgs.numpy()
         ok[i : i + len(imgs)] = good.numpy()
         i += len(imgs)
-    return out, ok
+    return ok
 
 
 def _cache_path(root: Path, split: str, files: list[Path], size: int, channels: int) -> Path:
     # "fit1": the decode policy of rn_deploy.preprocess; a cache written by another policy is not reused.
     key = hashlib.sha1(("fit1\n" + "\n".join(f"{f}:{f.stat().st_size}" for f in files)).encode()).hexdigest()[:12]
-    return root / ".rn-deploy-cache" / f"{split}-{size}px-{channels}ch-{key}.npz"
+    return root / ".rn-deploy-cache" / f"{split}-{size}px-{channels}ch-{key}.npy"
+
+
+def _decode_cached(files: list[Path], size: int, channels: int, workers: int, cpath: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images and their ok-mask, from the cache or decoded now (into the cache when it can be written).
+
+    The cache is a plain ``.npy`` opened memory-mapped (copy-on-write), so a split larger than
+    memory is read page by page as batches need it; ``<cache>.ok.npy`` marks unreadable files.
+    """
+    shape = (len(files), channels, size, size)
+    okpath = cpath.with_name(cpath.name + ".ok.npy") if cpath else None
+    if cpath and okpath and cpath.exists() and okpath.exists():
+        return np.load(cpath, mmap_mode="c"), np.load(okpath)
+    if cpath and okpath:
+        tmp = cpath.with_name(f".{cpath.name}.{os.getpid()}.tmp")
+        try:
+            cpath.parent.mkdir(exist_ok=True)
+            dest = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        except OSError:  # a read-only data folder just means no cache: decode into memory
+            cpath = None
+        else:
+            try:
+                ok = _decode_into(files, size, channels, workers, dest)
+                dest.flush()
+                del dest
+                with atomic_path(okpath) as t, open(t, "wb") as f:
+                    np.save(f, ok)
+                os.replace(tmp, cpath)  # images last: a cache file always has its ok-mask beside it
+            finally:
+                tmp.unlink(missing_ok=True)
+            return np.load(cpath, mmap_mode="c"), ok
+    dest = np.empty(shape, dtype=np.uint8)
+    return dest, _decode_into(files, size, channels, workers, dest)
 
 
 def _load_folder_split(root: Path, split: str, class_names: list[str] | None, size: int, channels: int,
                        workers: int, max_bad: float, cache: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
     files, labels, names = _list_split(root, split, class_names)
-    cpath = _cache_path(root, split, files, size, channels)
-    if cache and cpath.exists():
-        with np.load(cpath) as z:
-            imgs, ok = torch.from_numpy(z["images"]), z["ok"]
-    else:
-        imgs, ok = _decode_all(files, size, channels, workers)
-        if cache:
-            try:
-                from rn_deploy._io import atomic_path
-
-                cpath.parent.mkdir(exist_ok=True)
-                with atomic_path(cpath) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, images=imgs.numpy(), ok=ok)
-            except (OSError, Exception):  # noqa: BLE001 - a read-only data folder just means no cache
-                pass
+    arr, ok = _decode_cached(files, size, channels, workers, _cache_path(root, split, files, size, channels) if cache else None)
     bad = int((~ok).sum())
-    if bad:
-        first = files[int(np.argmin(ok))]
-        warnings.warn(f"{root / split}: skipped {bad} unreadable image(s), e.g. {first}", stacklevel=3)
-        if bad > max_bad * len(files):
-            raise DataError(f"{root / split}: {bad} of {len(files)} images are unreadable (more than {max_bad:.0%}); "
-                            "fix or remove them")
-    keep = torch.from_numpy(ok)
-    return imgs[keep], torch.tensor(labels, dtype=torch.int64)[keep], names, bad
+    labels_t = torch.tensor(labels, dtype=torch.int64)
+    if not bad:
+        return torch.from_numpy(arr), labels_t, names, 0  # still memory-mapped when cached
+    first = files[int(np.argmin(ok))]
+    warnings.warn(f"{root / split}: skipped {bad} unreadable image(s), e.g. {first}", stacklevel=3)
+    if bad > max_bad * len(files):
+        raise DataError(f"{root / split}: {bad} of {len(files)} images are unreadable (more than {max_bad:.0%}); "
+                        "fix or remove them")
+    return torch.from_numpy(np.ascontiguousarray(arr[ok])), labels_t[torch.from_numpy(ok)], names, bad
 
 
 def load_image_folder(root: str | Path, split: str, *, presize: int, channels: int = 3, class_names: list[str] | None = None,
