@@ -269,7 +269,12 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
     (no GPU, library missing) are listed as skipped with the reason.
     """
     from .errors import ValidationFailed
+    from .filekind import expect
     from .validate import parse_tolerance_overrides, run_validation
+
+    for path, kind, option in ((checkpoint, "checkpoint", "--checkpoint"), (onnx_path, "onnx", "--onnx"), (engine, "engine", "--engine")):
+        if path is not None:
+            expect(path, kind, option=option)
 
     size_list = [parse_hw(s) for s in sizes.split(",") if s.strip()] if sizes else None
     rep, files = run_validation(

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .checkpoint import ModelConfig
 from .errors import RnDeployError
+from .filekind import expect
 from .runners import BaseRunner, OrtRunner, TrtRunner
 
 
@@ -83,7 +84,8 @@ class Engine:
         path = Path(path)
         if not path.exists():
             raise RnDeployError(f"{path}: no such file")
-        if path.suffix == ".onnx":
+        kind = expect(path, "onnx", "engine").kind
+        if kind == "onnx" or (kind == "unknown" and path.suffix == ".onnx"):
             from .export import read_onnx_config
 
             cfg = read_onnx_config(path)
