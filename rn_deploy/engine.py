@@ -3,7 +3,7 @@
     from rn_deploy import Engine
     eng = Engine.load("exports/demo/model.tensorrt.engine")   # or model.onnx
     preds = eng.predict([img1, img2])    # uint8 HxWxC arrays, any sizes inside the profiles
-    preds[0].label, preds[0].probs       # class name, {class: probability}
+    preds[0].label, preds[0].probs       # class name, {class: probability} for every class, highest first
 
 Normalisation (mean/std, channels) comes from the manifest/ONNX metadata written at export, so a
 service never re-implements it. Images of equal size are batched together, in chunks no larger
@@ -34,6 +34,16 @@ from .runners import BaseRunner, OrtRunner, TrtRunner
 
 @dataclass
 class Prediction:
+    """One image's classification.
+
+    Attributes:
+        label: the most likely class name.
+        index: its output index.
+        score: its probability.
+        probs: class name -> probability, highest first: every class, unless ``predict(top_k=k)``
+            asked for the ``k`` most likely only.
+    """
+
     label: str
     index: int
     score: float
@@ -114,8 +124,14 @@ class Engine:
         return torch.cat(outs)
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, *, size: tuple[int, int] | None = None,
-                top_k: int | None = 5) -> list[Prediction]:
-        """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor."""
+                top_k: int | None = None) -> list[Prediction]:
+        """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor.
+
+        Args:
+            images: the inputs, in order; results come back in the same order.
+            size: resize every image to (H, W) first (bilinear, antialiased); None keeps each image's size.
+            top_k: keep only the ``k`` most likely classes in each ``Prediction.probs``; None keeps every class.
+        """
         cfg = self.config
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != cfg.in_channels:

@@ -8,6 +8,8 @@ from pathlib import Path
 from ._io import atomic_path, atomic_write_text
 from .validate import ValidationReport
 
+_LIMIT = {"rel_l2": "≤", "max_abs": "≤", "cosine": "≥", "top1": "≥"}  # which side of each tolerance passes
+
 
 def markdown(rep: ValidationReport) -> str:
     lines = [f"# Validation report: {'PASS' if rep.passed else 'FAIL'}", "",
@@ -27,7 +29,8 @@ def markdown(rep: ValidationReport) -> str:
         lines.append(f"| `{c.backend}` | {shape} | {p['rel_l2']:.2e} | {p['max_abs']:.2e} | {p['cosine']:.6f} | {p['top1']:.2f} | "
                      f"{p['top5']:.2f} | {lat.p50_ms:.3f} | {lat.p99_ms:.3f} | {lat.img_per_s:,.0f} | {lat.first_call_ms:.1f} | "
                      f"{'ok' if c.passed else 'FAIL: ' + '; '.join(c.failures)} |")
-    lines += ["", "Tolerances: " + ", ".join(f"{k}: {v}" for k, v in rep.tolerances.items()), ""]
+    lines += ["", "Tolerances: " + "; ".join(f"{prec} " + ", ".join(f"{k} {_LIMIT.get(k, '=')} {v:g}" for k, v in tol.items() if v is not None)
+                                            for prec, tol in rep.tolerances.items()), ""]
     return "\n".join(lines)
 
 
