@@ -33,6 +33,7 @@ import onnx
 from . import names
 from ._io import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
 from .errors import BuildError, MissingDependencyError
+from .filekind import expect
 
 if TYPE_CHECKING:
     import tensorrt_bindings as trt_api  # TensorRT 10.x API from tensorrt-stubs
@@ -208,6 +209,7 @@ class EngineManifest:
 
     @classmethod
     def load(cls, engine_path: str | Path) -> EngineManifest:
+        expect(engine_path, "engine")
         path = manifest_path(engine_path)
         if not path.exists():
             raise BuildError(f"{path}: no manifest beside the engine; rebuild it with `rn-deploy build`")
@@ -541,7 +543,14 @@ def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, A
 
 def inspect_engine(engine_path: str | Path) -> dict[str, Any]:
     """The manifest, plus the engine inspector's layers and precisions where the engine can be deserialised."""
+    from .errors import EngineCompatibilityError
+
+    if not Path(engine_path).is_file():
+        raise BuildError(f"{engine_path}: no such engine file")
     m = EngineManifest.load(engine_path)
+    if m.engine_sha256 and sha256_file(engine_path) != m.engine_sha256:  # a changed engine is an error, not a skipped detail
+        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
+                                       f"or truncated; {_rebuild_hint(m)}")
     out: dict[str, Any] = {"manifest": m.to_dict(), "layers": None, "layers_skipped": None}
     try:
         _m, trt, engine = load_engine_checked(engine_path)

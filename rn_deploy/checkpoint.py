@@ -21,6 +21,7 @@ from torch import nn
 
 from ._io import atomic_path
 from .errors import CheckpointError, ModelError
+from .filekind import expect
 from .models import create_model
 
 FORMAT = "rn-deploy/1"
@@ -116,6 +117,19 @@ def save_checkpoint(
     return path
 
 
+def torch_load_reason(e: BaseException) -> str:
+    """The first line of a ``torch.load`` failure that says what was wrong with the file.
+
+    PyTorch's weights-only unpickler opens its message with advice to load with
+    ``weights_only=False``, which would run whatever code the file holds: never pass that on.
+    """
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else type(e).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read the raw checkpoint dict safely, raising :class:`CheckpointError` for any bad file."""
     path = Path(path)
@@ -123,19 +137,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such file; pass the model.pt written by `rn-deploy train`")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; pass the checkpoint file inside it (e.g. {path / 'model.pt'})")
+    expect(path, "checkpoint")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "global" in str(e).lower():  # the pickle names a Python callable/class: code would run on a full load
             raise CheckpointError(
                 f"{path}: refused: the file holds Python objects that only a full unpickle could build "
                 f"(not a weights-only checkpoint); nothing was executed. Re-save it with rn-deploy"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({torch_load_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({torch_load_reason(e)[:160]})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         tag = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(
@@ -196,10 +209,11 @@ def import_state_dict(state_path: str | Path, out_path: str | Path, config: Mode
     The state_dict file itself is read with ``weights_only=True`` too.
     """
     state_path = Path(state_path)
+    expect(state_path, "checkpoint")
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a usable state_dict"
-        raise CheckpointError(f"{state_path}: not a weights-only state_dict ({type(e).__name__})") from None
+        raise CheckpointError(f"{state_path}: not a weights-only state_dict ({torch_load_reason(e)[:160]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

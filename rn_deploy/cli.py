@@ -24,7 +24,10 @@ class _Group(click.Group):
 
 
 def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    """Print ``obj`` as strict JSON on stdout: NaN and infinities become null (see :mod:`rn_deploy.strictjson`)."""
+    from .strictjson import dumps
+
+    click.echo(dumps(obj))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -90,6 +93,67 @@ class HWType(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
+class LibraryValueType(click.ParamType):
+    """An option value parsed by a library function: its RnDeployError becomes a usage error (exit 2)."""
+
+    def __init__(self, name: str, parse: Any):
+        self.name, self._parse = name, parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._parse(value)
+        except RnDeployError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _shape(text: str) -> Any:
+    from .build import parse_shape
+
+    return parse_shape(text)
+
+
+def _profile(text: str) -> Any:
+    from .build import Profile
+
+    return Profile.parse(text)
+
+
+def _batch_triple(text: str) -> tuple[int, int, int]:
+    try:
+        b = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        b = ()
+    if len(b) != 3 or min(b) < 1:
+        raise RnDeployError(f"{text!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32")
+    return b  # type: ignore[return-value]
+
+
+def _hw_list(text: str) -> list[tuple[int, int]]:
+    try:
+        return [parse_hw(s) for s in text.split(",") if s.strip()]
+    except click.BadParameter as e:
+        raise RnDeployError(e.message) from None
+
+
+def _backend_list(text: str) -> list[str]:
+    from .validate import BACKEND_NAMES
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKEND_NAMES]
+    if unknown or not names:
+        raise RnDeployError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKEND_NAMES)}")
+    return names
+
+
+SHAPE = LibraryValueType("NxCxHxW", _shape)
+PROFILE = LibraryValueType("MIN:OPT:MAX", _profile)
+BATCH_TRIPLE = LibraryValueType("MIN,OPT,MAX", _batch_triple)
+HW_LIST = LibraryValueType("H|HxW,...", _hw_list)
+BACKEND_LIST = LibraryValueType("BACKEND,...", _backend_list)
+
+
 def stderr_log(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -143,24 +207,18 @@ def _add_train() -> None:
 
 _add_train()
 
-def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile: tuple[str, ...], sizes_from: Path | None,
-                    bands: int, batch: str, channels: int) -> list[Any]:
-    from .build import Profile, parse_shape, profiles_from_sizes, read_sizes
+def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], sizes_from: Path | None,
+                    bands: int, batch: tuple[int, int, int], channels: int) -> list[Any]:
+    from .build import Profile, profiles_from_sizes, read_sizes
 
-    out = [Profile.parse(p) for p in profile]
+    out = list(profile)
     given = [v is not None for v in (min_, opt, max_)]
     if any(given):
         if not all(given):
             raise click.UsageError("--min, --opt and --max go together")
-        out.append(Profile(parse_shape(min_ or ""), parse_shape(opt or ""), parse_shape(max_ or "")))
+        out.append(Profile(min_, opt, max_))
     if sizes_from is not None:
-        try:
-            b = tuple(int(v) for v in batch.split(","))
-        except ValueError:
-            raise click.BadParameter(f"{batch!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32", param_hint="--batch") from None
-        if len(b) != 3:
-            raise click.BadParameter(f"{batch!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32", param_hint="--batch")
-        out += profiles_from_sizes(read_sizes(sizes_from), channels=channels, batch=b, bands=bands)  # type: ignore[arg-type]
+        out += profiles_from_sizes(read_sizes(sizes_from), channels=channels, batch=batch, bands=bands)
     return out
 
 
@@ -168,23 +226,25 @@ def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine file [default: model.<backend>.engine beside the ONNX].")
-@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True)
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
+              help="Full TensorRT (builds on the GPU it targets) or TensorRT-RTX (ahead of time with --target).")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
-@click.option("--min", "min_", default=None, help="Min input shape NxCxHxW (with --opt/--max).")
-@click.option("--opt", default=None, help="Opt input shape NxCxHxW.")
-@click.option("--max", "max_", default=None, help="Max input shape NxCxHxW.")
-@click.option("--profile", multiple=True, help="Extra profile MIN:OPT:MAX (repeatable).")
+@click.option("--min", "min_", type=SHAPE, default=None, help="Min input shape NxCxHxW (with --opt/--max).")
+@click.option("--opt", type=SHAPE, default=None, help="Opt input shape NxCxHxW.")
+@click.option("--max", "max_", type=SHAPE, default=None, help="Max input shape NxCxHxW.")
+@click.option("--profile", type=PROFILE, multiple=True, help="Extra profile MIN:OPT:MAX (repeatable).")
 @click.option("--sizes-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File of H x W seen in production (JSON list or HxW lines): derive profiles from it.")
 @click.option("--bands", type=click.IntRange(min=1), default=1, show_default=True, help="With --sizes-from: profiles by size band.")
-@click.option("--batch", default="1,8,32", show_default=True, help="With --sizes-from: MIN,OPT,MAX batch.")
+@click.option("--batch", type=BATCH_TRIPLE, default="1,8,32", show_default=True, help="With --sizes-from: MIN,OPT,MAX batch.")
 @click.option("--target", default=None, help="TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120.")
 @click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_: str | None, opt: str | None, max_: str | None,
-              profile: tuple[str, ...], sizes_from: Path | None, bands: int, batch: str, target: str | None, workspace: int | None,
+def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_: Any, opt: Any, max_: Any,
+              profile: tuple[Any, ...], sizes_from: Path | None, bands: int, batch: tuple[int, int, int], target: str | None,
+              workspace: int | None,
               opt_level: int | None, timing_cache: Path | None, as_json: bool) -> None:
     """Compile MODEL.onnx into a TensorRT (or TensorRT-RTX) engine with optimisation profiles.
 
@@ -234,12 +294,12 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
     m = info["manifest"]
     for key in ("backend", "library_version", "precision", "strongly_typed", "targets", "build_gpu", "onnx_path", "onnx_sha256",
                 "engine_size", "built_at", "build_seconds"):
-        click.echo(f"{key:>16}: {m[key]}")
+        click.echo(f"{key:>16}: {show_value(m[key])}")
     for i, p in enumerate(m["profiles"]):
         for name, s in p.items():
-            click.echo(f"{'profile ' + str(i):>16}: {name} min {s['min']} opt {s['opt']} max {s['max']}")
+            click.echo(f"{'profile ' + str(i):>16}: {name} min {show_shape(s['min'])} opt {show_shape(s['opt'])} max {show_shape(s['max'])}")
     for t in m["inputs"] + m["outputs"]:
-        click.echo(f"{'tensor':>16}: {t['name']} {t['dtype']} {t['shape']}")
+        click.echo(f"{'tensor':>16}: {t['name']} {t['dtype']} {show_shape(t['shape'])}")
     for n in m["notes"]:
         click.echo(f"{'note':>16}: {n}")
     if info["layers"] is None:
@@ -247,6 +307,26 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
     else:
         for layer in info["layers"]:
             click.echo(f"  {layer if isinstance(layer, str) else json.dumps(layer)[:200]}")
+
+
+def show_shape(shape: list[int]) -> str:
+    """[-1, 1, -1, -1] -> '?x1x?x?' (a dynamic axis is '?')."""
+    return "x".join("?" if d < 0 else str(d) for d in shape)
+
+
+def show_value(v: Any) -> str:
+    """A manifest value for people: lists joined, dicts as key=value, None as 'none', floats rounded."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(show_value(x) for x in v) or "none"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={show_value(x)}" for k, x in v.items()) or "none"
+    return str(v)
 
 
 def _split_ints(value: str, what: str) -> list[int]:
@@ -263,20 +343,22 @@ def _split_ints(value: str, what: str) -> list[int]:
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model.pt: the FP32 reference.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX model to check.")
 @click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT engine to check.")
-@click.option("--backends", default=None,
+@click.option("--backends", type=BACKEND_LIST, default=None,
               help="Comma list of torch,torch-fp16,ort-cpu,ort-cuda,ort-cuda-graph,trt,trt-graph [default: all that apply].")
-@click.option("--sizes", default=None, help="Comma list of H or HxW [default: profiles' min/opt/max or the training size, plus 97x211].")
+@click.option("--sizes", type=HW_LIST, default=None,
+              help="Comma list of H or HxW [default: profiles' min/opt/max or the training size, plus 97x211].")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of real images as inputs.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder [default: the checkpoint's folder].")
 @click.option("--tol", multiple=True, help="Tolerance override, e.g. rel_l2=1e-2 or fp16.cosine=0.998 (repeatable).")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls per cell before timing.")
+@click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per cell.")
 @click.option("--allow-skip", is_flag=True,
               help="Accept a report in which an artifact named by --onnx/--engine could not run here (listed as not judged).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
-def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, backends: str | None, sizes: str | None,
+def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, backends: list[str] | None,
+                 sizes: list[tuple[int, int]] | None,
                  batches: str, images: Path | None, out: Path | None, tol: tuple[str, ...], warmup: int, iters: int,
                  allow_skip: bool, as_json: bool) -> None:
     """Check parity (vs PyTorch FP32) and latency of torch / ONNX Runtime / TensorRT across sizes and batches.
@@ -287,13 +369,21 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
     (torch-cpu-fp32) is timed, not compared. Backends that cannot run here are listed with the reason.
     """
     from .errors import ValidationFailed
+    from .filekind import expect
     from .validate import parse_tolerance_overrides, run_validation
 
-    size_list = [parse_hw(s) for s in sizes.split(",") if s.strip()] if sizes else None
+    for path, kind, option in ((checkpoint, "checkpoint", "--checkpoint"), (onnx_path, "onnx", "--onnx"), (engine, "engine", "--engine")):
+        if path is not None:
+            expect(path, kind, option=option)
+
+    try:
+        tolerances = parse_tolerance_overrides(tol)
+    except RnDeployError as e:
+        raise click.BadParameter(str(e), param_hint="--tol") from None
     rep, files = run_validation(
-        checkpoint, onnx_path=onnx_path, engine_path=engine, backends=backends.split(",") if backends else None, sizes=size_list,
+        checkpoint, onnx_path=onnx_path, engine_path=engine, backends=backends, sizes=sizes,
         batches=_split_ints(batches, "--batch"), images=images, out_dir=out or checkpoint.parent,
-        tolerances=parse_tolerance_overrides(tol), warmup=warmup, iters=iters, allow_skip=allow_skip, log=stderr_log,
+        tolerances=tolerances, warmup=warmup, iters=iters, allow_skip=allow_skip, log=stderr_log,
     )
     if as_json:
         echo_json(rep.to_dict())
@@ -316,7 +406,7 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
               help="Split [default: test for Fashion-MNIST/MNIST, val for image folders].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the subset `train --limit N` evaluated on.")
 @click.option("--seed", type=int, default=None, help="Seed of that subset [default: the recorded training seed, else 0].")
-@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Images per inference call.")
 @click.option("--backends", default=None, help="Comma list of ort-cpu,ort-cuda,trt,torch-fp16 [default: ort-cuda or ort-cpu, trt].")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Allowed top-1 drop in points vs the reference [default: 0.3 fp16, 1.0 int8; fp32: >= 99.9% agreement].")
@@ -350,7 +440,7 @@ def eval_cmd(checkpoint: Path, onnx_paths: tuple[Path, ...], engines: tuple[Path
 @click.argument("arch")
 @click.option("--size", type=HWType(), default="224", show_default=True, help="Input H or HxW.")
 @click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels [default: the model's].")
-@click.option("--n-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--n-classes", type=click.IntRange(min=1), default=1000, show_default=True, help="Outputs of the final layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows and totals as JSON.")
 def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_classes: int, as_json: bool) -> None:
     """Layer table of ARCH (like fastai's learn.summary()): type, output shape, params, trainable, mult-adds."""
@@ -461,11 +551,12 @@ def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int,
 
 
 @main.command("demo")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exports/demo"), show_default=True)
-@click.option("--arch", default="resnet18", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exports/demo"), show_default=True,
+              help="Folder for every artifact and the report.")
+@click.option("--arch", default="resnet18", show_default=True, help="Registered model to train (see `rn-deploy models`).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Training epochs.")
 @click.option("--limit", type=click.IntRange(min=64), default=4000, show_default=True, help="Training/validation images.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="Training device: cuda, cpu or auto.")
 @click.option("--data", default=None, help="Fashion-MNIST folder [default: /usr/share/datasets/fashion-mnist].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo_cmd(out: Path, arch: str, epochs: int, limit: int, device: str, data: str | None, as_json: bool) -> None:

@@ -3,7 +3,7 @@
     from rn_deploy import Engine
     eng = Engine.load("exports/demo/model.tensorrt.engine")   # or model.onnx
     preds = eng.predict([img1, img2])    # uint8 HxWxC arrays, any sizes inside the profiles
-    preds[0].label, preds[0].probs       # class name, {class: probability}
+    preds[0].label, preds[0].probs       # class name, {class: probability} for every class, highest first
 
 Normalisation (mean/std, channels) comes from the manifest/ONNX metadata written at export, so a
 service never re-implements it. Images of equal size are batched together, in chunks no larger
@@ -33,11 +33,22 @@ import torch
 from .checkpoint import ModelConfig
 from .errors import RnDeployError
 from .preprocess import preprocess
+from .filekind import expect
 from .runners import BaseRunner, OrtRunner, TrtRunner
 
 
 @dataclass
 class Prediction:
+    """One image's classification.
+
+    Attributes:
+        label: the most likely class name.
+        index: its output index.
+        score: its probability.
+        probs: class name -> probability, highest first: every class, unless ``predict(top_k=k)``
+            asked for the ``k`` most likely only.
+    """
+
     label: str
     index: int
     score: float
@@ -93,7 +104,8 @@ class Engine:
         path = Path(path)
         if not path.exists():
             raise RnDeployError(f"{path}: no such file")
-        if path.suffix == ".onnx":
+        kind = expect(path, "onnx", "engine").kind
+        if kind == "onnx" or (kind == "unknown" and path.suffix == ".onnx"):
             from .export import read_onnx_config
 
             cfg = read_onnx_config(path)
@@ -123,12 +135,16 @@ class Engine:
         return torch.cat(outs)
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, *, size: tuple[int, int] | None = None,
-                top_k: int | None = 5) -> list[Prediction]:
+                top_k: int | None = None) -> list[Prediction]:
         """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor.
 
         Images go through :func:`rn_deploy.preprocess.preprocess`, the training evaluation's own
-        policy: fitted (short side resized, centre crop) to ``size``, by default the model's training
-        size ``config.image_size``. Pass ``size=(H, W)`` to run at another size the engine covers.
+        policy: fitted (short side resized to cover, centre crop) to ``size``.
+
+        Args:
+            images: the inputs, in order; results come back in the same order.
+            size: the (H, W) every image is fitted to; None: the model's training size ``config.image_size``.
+            top_k: keep only the ``k`` most likely classes in each ``Prediction.probs``; None keeps every class.
         """
         cfg = self.config
         if isinstance(images, torch.Tensor):

@@ -32,6 +32,7 @@ from . import names
 from ._io import sha256_file
 from .checkpoint import FORMAT, ModelConfig, load_checkpoint
 from .errors import ExportError, RnDeployError
+from .filekind import expect
 from .metrics import Parity, parity
 from .models import get_model_spec
 
@@ -208,6 +209,7 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
     if not path.exists():
         raise RnDeployError(f"{path}: no such ONNX file; export one with `rn-deploy export`")
+    expect(path, "onnx")
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file

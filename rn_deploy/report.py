@@ -24,6 +24,8 @@ def _latency_md(c: Cell) -> tuple[str, str]:
         p50 += f" (noisy: {lat.noise})"
     return p50, f"{lat.p99_ms:.3f}"
 
+_LIMIT = {"rel_l2": "≤", "max_abs": "≤", "cosine": "≥", "top1": "≥"}  # which side of each tolerance passes
+
 
 def markdown(rep: ValidationReport) -> str:
     verdict = "PASS" if rep.passed else "FAIL"
@@ -74,8 +76,8 @@ def markdown(rep: ValidationReport) -> str:
         lines.append(f"| `{c.backend}` | {shape} | {c.images} | {_num(p['rel_l2'], '.2e')} | {_num(p['max_abs'], '.2e')} | "
                      f"{_num(p['cosine'], '.6f')} | {_num(p['top1'], '.2f')} | {_num(p['top5'], '.2f')} | {timing} | "
                      f"{'ok' if c.passed else 'FAIL: ' + '; '.join(c.failures)} |")
-    lines += ["", "Tolerances (none = report only): " + "; ".join(
-        f"{prec}: " + ", ".join(f"{k} {'none' if v is None else v}" for k, v in tol.items()) for prec, tol in rep.tolerances.items()), ""]
+    lines += ["", "Tolerances: " + "; ".join(f"{prec} " + ", ".join(f"{k} {_LIMIT.get(k, '=')} {v:g}" for k, v in tol.items() if v is not None)
+                                            for prec, tol in rep.tolerances.items()), ""]
     if rep.problems:
         lines += ["Problems:", ""] + [f"- {p}" for p in rep.problems] + [""]
     return "\n".join(lines)

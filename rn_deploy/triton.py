@@ -22,6 +22,7 @@ import onnx
 
 from . import names
 from .errors import RnDeployError
+from .filekind import expect
 
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32"}
 _ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
@@ -102,7 +103,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
         raise RnDeployError(f"{src}: no such file")
     if not name or "/" in name or name.startswith("."):
         raise RnDeployError(f"model name {name!r}: use a plain folder name like resnet18_fmnist")
-    is_onnx = src.suffix == ".onnx"
+    kind = expect(src, "onnx", "engine").kind
+    is_onnx = kind == "onnx" or (kind == "unknown" and src.suffix == ".onnx")
     platform, in_t, out_t, (channels,), n_out, classes, limit = _from_onnx(src) if is_onnx else _from_engine(src)
     if max_batch is None:
         max_batch = limit or 32

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -236,8 +237,8 @@ def validate(
                             timing=timing)
 
 
-def load_images(folder: str | Path, channels: int, limit: int = 64) -> list[np.ndarray]:
-    """Up to ``limit`` images (sorted, recursive) from ``folder`` as uint8 HxWxC."""
+def load_images(folder: str | Path, channels: int, limit: int = 64, log: Log | None = None) -> list[np.ndarray]:
+    """Up to ``limit`` images (sorted, recursive) from ``folder`` as uint8 HxWxC, converted to ``channels`` (said in ``log``)."""
     from PIL import Image, UnidentifiedImageError
 
     from .preprocess import convert_pil
@@ -247,14 +248,21 @@ def load_images(folder: str | Path, channels: int, limit: int = 64) -> list[np.n
         raise RnDeployError(f"{folder}: no such folder (--images)")
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in exts)[:limit]
-    out = []
+    out, converted = [], Counter[str]()
+    target = "L" if channels == 1 else "RGB"
     for f in files:
         try:
             with Image.open(f) as im:
+                if im.mode != target:
+                    converted[im.mode] += 1
                 arr = np.asarray(convert_pil(im, channels))
         except (OSError, UnidentifiedImageError):
             continue
         out.append(arr[:, :, None] if arr.ndim == 2 else arr)
+    if converted and log:
+        modes = ", ".join(f"{n} {mode}" for mode, n in converted.most_common())
+        log(f"--images: converted {sum(converted.values())} of {len(out)} images ({modes}) to "
+            f"{'grayscale (L)' if channels == 1 else 'RGB'}: the model takes {channels} channel(s)")
     if not out:
         raise RnDeployError(f"{folder}: no readable images (.jpg/.png/...) found")
     return out
@@ -407,7 +415,7 @@ def run_validation(
         grid = [(b, h, w) for h, w in sizes for b in batches]
     else:
         grid = default_grid(cfg.image_size, get_model_spec(cfg.arch).min_size, profiles, batches)
-    imgs = load_images(images, cfg.in_channels) if images else None
+    imgs = load_images(images, cfg.in_channels, log=log) if images else None
     reference = TorchRunner(ck.model, device="cpu")
     reference.name = "torch-cpu-fp32 (reference)"
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -88,6 +89,9 @@ CASES = [
     ("triton-into-a-file", ["export-triton", "{good.onnx}", "--repo", "{a_file}", "--name", "m"], r"a_file' is a file", 2),
     ("usage-min-without-max", ["build", "{good.onnx}", "--min", "1x1x28x28"], r"go together", 2),
     ("usage-bad-size", ["export", "{good.pt}", "--static", "axb"], r"not a size", 2),
+    ("onnx-as-checkpoint", ["export", "{good.onnx}", "-o", "{tmp}/x.onnx"],
+     r"good\.onnx: an ONNX model \(by its first bytes\), not a PyTorch checkpoint.*`rn-deploy build`", 1),
+    ("truncated-engine-inspect", ["inspect", "{tampered.engine}"], r"tampered\.engine: engine bytes do not match its manifest", 1),
 ]
 
 
@@ -158,3 +162,106 @@ def test_nan_and_channel_mismatch_inputs_to_the_engine_api(corpus: dict[str, Pat
         with pytest.raises(RnDeployError, match="expected N x 1 x H x W"):
             eng.predict(torch.zeros(2, 3, 28, 28))
         assert len(eng.predict([np.zeros((28, 28), np.uint8)])) == 1  # a plain gray image is fine for a 1-channel model
+
+
+# ---- Item "wrong file, right words": every model-reading entry point x every kind of file it does not take ----
+
+# file in the corpus -> (its kind as sniffed, words the error must use for it)
+WRONG_FILES = {
+    "good.pt": ("checkpoint", r"a PyTorch checkpoint"),
+    "checkpoint_named.onnx": ("checkpoint", r"a PyTorch checkpoint"),
+    "checkpoint_named.engine": ("checkpoint", r"a PyTorch checkpoint"),
+    "good.onnx": ("onnx", r"an ONNX model"),
+    "onnx_named.pt": ("onnx", r"an ONNX model"),
+    "rtx.engine": ("engine", r"a TensorRT-RTX engine"),
+    "engine_named.onnx": ("engine", r"a TensorRT-RTX engine"),
+    "rtx.engine.json": ("manifest", r"an rn-deploy engine manifest"),
+    "photo.jpg": ("image", r"a JPEG image"),
+    "digit.png": ("image", r"a PNG image"),
+    "bundle.zip": ("zip", r"a zip archive"),
+    "empty.pt": ("empty", r"an empty file"),
+    "notes.txt": ("text", r"a text file"),
+    "sizes.json": ("json", r"a JSON file"),
+    "weights.gz": ("gzip", r"a gzip-compressed file"),
+    "model.safetensors": ("safetensors", r"a safetensors weights file"),
+}
+# which command the message must point to, per kind
+GOES_TO = {"checkpoint": r"`rn-deploy export`", "onnx": r"`rn-deploy build`", "engine": r"`rn-deploy inspect`",
+           "manifest": r"pass the engine beside it \(.*rtx\.engine\)", "image": r"`validate --images`", "zip": "unpack it",
+           "empty": "copy or write it again", "gzip": "decompress", "safetensors": "import_state_dict", "json": "--sizes-from",
+           "text": "binary model files"}
+# entry point -> (argv with {f} for the file, kinds it takes, words for what it wanted)
+ENTRY_POINTS = {
+    "export": (["export", "{f}", "-o", "{tmp}/x.onnx"], {"checkpoint"}, r"not a PyTorch checkpoint \(model\.pt\)"),
+    "build": (["build", "{f}", "-o", "{tmp}/x.engine", *RTX_ARGS], {"onnx"}, r"not an ONNX model"),
+    "validate --checkpoint": (["validate", "--checkpoint", "{f}"], {"checkpoint"}, r"\(--checkpoint\): .*not a PyTorch checkpoint"),
+    "validate --onnx": (["validate", "--checkpoint", "{good.pt}", "--onnx", "{f}"], {"onnx"}, r"\(--onnx\): .*not an ONNX model"),
+    "validate --engine": (["validate", "--checkpoint", "{good.pt}", "--engine", "{f}"], {"engine"},
+                          r"\(--engine\): .*not a TensorRT engine"),
+    "inspect": (["inspect", "{f}"], {"engine"}, r"not a TensorRT engine"),
+    "export-triton": (["export-triton", "{f}", "--repo", "{tmp}/repo", "--name", "m"], {"onnx", "engine"},
+                      r"not an ONNX model or a TensorRT engine"),
+}
+WRONG_CASES = [(e, f) for e, (_a, takes, _w) in ENTRY_POINTS.items() for f, (kind, _d) in WRONG_FILES.items() if kind not in takes]
+
+
+def test_sniffer_names_every_kind(corpus: dict[str, Path]):
+    from rn_deploy.filekind import sniff
+
+    for name, (kind, words) in WRONG_FILES.items():
+        if name not in corpus:
+            continue  # engine files need TensorRT-RTX to be built
+        found = sniff(corpus[name])
+        assert found.kind == kind and re.match(words, found.description), (name, found)
+    assert sniff(corpus["not_onnx.onnx"]).kind == "unknown"  # unplaceable bytes go on to the real loader's error
+    assert sniff(corpus["truncated.pt"]).kind == "checkpoint"  # the first zip entry survives truncation
+    assert sniff(corpus["evil.pkl"]).kind == "pickle"
+    assert sniff(corpus["good.pt"].parent / "no_such_file").kind == "missing"
+
+
+@pytest.mark.parametrize("entry,name", WRONG_CASES, ids=[f"{e}<-{f}" for e, f in WRONG_CASES])
+def test_wrong_file_gets_right_words(corpus: dict[str, Path], tmp_path: Path, entry: str, name: str):
+    from click.testing import CliRunner
+
+    from rn_deploy.cli import main
+
+    if name not in corpus:
+        pytest.skip(f"{name} needs TensorRT-RTX to be generated")
+    argv, _takes, wanted = ENTRY_POINTS[entry]
+    kind, words = WRONG_FILES[name]
+    args = [a.replace("{f}", str(corpus[name])).replace("{good.pt}", str(corpus["good.pt"])).replace("{tmp}", str(tmp_path))
+            for a in argv]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, (res.exit_code, res.stderr, res.exception)
+    assert isinstance(res.exception, SystemExit), res.exception  # our one-line error, not an exception escaping
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {corpus[name]}"), res.stderr
+    assert re.search(words, lines[0]) and re.search(wanted, lines[0]), lines[0]
+    assert re.search(GOES_TO[kind], lines[0]), lines[0]
+    assert "weights_only" not in res.output + res.stderr
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("name", ["good.pt", "photo.jpg", "bundle.zip", "empty.pt", "rtx.engine.json", "onnx_named.pt"])
+def test_engine_load_of_a_wrong_file_is_one_line(corpus: dict[str, Path], name: str):
+    if name not in corpus:
+        pytest.skip(f"{name} needs TensorRT-RTX to be generated")
+    kind, words = WRONG_FILES[name]
+    if kind == "onnx":  # right bytes under a wrong name: loads, by content
+        with Engine.load(corpus[name]) as eng:
+            assert eng.config.n_classes == 10
+        return
+    with pytest.raises(RnDeployError) as info:
+        Engine.load(corpus[name])
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(corpus[name])) and re.search(words, msg) and re.search(GOES_TO[kind], msg), msg
+    assert info.value.__cause__ is None and info.value.__context__ is None  # no chained traceback behind it
+
+
+def test_torch_load_advice_is_never_echoed(corpus: dict[str, Path]):
+    from rn_deploy.checkpoint import read_checkpoint
+
+    for name in ("random.pt", "not_onnx.onnx"):  # bytes the sniffer cannot place reach torch.load itself
+        with pytest.raises(RnDeployError) as info:
+            read_checkpoint(corpus[name])
+        assert "weights_only" not in str(info.value) and "not a readable PyTorch checkpoint" in str(info.value)

@@ -91,7 +91,7 @@ def test_cli_validate_writes_report_and_exit_codes(art: dict[str, Path], tmp_pat
 
 def test_cli_validate_usage_errors(art: dict[str, Path]):
     res = CliRunner().invoke(main, ["validate", "--checkpoint", str(art["ck"]), "--backends", "tensorflow"])
-    assert res.exit_code == 1 and "unknown backend" in res.output
+    assert res.exit_code == 2 and "unknown backend" in res.output  # a usage error
     res = CliRunner().invoke(main, ["validate", "--checkpoint", str(art["ck"]), "--batch", "0"])
     assert res.exit_code == 2
     with pytest.raises(RnDeployError, match="rel_l2"):

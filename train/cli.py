@@ -2,45 +2,80 @@
 
 from __future__ import annotations
 
-import json
+import os
 from typing import Any
 
 import click
+
+from rn_deploy.errors import RnDeployError
+from rn_deploy.strictjson import dumps
 
 from .data import DATASETS
 
 
 def data_options(f: Any) -> Any:
-    """Options shared by train, lr-find and show-batch: what to train and on which data."""
+    """Options shared by train, lr-find and show-batch: which data, decoded how."""
     for opt in reversed([
-        click.option("--arch", default="resnet18", show_default=True, help="Registered model (see `rn-deploy models`)."),
-        click.option("--dataset", type=click.Choice([*DATASETS, "imagenette"]), default="fashion-mnist", show_default=True),
+        click.option("--dataset", type=click.Choice([*DATASETS, "imagenette"]), default="fashion-mnist", show_default=True,
+                     help="Fashion-MNIST IDX files, MNIST PNG folders, or an ImageFolder tree (train/ + val/)."),
         click.option("--data", type=click.Path(file_okay=False), default=None,
                      help="Dataset folder [fashion-mnist default: /usr/share/datasets/fashion-mnist]."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Per process."),
         click.option("--presize", type=click.IntRange(min=8), default=160, show_default=True, help="Decode size for image folders."),
-        click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most N training and N validation images."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for the subset, the weights, the order and the augmentation."),
         click.option("--workers", type=int, default=None, help="Image decode workers [default: min(4, cores)]."),
     ]):
         f = opt(f)
     return f
 
 
+def model_options(f: Any) -> Any:
+    """Options of the commands that run a model (train, lr-find), not of show-batch."""
+    for opt in reversed([
+        click.option("--arch", default="resnet18", show_default=True, help="Registered model (see `rn-deploy models`)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Per process."),
+        click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto."),
+    ]):
+        f = opt(f)
+    return f
+
+
+class SizeScheduleType(click.ParamType):
+    """``--size 28`` or ``--size 64:4,128:4,224:2``: a malformed value is a usage error (exit 2)."""
+
+    name = "SIZE|SIZE:EPOCHS,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .loop import parse_size_schedule
+
+        if not isinstance(value, str):
+            return value
+        try:
+            size, phases = parse_size_schedule(value)
+        except RnDeployError as e:
+            self.fail(str(e), param, ctx)
+        if any(s < 8 or e < 1 for s, e in phases or [(size, 1)]):
+            self.fail(f"{value!r}: sizes must be >= 8 pixels and phase epochs >= 1", param, ctx)
+        return size, phases
+
+
 @click.command("train")
+@model_options
 @data_options
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Epochs to train (with --size phases: their sum; give one or the other).")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak one-cycle learning rate.")
-@click.option("--size", default="28", show_default=True,
+@click.option("--size", type=SizeScheduleType(), default="28", show_default=True,
               help="Training image size (square), or progressive phases SIZE:EPOCHS,... e.g. 64:4,128:4,224:2 "
                    "(one one-cycle schedule spans all phases; --epochs is then their sum).")
 @click.option("--out", default="exports/model", show_default=True, help="Output folder for model.pt.")
 @click.option("--wd", "weight_decay", type=float, default=1e-2, show_default=True, help="AdamW weight decay.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Cross-entropy label smoothing (0: off; 0.1 is common).")
 @click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Mixup alpha (0: off).")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="channels_last memory format on CUDA.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--clip", type=float, default=None, help="Clip the gradient norm to this value.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/model.pt.")
@@ -52,18 +87,36 @@ def train_command(compile_: bool, as_json: bool, quiet: bool, **opts: Any) -> No
     Runs under torchrun for several GPUs (or CPU processes, gloo): the same options, per-process
     batch size. A checkpoint is written after every epoch; --resume continues one.
     """
-    from .loop import TrainConfig, fit, parse_size_schedule
+    from .loop import TrainConfig, TrainingInterrupted, fit, plural
 
-    opts["size"], schedule = parse_size_schedule(str(opts["size"]))
+    opts["size"], schedule = opts["size"]
+    ctx = click.get_current_context()
+    if schedule and ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE \
+            and opts["epochs"] != sum(e for _, e in schedule):
+        raise click.BadParameter(f"{opts['epochs']} conflicts with --size phases totalling {sum(e for _, e in schedule)} epochs; "
+                                 "give one or the other", param_hint="--epochs")
     cfg = TrainConfig(compile=compile_, schedule=schedule, **opts)
-    res = fit(cfg, log=lambda s: click.echo(s, err=True), progress=not quiet and not as_json)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process speaks; the others only raise errors
+    try:
+        res = fit(cfg, log=lambda s: click.echo(s, err=True), progress=not quiet and not as_json)
+    except TrainingInterrupted as e:
+        if rank0:
+            click.echo(f"interrupted: {e.checkpoint} holds {plural(e.epochs_done, 'epoch')} of {e.epochs}; run the same command "
+                       "with --resume to continue from it" if e.checkpoint else
+                       f"interrupted before the first epoch finished; no checkpoint was written ({cfg.out})", err=True)
+        raise SystemExit(130) from None
+    if not rank0:
+        return
     if as_json:
-        click.echo(json.dumps(res.to_dict(), indent=2))
+        click.echo(dumps(res.to_dict()))
+    elif res.nothing_to_do:
+        click.echo(f"{res.checkpoint}: already trained {res.epochs}/{res.epochs} epochs; nothing to do")
     else:
-        click.echo(f"wrote {res.checkpoint}: accuracy {res.accuracy:.4f} after {res.epochs} epochs ({res.seconds:.1f}s)")
+        click.echo(f"wrote {res.checkpoint}: accuracy {res.accuracy:.4f} after {plural(res.epochs, 'epoch')} ({res.seconds:.1f}s)")
 
 
 @click.command("lr-find")
+@model_options
 @data_options
 @click.option("--size", type=click.IntRange(min=8), default=28, show_default=True, help="Image size.")
 @click.option("--start", type=float, default=1e-7, show_default=True, help="First learning rate.")
@@ -81,7 +134,7 @@ def lr_find_command(start: float, end: float, iters: int, out: str, as_json: boo
 
     res, png = run_lr_find(TrainConfig(**opts), start=start, end=end, iters=iters, out=out)
     if as_json:
-        click.echo(json.dumps({**res.to_dict(), "plot": str(png)}, indent=2))
+        click.echo(dumps({**res.to_dict(), "plot": str(png)}))
     else:
         click.echo(f"suggested lr {res.suggestion:.3g} (loss minimum at {res.min_loss_lr:.3g}; {len(res.lrs)} steps); plot: {png}")
 
@@ -90,12 +143,16 @@ def lr_find_command(start: float, end: float, iters: int, out: str, as_json: boo
 @data_options
 @click.option("--size", type=click.IntRange(min=8), default=28, show_default=True, help="Image size after augmentation.")
 @click.option("--n", type=click.IntRange(min=1, max=100), default=9, show_default=True, help="Images to show.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default="batch.png", show_default=True)
-def show_batch_command(size: int, n: int, out: str, **opts: Any) -> None:
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default="batch.png", show_default=True, help="PNG file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the file written and the grid as JSON.")
+def show_batch_command(size: int, n: int, out: str, as_json: bool, **opts: Any) -> None:
     """Save a grid of augmented training images with their labels (denormalised) as a PNG."""
     from .data import load_dataset
     from .show import show_batch
 
     ds, _ = load_dataset(opts["dataset"], opts["data"], presize=max(opts["presize"], size), workers=opts["workers"])
     rows, cols = show_batch(ds.subset(opts["limit"], opts["seed"]), out, n=n, size=size, seed=opts["seed"])
-    click.echo(f"wrote {out} ({rows}x{cols} grid)")
+    if as_json:
+        click.echo(dumps({"png": out, "rows": rows, "cols": cols, "size": size}))
+    else:
+        click.echo(f"wrote {out} ({rows}x{cols} grid)")

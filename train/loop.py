@@ -130,9 +130,25 @@ class TrainResult:
     n_train: int
     n_val: int
     history: list[dict[str, float]]
+    nothing_to_do: bool = False  # --resume of a run that had already trained every epoch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`: how far the run got and where its last checkpoint is.
+
+    Attributes:
+        checkpoint: the checkpoint written by this run's last finished epoch (or the resumed
+            one), None if no epoch finished.
+        epochs_done: epochs in that checkpoint.
+        epochs: the run's total.
+    """
+
+    def __init__(self, checkpoint: str | None, epochs_done: int, epochs: int):
+        super().__init__(f"interrupted after {epochs_done}/{epochs} epochs")
+        self.checkpoint, self.epochs_done, self.epochs = checkpoint, epochs_done, epochs
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -236,19 +252,22 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    saved: dict[str, Any] = {"epochs": 0, "checkpoint": None}  # updated by _fit after each checkpoint
     try:
-        result = _fit(cfg, say, dev, rank, world, data, progress and rank == 0)
+        result = _fit(cfg, say, dev, rank, world, data, progress and rank == 0, saved)
         if world > 1:
             # Leave together: a rank that tears gloo down while rank 0 still writes the checkpoint aborts.
             dist.barrier()
         return result
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(saved["checkpoint"], saved["epochs"], cfg.epochs) from None
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
-         data: tuple[ImageSet, ImageSet] | None, show: bool) -> TrainResult:
+         data: tuple[ImageSet, ImageSet] | None, show: bool, saved: dict[str, Any]) -> TrainResult:
     get_model_spec(cfg.arch)  # unknown arch fails before the data loads
     try:  # and an unwritable output folder fails before any training
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -281,7 +300,10 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
     start_epoch, history = 0, list[dict[str, float]]()
     if cfg.resume:
         start_epoch, history = _resume(ckpt_path, model, opt, sched, cfg)
-        say(f"resume: {ckpt_path} after epoch {start_epoch}")
+        saved.update(epochs=start_epoch, checkpoint=str(ckpt_path))
+        if start_epoch >= cfg.epochs:
+            return _finished_result(cfg, ckpt_path, history, dev, world, len(train_set), len(val_set))
+        say(f"resume: {ckpt_path} after {plural(start_epoch, 'epoch')}")
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -340,7 +362,8 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
                               "history": history, "options": _options(cfg), "eval": record}
                 save_checkpoint(ckpt_path, model, config, train_meta,
                                 resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
-            say(f"epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
+            saved.update(epochs=epoch + 1, checkpoint=str(ckpt_path))
+            say(f"epoch {epoch + 1}/{cfg.epochs}" + (f" at {sizes[epoch]}px" if cfg.schedule else "") + ": train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
                 f"accuracy {metrics['accuracy']:.4f}" + (f" top5 {metrics['top5']:.4f}" if "top5" in metrics else "")
                 + f" ({row['img_per_s']:,.0f} img/s)")
     return TrainResult(
@@ -376,6 +399,23 @@ def _eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metri
             "count": n, "limit": cfg.limit, "seed": cfg.seed, "image_size": list(val_dl.size), "top1": metrics["accuracy"],
             "correct": round(metrics["accuracy"] * n), "top5": metrics.get("top5"), "device": str(val_dl.device),
             "precision": precision}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``4 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _finished_result(cfg: TrainConfig, ckpt_path: Path, history: list[dict[str, float]], dev: torch.device, world: int,
+                     n_train: int, n_val: int) -> TrainResult:
+    """The result of resuming a run that had already trained every epoch: its last epoch's metrics, nothing new."""
+    last = history[-1] if history else {}
+    return TrainResult(
+        checkpoint=str(ckpt_path), arch=cfg.arch, dataset=cfg.dataset, epochs=cfg.epochs,
+        accuracy=last.get("accuracy", float("nan")), top5=last.get("top5"), val_loss=last.get("val_loss", float("nan")),
+        train_loss=last.get("train_loss", float("nan")), images_per_second=0.0, seconds=0.0, device=str(dev), world_size=world,
+        n_train=n_train, n_val=n_val, history=history, nothing_to_do=True,
+    )
 
 
 def _options(cfg: TrainConfig) -> dict[str, Any]:

@@ -101,7 +101,40 @@ def make_corpus(out: str | Path) -> dict[str, Path]:
         c["tampered.engine"] = tampered
     (out / "a_file").write_text("a regular file standing where a folder should be\n")
     c["a_file"] = out / "a_file"
+    c.update(_wrong_kinds(out, c))
     return c
+
+
+def _wrong_kinds(out: Path, c: dict[str, Path]) -> dict[str, Path]:
+    """Files of every kind a user may pass where another is expected (named by what they are, or misnamed)."""
+    import gzip
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    w = out / "wrong"
+    w.mkdir(exist_ok=True)
+    Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(w / "photo.jpg")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(w / "digit.png")
+    with zipfile.ZipFile(w / "bundle.zip", "w") as z:
+        z.writestr("model/readme.txt", "a zip, not a checkpoint")
+    (w / "empty.pt").write_bytes(b"")
+    (w / "notes.txt").write_text("epochs: 5\naccuracy: 0.9\n")
+    (w / "sizes.json").write_text(json.dumps([[480, 640], [720, 1280]]))
+    (w / "weights.gz").write_bytes(gzip.compress(b"\x00" * 1000))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (w / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\x00" * 4)
+    # Right bytes, wrong names: the sniffer reads content, not suffixes.
+    (w / "onnx_named.pt").write_bytes(c["good.onnx"].read_bytes())
+    (w / "checkpoint_named.onnx").write_bytes(c["good.pt"].read_bytes())
+    (w / "checkpoint_named.engine").write_bytes(c["good.pt"].read_bytes())
+    files = {p.name: p for p in sorted(w.iterdir())}
+    if "rtx.engine" in c:
+        files["rtx.engine.json"] = c["rtx.engine"].with_name("rtx.engine.json")
+        (w / "engine_named.onnx").write_bytes(c["rtx.engine"].read_bytes())
+        files["engine_named.onnx"] = w / "engine_named.onnx"
+    return files
 
 
 if __name__ == "__main__":
