@@ -32,8 +32,8 @@ import torch
 
 from .checkpoint import ModelConfig
 from .errors import RnDeployError
-from .preprocess import preprocess
 from .filekind import expect
+from .preprocess import preprocess
 from .runners import BaseRunner, OrtRunner, TrtRunner
 
 
