@@ -145,14 +145,16 @@ _add_train()
 
 def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile: tuple[str, ...], sizes_from: Path | None,
                     bands: int, batch: str, channels: int) -> list[Any]:
-    from .build import Profile, parse_shape, profiles_from_sizes, read_sizes
+    from .build import Profile, parse_shape, profiles_from_sizes, read_sizes, sizes_coverage
 
-    out = [Profile.parse(p) for p in profile]
+    # Order is the engine's profile order: --min/--opt/--max is profile 0, then each --profile, then --sizes-from.
+    out = []
     given = [v is not None for v in (min_, opt, max_)]
     if any(given):
         if not all(given):
             raise click.UsageError("--min, --opt and --max go together")
         out.append(Profile(parse_shape(min_ or ""), parse_shape(opt or ""), parse_shape(max_ or "")))
+    out += [Profile.parse(p) for p in profile]
     if sizes_from is not None:
         try:
             b = tuple(int(v) for v in batch.split(","))
@@ -160,7 +162,10 @@ def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile
             raise click.BadParameter(f"{batch!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32", param_hint="--batch") from None
         if len(b) != 3:
             raise click.BadParameter(f"{batch!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32", param_hint="--batch")
-        out += profiles_from_sizes(read_sizes(sizes_from), channels=channels, batch=b, bands=bands)  # type: ignore[arg-type]
+        seen = read_sizes(sizes_from)
+        derived = profiles_from_sizes(seen, channels=channels, batch=b, bands=bands)  # type: ignore[arg-type]
+        stderr_log(f"{sizes_from}: {sizes_coverage(derived, seen)}")
+        out += derived
     return out
 
 
@@ -173,10 +178,12 @@ def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile
 @click.option("--min", "min_", default=None, help="Min input shape NxCxHxW (with --opt/--max).")
 @click.option("--opt", default=None, help="Opt input shape NxCxHxW.")
 @click.option("--max", "max_", default=None, help="Max input shape NxCxHxW.")
-@click.option("--profile", multiple=True, help="Extra profile MIN:OPT:MAX (repeatable).")
+@click.option("--profile", multiple=True,
+              help="Extra profile MIN:OPT:MAX (repeatable); profiles follow --min/--opt/--max (profile 0) in the order given.")
 @click.option("--sizes-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File of H x W seen in production (JSON list or HxW lines): derive profiles from it.")
-@click.option("--bands", type=click.IntRange(min=1), default=1, show_default=True, help="With --sizes-from: profiles by size band.")
+@click.option("--bands", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --sizes-from: one profile per size band, nested so every size between the smallest and largest is covered.")
 @click.option("--batch", default="1,8,32", show_default=True, help="With --sizes-from: MIN,OPT,MAX batch.")
 @click.option("--target", default=None, help="TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120.")
 @click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")

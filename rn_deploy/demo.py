@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import Profile, build_engine, import_backend
+from .build import Profile, build_engine, import_backend, rtx_runs_on
 from .errors import RnDeployError
 from .export import export_onnx
 from .validate import run_validation
@@ -38,9 +38,10 @@ def _pick_backend() -> tuple[str | None, list[str] | None, str]:
     if gpu and _installed("tensorrt"):
         return "tensorrt", None, "full TensorRT with a local GPU"
     if _installed("tensorrt-rtx"):
-        if gpu and torch.cuda.get_device_capability()[0] != 9:
+        cc = "{}.{}".format(*torch.cuda.get_device_capability()) if gpu else None
+        if cc is not None and rtx_runs_on(cc):
             return "tensorrt-rtx", None, "TensorRT-RTX for the local GPU"
-        where = "it does not run on Hopper" if gpu else "no GPU here"
+        where = f"it does not run on this GPU (sm{cc.replace('.', '')}; use --backend tensorrt there)" if cc else "no GPU here"
         return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} ({where})"
     return None, None, "no TensorRT flavour installed (pip install 'rn-deploy[trt]' or 'rn-deploy[trt-rtx]')"
 
