@@ -320,14 +320,25 @@ def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_cla
 @click.argument("model", metavar="ENGINE|ONNX", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True, help="Triton model repository folder.")
 @click.option("--name", required=True, help="Model name (the folder inside the repository).")
-@click.option("--max-batch", type=int, default=None, help="max_batch_size [default: the engine's largest profile batch, or 32].")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size [default: an engine's largest profile batch (the max over its profiles); 32 for ONNX].")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default=None,
+              help="Instance kind for ONNX models (KIND_GPU or KIND_CPU) [default: gpu]; plans run on the GPU.")
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
-def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None, force: bool) -> None:
-    """Write a Triton Inference Server model folder (config.pbtxt, labels.txt, 1/model.plan or 1/model.onnx)."""
+@click.option("--json", "as_json", is_flag=True, help="Print rn-deploy.json (preprocessing, size policy, classes) as JSON.")
+def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None, kind: str | None, force: bool, as_json: bool) -> None:
+    """Write a Triton Inference Server model folder (config.pbtxt, labels.txt, rn-deploy.json, 1/model.plan or 1/model.onnx).
+
+    The preprocessing a client applies (mean/std, 1/255 scale, channel order, size policy) and the
+    class names go in config.pbtxt's parameters and in rn-deploy.json (see docs/formats.md).
+    """
     from .triton import export_triton
 
-    dest = export_triton(model, repo, name, max_batch=max_batch, force=force)
-    click.echo(f"wrote {dest} ({', '.join(sorted(p.name for p in dest.rglob('*') if p.is_file()))})")
+    dest = export_triton(model, repo, name, max_batch=max_batch, force=force, kind=kind)
+    if as_json:
+        echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
+        return
+    click.echo(f"wrote {dest} ({', '.join(sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file()))})")
 
 
 @main.command("demo")
