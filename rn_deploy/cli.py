@@ -98,7 +98,8 @@ def stderr_log(msg: str) -> None:
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: model.onnx (model.fp16.onnx with --fp16) beside the checkpoint].")
-@click.option("--opset", type=int, default=None, help="ONNX opset [default: the exporter's].")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset, 18 or newer [default: 20, IR 9: ONNX Runtime >= 1.17; 18 gives IR 8: ONNX Runtime >= 1.14].")
 @click.option("--fp16", is_flag=True, help="FP16 weights/compute for strongly typed builders (TensorRT >= 11, TensorRT-RTX).")
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 input/output too (default FP32 I/O).")
 @click.option("--static", "static", type=HWType(), default=None, help="Fixed HxW instead of dynamic height/width.")

@@ -90,7 +90,7 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
     e32 = export_onnx(ckpt, out / "model.onnx", log=say)
     e16 = export_onnx(ckpt, out / "model.fp16.onnx", fp16=True, log=say)
     backend, targets, why = _pick_backend()
-    profile = Profile((1, 1, 32, 32), (8, 1, 64, 64), (32, 1, 256, 256))
+    profile = Profile((1, 1, size, size), (8, 1, 64, 64), (32, 1, 256, 256))  # down to the training size
     engine_path: Path | None = None
     if backend is None:
         say(f"[3/4] build: skipped: {why}")
@@ -107,7 +107,7 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
     samples = _write_samples(out / "samples", 16, data)
     rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path_for_validation,
                                 backends=None,
-                                sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out, iters=5, log=say)
+                                sizes=[(size, size), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out, iters=5, log=say)
     summary = {"accuracy": res.accuracy, "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,
                "engine": str(engine_path) if engine_path else None, "engine_note": why, "report": files, "passed": rep.passed,
                "backends": rep.backends}

@@ -378,3 +378,15 @@ def test_foreign_onnx_is_refused_at_build_in_one_line(tmp_path: Path):
     res = CliRunner().invoke(main, ["build", str(tmp_path / "foreign.onnx"), "--backend", "tensorrt-rtx", "--target", "sm89",
                                     "--min", "1x3x8x8", "--opt", "1x3x8x8", "--max", "1x3x8x8"])
     assert res.exit_code == 1 and "a foreign ONNX" in res.output and "Traceback" not in res.output
+
+
+@needs_rtx
+def test_a_refused_profile_is_an_error_not_a_silent_engine(mnist_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Fake: TensorRT-RTX's add_optimization_profile answering -1 (its documented refusal), which no valid profile
+    triggers here; the build must stop there, not write an engine that lacks the profile."""
+    import tensorrt_rtx_bindings as trt
+
+    monkeypatch.setattr(trt.IBuilderConfig, "add_optimization_profile", lambda self, prof: -1)
+    with pytest.raises(BuildError, match=r"refused profile 0 \(1x1x28x28:2x1x28x28:4x1x64x64\)"):
+        build_engine(mnist_onnx, tmp_path / "r.engine", backend="tensorrt-rtx", precision="fp32", profiles=[Q], targets=["sm89"])
+    assert not (tmp_path / "r.engine").exists()
