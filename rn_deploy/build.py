@@ -61,6 +61,37 @@ def import_backend(backend: str) -> Any:
     return mod
 
 
+# TensorRT-RTX's targets when its bindings are not installed (tensorrt-rtx 1.7: ComputeCapability lists these).
+_RTX_TARGETS_FALLBACK = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
+
+
+def rtx_targets(trt: Any | None = None) -> list[str]:
+    """The compute capabilities TensorRT-RTX builds for, as ``smXY``: the installed bindings' ``ComputeCapability``.
+
+    The one place the TensorRT-RTX GPU-family rule lives: Turing, Ampere (not Orin's sm87), Ada and
+    consumer/workstation Blackwell (sm120/sm121), not Hopper (sm90) nor data-centre Blackwell (sm100).
+    """
+    if trt is None:
+        try:
+            trt = importlib.import_module(BACKENDS["tensorrt-rtx"][0])
+        except ImportError:
+            return list(_RTX_TARGETS_FALLBACK)
+    cc = getattr(trt, "ComputeCapability", None)
+    if cc is None:
+        return list(_RTX_TARGETS_FALLBACK)
+    return [k.lower() for k in cc.__members__ if k.startswith("SM")]
+
+
+def sm_name(compute_capability: str) -> str:
+    """``'8.9'`` -> ``'sm89'``."""
+    return "sm" + compute_capability.replace(".", "")
+
+
+def rtx_runs_on(compute_capability: str, trt: Any | None = None) -> bool:
+    """Whether TensorRT-RTX engines can run on a GPU of this compute capability (``'8.9'``)."""
+    return sm_name(compute_capability) in rtx_targets(trt)
+
+
 # --------------------------------------------------------------------------------------------
 # Profiles
 # --------------------------------------------------------------------------------------------
@@ -151,21 +182,41 @@ def read_sizes(path: str | Path) -> list[tuple[int, int]]:
 
 def profiles_from_sizes(sizes: Sequence[tuple[int, int]], *, channels: int, batch: tuple[int, int, int] = (1, 8, 32),
                         bands: int = 1) -> list[Profile]:
-    """Derive profiles from observed H×W: one per band of image area (sorted), min/max the band's extremes
-    per axis and opt its median size.
+    """Derive profiles from observed H×W, one per band of image area (sorted), leaving no gap.
+
+    Every profile starts at the smallest H and W seen; profile k ends at the largest H and W of
+    bands 0..k and is tuned (opt) for band k's median size. So the profiles are nested, the last
+    covers every size between the smallest and largest seen (the whole H×W box, not only the sizes
+    seen), and a runner taking the first profile that covers a shape picks the tightest band.
     """
     if bands < 1:
         raise BuildError("bands must be >= 1")
     ordered = sorted(sizes, key=lambda s: (s[0] * s[1], s))
     n = len(ordered)
     bands = min(bands, n)
+    lo_h, lo_w = min(s[0] for s in ordered), min(s[1] for s in ordered)
+    hi_h, hi_w = lo_h, lo_w
     out = []
     for k in range(bands):
         band = ordered[k * n // bands : (k + 1) * n // bands]
-        hs, ws = [s[0] for s in band], [s[1] for s in band]
+        hi_h, hi_w = max(hi_h, *(s[0] for s in band)), max(hi_w, *(s[1] for s in band))
         med = band[len(band) // 2]
-        out.append(Profile((batch[0], channels, min(hs), min(ws)), (batch[1], channels, *med), (batch[2], channels, max(hs), max(ws))))
+        out.append(Profile((batch[0], channels, lo_h, lo_w), (batch[1], channels, *med), (batch[2], channels, hi_h, hi_w)))
     return out
+
+
+def sizes_coverage(profiles: Sequence[Profile], sizes: Sequence[tuple[int, int]]) -> str:
+    """One line for the build log: how much of the sizes seen, and of the box between them, the profiles cover."""
+    def covered(h: int, w: int) -> bool:
+        return any(p.min[2] <= h <= p.max[2] and p.min[3] <= w <= p.max[3] for p in profiles)
+
+    seen = sum(covered(h, w) for h, w in sizes)
+    lo_h, hi_h = min(s[0] for s in sizes), max(s[0] for s in sizes)
+    lo_w, hi_w = min(s[1] for s in sizes), max(s[1] for s in sizes)
+    box = all(covered(h, w) for h in (lo_h, hi_h) for w in (lo_w, hi_w)) and any(
+        p.min[2] <= lo_h and p.min[3] <= lo_w and p.max[2] >= hi_h and p.max[3] >= hi_w for p in profiles)
+    return (f"coverage: {seen}/{len(sizes)} sizes seen are inside a profile; every size from {lo_h}x{lo_w} to {hi_h}x{hi_w} is "
+            + ("covered" if box else "NOT covered (gaps between profiles)"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +250,8 @@ class EngineManifest:
     config: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     format: str = MANIFEST_FORMAT
+    built_from_sha256: str = ""  # the file the parser read: the ONNX itself, or the FP16 copy made from it
+    builder_flags: list[str] = field(default_factory=list)  # BuilderFlag names set when the engine was built
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,12 +281,24 @@ def manifest_path(engine_path: str | Path) -> Path:
 
 
 def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None, list[int | str]]:
-    """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None, input dims) from one read."""
+    """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None, input dims) from one read.
+
+    Raises:
+        BuildError: a foreign ONNX, whose tensors are not one ``input`` and one ``logits``: the runners,
+            Engine, validate and Triton export address them by those names, so it is refused here.
+    """
     from .export import check_onnx_file, weights_fp16
 
     m = check_onnx_file(path)
     if not m.graph.input:
         raise BuildError(f"{path}: the graph has no inputs")
+    inits = {t.name for t in m.graph.initializer}
+    ins = [i.name for i in m.graph.input if i.name not in inits]
+    outs = [o.name for o in m.graph.output]
+    if ins != [names.INPUT] or outs != [names.OUTPUT]:
+        raise BuildError(f"{path}: a foreign ONNX (inputs {ins}, outputs {outs}); rn-deploy builds models with one input "
+                         f"{names.INPUT!r} and one output {names.OUTPUT!r}: export the checkpoint with `rn-deploy export`, "
+                         "or rename the tensors (onnx.compose / onnx-modifier)")
     props = {p.key: p.value for p in m.metadata_props}
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
@@ -317,19 +382,39 @@ def _set_targets(trt: Any, config: trt_api.IBuilderConfig, targets: Sequence[str
     return [t.strip().lower() for t in targets]
 
 
-def ensure_fp16_onnx(onnx_path: Path, log: Log) -> Path:
-    """An FP16 (weights and compute, FP32 I/O) copy of an FP32 ONNX, for strongly typed builders."""
+FP16_SOURCE_KEY = "rn_deploy.fp16_source_sha256"
+
+
+def fp16_source_digest(path: Path) -> str | None:
+    """The sha256 of the FP32 ONNX an FP16 copy was converted from (its metadata), or None."""
+    from .export import check_onnx_file
+
+    try:
+        m = check_onnx_file(path)
+    except Exception:  # noqa: BLE001 - unreadable: not a usable cache entry
+        return None
+    return next((p.value for p in m.metadata_props if p.key == FP16_SOURCE_KEY), None)
+
+
+def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None) -> Path:
+    """An FP16 (weights and compute, FP32 I/O) copy of an FP32 ONNX, for strongly typed builders.
+
+    The copy ``NAME.fp16.onnx`` records the source's sha256 in its metadata; it is reused only when
+    that digest matches (never by modification time: a copy of another model is converted afresh).
+    """
     from .export import _to_fp16
 
+    digest = source_sha256 or sha256_file(onnx_path)
     out = onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx")
-    if out.exists() and out.stat().st_mtime >= onnx_path.stat().st_mtime and onnx_info(out)[0]:
-        log(f"fp16: using {out}")
+    if out.exists() and fp16_source_digest(out) == digest:
+        log(f"fp16: using {out} (converted from this ONNX, sha256 {digest[:12]})")
         return out
     log(f"fp16: strongly typed builder; writing FP16 ONNX {out} (onnxconverter-common, FP32 I/O)")
     model = onnx.load(str(onnx_path))
     for p in model.metadata_props:
         if p.key == "rn_deploy.precision":
             p.value = "fp16"
+    model.metadata_props.add(key=FP16_SOURCE_KEY, value=digest)
     half = _to_fp16(model, keep_io_fp32=True)
     with atomic_path(out) as tmp:
         onnx.save_model(half, str(tmp))
@@ -364,7 +449,7 @@ def build_engine(
         log: progress callback.
     """
     say = log or (lambda _s: None)
-    onnx_path, out = Path(onnx_path), Path(out_path)
+    onnx_path, out = Path(onnx_path).absolute(), Path(out_path).absolute()
     if precision not in ("fp16", "fp32"):
         raise BuildError(f"precision must be fp16 or fp32, got {precision!r}")
     if not onnx_path.exists():
@@ -385,8 +470,9 @@ def build_engine(
     built_from = onnx_path
     if precision == "fp32" and is_fp16:
         raise BuildError(f"{onnx_path}: FP16 weights cannot make an FP32 engine; pass the FP32 ONNX (without --fp16 at export)")
+    onnx_sha = sha256_file(onnx_path)
     if precision == "fp16" and not is_fp16 and not has_fp16_flag:
-        built_from = ensure_fp16_onnx(onnx_path, say)
+        built_from = ensure_fp16_onnx(onnx_path, say, onnx_sha)
         notes.append(f"strongly typed builder: FP16 from {built_from.name} (converted from {onnx_path.name})")
     strongly_typed = not has_fp16_flag or precision == "fp16" and is_fp16
     use_fp16_flag = precision == "fp16" and has_fp16_flag and not strongly_typed
@@ -402,6 +488,8 @@ def build_engine(
     config = builder.create_builder_config()
     if use_fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: FP32 means FP32, not TF32 matmuls/convs
     if workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
     if builder_opt_level is not None:
@@ -412,10 +500,12 @@ def build_engine(
     if monitor is not None:
         config.progress_monitor = monitor
     input_name = network.get_input(0).name
-    for p in profiles:
+    for i, p in enumerate(profiles):
         prof = builder.create_optimization_profile()
         prof.set_shape(input_name, trt.Dims(p.min), trt.Dims(p.opt), trt.Dims(p.max))
-        config.add_optimization_profile(prof)
+        if config.add_optimization_profile(prof) != i:
+            raise BuildError(f"{onnx_path}: {backend} refused profile {i} ({fmt_shape(p.min)}:{fmt_shape(p.opt)}:{fmt_shape(p.max)}) "
+                             f"for input {input_name!r}; check the shapes against the ONNX input")
 
     target_names: list[str] = []
     build_gpu = _gpu_info(trt)
@@ -439,9 +529,13 @@ def build_engine(
         else:
             tc = Path(timing_cache)
             cache = config.create_timing_cache(tc.read_bytes() if tc.exists() else b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
+            if not config.set_timing_cache(cache, ignore_mismatch=False):
+                raise BuildError(f"{tc}: {backend} {trt.__version__} refused this timing cache (made by another version or GPU); "
+                                 "delete it or pass another --timing-cache")
 
-    say(f"build: {len(profiles)} profile(s), {precision}" + (f", targets {','.join(target_names)}" if target_names else ""))
+    flags_set = [name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag)]
+    say(f"build: {len(profiles)} profile(s), {precision}" + (f", targets {','.join(target_names)}" if target_names else "")
+        + f", builder flags {','.join(flags_set) or 'none'}")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError(f"{built_from}: the builder returned no engine (see the TensorRT messages above)")
@@ -460,12 +554,13 @@ def build_engine(
     manifest = EngineManifest(
         backend=backend, library_version=str(trt.__version__), precision=precision, strongly_typed=strongly_typed,
         fp16_flag=use_fp16_flag, targets=target_names, build_gpu=build_gpu if backend == "tensorrt" or not targets else None,
-        profiles=[{input_name: p.to_dict()} for p in profiles], onnx_path=str(onnx_path), onnx_sha256=sha256_file(onnx_path),
+        profiles=[{input_name: p.to_dict()} for p in profiles], onnx_path=str(onnx_path), onnx_sha256=onnx_sha,
         built_from=str(built_from), inputs=[d for k, d in ios if k == "inputs"], outputs=[d for k, d in ios if k == "outputs"],
         build_seconds=round(build_s, 3), built_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        options={"workspace": workspace, "builder_opt_level": builder_opt_level, "timing_cache": str(timing_cache) if timing_cache else None,
-                 "host": platform.node()},
+        options={"workspace": workspace, "builder_opt_level": builder_opt_level,
+                 "timing_cache": str(Path(timing_cache).absolute()) if timing_cache else None, "host": platform.node()},
         engine_path=str(out), engine_size=len(data), engine_sha256="", config=cfg, notes=notes,
+        built_from_sha256=onnx_sha if built_from == onnx_path else sha256_file(built_from), builder_flags=flags_set,
     )
     manifest.engine_sha256 = hashlib.sha256(data).hexdigest()
     # Engine first, then its manifest: a manifest never describes a missing engine.
@@ -480,28 +575,68 @@ def build_engine(
 # --------------------------------------------------------------------------------------------
 
 
-def _rebuild_hint(m: EngineManifest) -> str:
-    return f"rebuild: rn-deploy build {m.onnx_path} -o {m.engine_path} --backend {m.backend}"
+def rebuild_command(m: EngineManifest, *, backend: str | None = None, targets: Sequence[str] | None = None,
+                    trt: Any | None = None) -> str:
+    """The full ``rn-deploy build`` command that rebuilds ``m``'s engine: same ONNX, output, precision, profiles
+    (profile 0 as --min/--opt/--max, the others as --profile in order) and options.
+
+    ``backend``/``targets`` override the manifest's; TensorRT-RTX targets are limited to those the
+    installed TensorRT-RTX knows (:func:`rtx_targets`).
+    """
+    import shlex
+
+    backend = backend or m.backend
+    args = ["rn-deploy", "build", m.onnx_path, "-o", m.engine_path, "--backend", backend,
+            "--fp32" if m.precision == "fp32" else "--fp16"]
+    for i, p in enumerate(m.input_profiles):
+        if i == 0:
+            args += ["--min", fmt_shape(p.min), "--opt", fmt_shape(p.opt), "--max", fmt_shape(p.max)]
+        else:
+            args += ["--profile", f"{fmt_shape(p.min)}:{fmt_shape(p.opt)}:{fmt_shape(p.max)}"]
+    if backend == "tensorrt-rtx":
+        known = rtx_targets(trt)
+        wanted = [t for t in (targets if targets is not None else m.targets) if t in known]
+        if wanted:
+            args += ["--target", ",".join(wanted)]
+    opts = m.options or {}
+    if opts.get("workspace"):
+        args += ["--workspace", str(int(opts["workspace"]) >> 20)]
+    if opts.get("builder_opt_level") is not None:
+        args += ["--opt-level", str(opts["builder_opt_level"])]
+    if opts.get("timing_cache") and backend == "tensorrt":
+        args += ["--timing-cache", str(opts["timing_cache"])]
+    return shlex.join(args)
+
+
+def _rebuild_hint(m: EngineManifest, **kw: Any) -> str:
+    return f"rebuild: {rebuild_command(m, **kw)}"
 
 
 def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
-    """Raise :class:`EngineCompatibilityError` unless ``trt`` (and the GPU, when ``gpu_cc`` is given) can run ``m``'s engine."""
+    """Raise :class:`EngineCompatibilityError` unless ``trt`` (and the GPU, when ``gpu_cc`` is given) can run ``m``'s engine.
+
+    The message ends with the full command that rebuilds the engine for this machine.
+    """
     from .errors import EngineCompatibilityError
 
     where = manifest_path(m.engine_path)
     installed = str(trt.__version__)
     if installed.split(".")[:3] != m.library_version.split(".")[:3]:
         raise EngineCompatibilityError(f"{where}: engine built with {m.backend} {m.library_version}, installed is {installed}; "
-                                       f"{_rebuild_hint(m)}")
+                                       f"{_rebuild_hint(m, trt=trt)}")
     if gpu_cc is None:
         return
-    sm = "sm" + gpu_cc.replace(".", "")
+    sm = sm_name(gpu_cc)
+    if m.backend == "tensorrt-rtx" and not rtx_runs_on(gpu_cc, trt):
+        raise EngineCompatibilityError(f"{where}: TensorRT-RTX does not run on this GPU ({sm}; it supports "
+                                       f"{','.join(rtx_targets(trt))}); build with full TensorRT on it: "
+                                       f"{rebuild_command(m, backend='tensorrt')}")
     if m.backend == "tensorrt-rtx" and m.targets and sm not in m.targets:
         raise EngineCompatibilityError(f"{where}: engine targets {','.join(m.targets)}, this GPU is {sm}; "
-                                       f"{_rebuild_hint(m)} --target {sm}")
+                                       f"{_rebuild_hint(m, targets=[*m.targets, sm], trt=trt)}")
     if m.backend == "tensorrt" and m.build_gpu and m.build_gpu.get("compute_capability") != gpu_cc:
         raise EngineCompatibilityError(f"{where}: engine built for compute capability {m.build_gpu.get('compute_capability')}, "
-                                       f"this GPU is {gpu_cc}; {_rebuild_hint(m)} (on this GPU)")
+                                       f"this GPU is {gpu_cc}; on this GPU, {_rebuild_hint(m)}")
 
 
 def check_engine_file(engine_path: str | Path) -> tuple[EngineManifest, Any, bytes]:

@@ -162,7 +162,8 @@ def stderr_log(msg: str) -> None:
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: model.onnx (model.fp16.onnx with --fp16) beside the checkpoint].")
-@click.option("--opset", type=int, default=None, help="ONNX opset [default: the exporter's].")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset, 18 or newer [default: 20, IR 9: ONNX Runtime >= 1.17; 18 gives IR 8: ONNX Runtime >= 1.14].")
 @click.option("--fp16", is_flag=True, help="FP16 weights/compute for strongly typed builders (TensorRT >= 11, TensorRT-RTX).")
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 input/output too (default FP32 I/O).")
 @click.option("--static", "static", type=HWType(), default=None, help="Fixed HxW instead of dynamic height/width.")
@@ -209,16 +210,21 @@ _add_train()
 
 def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], sizes_from: Path | None,
                     bands: int, batch: tuple[int, int, int], channels: int) -> list[Any]:
-    from .build import Profile, profiles_from_sizes, read_sizes
+    from .build import Profile, profiles_from_sizes, read_sizes, sizes_coverage
 
-    out = list(profile)
+    # Order is the engine's profile order: --min/--opt/--max is profile 0, then each --profile, then --sizes-from.
+    out = []
     given = [v is not None for v in (min_, opt, max_)]
     if any(given):
         if not all(given):
             raise click.UsageError("--min, --opt and --max go together")
         out.append(Profile(min_, opt, max_))
+    out += list(profile)
     if sizes_from is not None:
-        out += profiles_from_sizes(read_sizes(sizes_from), channels=channels, batch=batch, bands=bands)
+        seen = read_sizes(sizes_from)
+        derived = profiles_from_sizes(seen, channels=channels, batch=batch, bands=bands)
+        stderr_log(f"{sizes_from}: {sizes_coverage(derived, seen)}")
+        out += derived
     return out
 
 
@@ -232,10 +238,12 @@ def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], si
 @click.option("--min", "min_", type=SHAPE, default=None, help="Min input shape NxCxHxW (with --opt/--max).")
 @click.option("--opt", type=SHAPE, default=None, help="Opt input shape NxCxHxW.")
 @click.option("--max", "max_", type=SHAPE, default=None, help="Max input shape NxCxHxW.")
-@click.option("--profile", type=PROFILE, multiple=True, help="Extra profile MIN:OPT:MAX (repeatable).")
+@click.option("--profile", type=PROFILE, multiple=True,
+              help="Extra profile MIN:OPT:MAX (repeatable); profiles follow --min/--opt/--max (profile 0) in the order given.")
 @click.option("--sizes-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File of H x W seen in production (JSON list or HxW lines): derive profiles from it.")
-@click.option("--bands", type=click.IntRange(min=1), default=1, show_default=True, help="With --sizes-from: profiles by size band.")
+@click.option("--bands", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --sizes-from: one profile per size band, nested so every size between the smallest and largest is covered.")
 @click.option("--batch", type=BATCH_TRIPLE, default="1,8,32", show_default=True, help="With --sizes-from: MIN,OPT,MAX batch.")
 @click.option("--target", default=None, help="TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120.")
 @click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")
@@ -459,14 +467,25 @@ def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_cla
 @click.argument("model", metavar="ENGINE|ONNX", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True, help="Triton model repository folder.")
 @click.option("--name", required=True, help="Model name (the folder inside the repository).")
-@click.option("--max-batch", type=int, default=None, help="max_batch_size [default: the engine's largest profile batch, or 32].")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size [default: an engine's largest profile batch (the max over its profiles); 32 for ONNX].")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default=None,
+              help="Instance kind for ONNX models (KIND_GPU or KIND_CPU) [default: gpu]; plans run on the GPU.")
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
-def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None, force: bool) -> None:
-    """Write a Triton Inference Server model folder (config.pbtxt, labels.txt, 1/model.plan or 1/model.onnx)."""
+@click.option("--json", "as_json", is_flag=True, help="Print rn-deploy.json (preprocessing, size policy, classes) as JSON.")
+def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None, kind: str | None, force: bool, as_json: bool) -> None:
+    """Write a Triton Inference Server model folder (config.pbtxt, labels.txt, rn-deploy.json, 1/model.plan or 1/model.onnx).
+
+    The preprocessing a client applies (mean/std, 1/255 scale, channel order, size policy) and the
+    class names go in config.pbtxt's parameters and in rn-deploy.json (see docs/formats.md).
+    """
     from .triton import export_triton
 
-    dest = export_triton(model, repo, name, max_batch=max_batch, force=force)
-    click.echo(f"wrote {dest} ({', '.join(sorted(p.name for p in dest.rglob('*') if p.is_file()))})")
+    dest = export_triton(model, repo, name, max_batch=max_batch, force=force, kind=kind)
+    if as_json:
+        echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
+        return
+    click.echo(f"wrote {dest} ({', '.join(sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file()))})")
 
 
 @main.command("serve")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .build import Profile, build_engine, import_backend
+from .build import Profile, build_engine, import_backend, rtx_runs_on
 from .errors import RnDeployError
 from .export import export_onnx
 from .validate import run_validation
@@ -39,9 +39,10 @@ def _pick_backend() -> tuple[str | None, list[str] | None, str]:
     if gpu and _installed("tensorrt"):
         return "tensorrt", None, "full TensorRT with a local GPU"
     if _installed("tensorrt-rtx"):
-        if gpu and torch.cuda.get_device_capability()[0] != 9:
+        cc = "{}.{}".format(*torch.cuda.get_device_capability()) if gpu else None
+        if cc is not None and rtx_runs_on(cc):
             return "tensorrt-rtx", None, "TensorRT-RTX for the local GPU"
-        where = "it does not run on Hopper" if gpu else "no GPU here"
+        where = f"it does not run on this GPU (sm{cc.replace('.', '')}; use --backend tensorrt there)" if cc else "no GPU here"
         return "tensorrt-rtx", RTX_TARGETS, f"TensorRT-RTX ahead of time for {','.join(RTX_TARGETS)} ({where})"
     return None, None, "no TensorRT flavour installed (pip install 'rn-deploy[trt]' or 'rn-deploy[trt-rtx]')"
 
@@ -123,7 +124,7 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
     e32 = export_onnx(ckpt, out / "model.onnx", log=say)
     e16 = export_onnx(ckpt, out / "model.fp16.onnx", fp16=True, log=say)
     backend, targets, why = _pick_backend()
-    profile = Profile((1, 1, 32, 32), (8, 1, 64, 64), (32, 1, 256, 256))
+    profile = Profile((1, 1, size, size), (8, 1, 64, 64), (32, 1, 256, 256))  # down to the training size
     engine_path: Path | None = None
     if backend is None:
         say(f"[3/4] build: skipped: {why}")
@@ -139,7 +140,7 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
     say("[4/4] validate on real Fashion-MNIST test images")
     samples = _write_samples(out / "samples", 16, data)
     rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path if runs_here else None,
-                                backends=None, sizes=[(32, 32), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out,
+                                backends=None, sizes=[(size, size), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out,
                                 iters=5, allow_skip=True, log=say)
     built = [str(engine_path)] if engine_path is not None else []
     acc_report = _accuracy(ckpt, out, e32.onnx_path, e16.onnx_path, engine_path if runs_here else None, limit, data, say)

@@ -34,7 +34,6 @@ from .checkpoint import FORMAT, ModelConfig, load_checkpoint
 from .errors import ExportError, RnDeployError
 from .filekind import expect
 from .metrics import Parity, parity
-from .models import get_model_spec
 
 FP32_REL_L2 = 1e-4
 FP16_REL_L2 = 1e-2
@@ -69,6 +68,9 @@ class ExportResult:
     data_path: str | None
     sha256: str
     opset: int
+    ir_version: int
+    min_size: int
+    runtimes: str
     precision: str
     io_dtype: str
     dynamic: bool
@@ -168,29 +170,78 @@ def _resolve_source(source: str | Path | tuple[nn.Module, ModelConfig]) -> tuple
     return ck.model, ck.config
 
 
-def _min_size(config: ModelConfig) -> int:
-    try:
-        return get_model_spec(config.arch).min_size
-    except RnDeployError:
-        return 32
+def torch_min_size(model: nn.Module, in_channels: int, cap: int) -> int:
+    """The smallest square H = W (1..``cap``) at which ``model`` runs in PyTorch with a finite output.
+
+    ``cap`` is the training size: the declared minimum is never above it. The registry's
+    ``min_size`` is only a hint; the nets here (padded convs, ceil-mode pools, a global pool) run
+    down to 1x1, and export confirms the value with ONNX Runtime (:func:`confirm_min_size`).
+    """
+    with torch.no_grad():
+        for s in range(1, max(cap, 1) + 1):
+            try:
+                if torch.isfinite(model(torch.zeros(1, in_channels, s, s))).all():
+                    return s
+            except RuntimeError:
+                continue
+    return max(cap, 1)
 
 
-def verification_shapes(config: ModelConfig, sample: tuple[int, int], static: tuple[int, int] | None) -> list[tuple[int, int, int]]:
-    """At least three shapes other than the trace shape: odd, non-square, the minimum, and a batch > 1."""
+def confirm_min_size(path: Path, model: nn.Module, config: ModelConfig, start: int, cap: int, tolerance: float = FP32_REL_L2) -> int:
+    """The smallest size from ``start`` up to ``cap`` where ONNX Runtime runs ``path`` and agrees with PyTorch."""
+    sess = _ort_session(path)
+    gen = torch.Generator().manual_seed(1)
+    for s in range(start, max(cap, start) + 1):
+        x = torch.randn(2, config.in_channels, s, s, generator=gen)
+        try:
+            out = sess.run([names.OUTPUT], {names.INPUT: x.numpy()})[0]
+        except Exception:  # noqa: BLE001 - ORT refuses the size: try the next one
+            continue
+        with torch.no_grad():
+            p = parity(model(x).float().numpy(), out)
+        if p.finite and p.rel_l2 <= tolerance:
+            return s
+    return max(cap, start)
+
+
+def verification_shapes(sample: tuple[int, int], static: tuple[int, int] | None, lo: int) -> list[tuple[int, int, int]]:
+    """At least three shapes other than the trace shape: odd, non-square, the declared minimum ``lo``, and a batch > 1."""
     if static is not None:
         return [(1, *static), (3, *static)]
-    lo = _min_size(config)
     cands = [(1, 97, 211), (3, lo + 13, lo + 29), (2, lo, lo), (2, sample[0] + 31, sample[1] + 7)]
     return [(b, max(h, lo), max(w, lo)) for b, h, w in cands if (h, w) != sample]
 
 
-def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int) -> dict[str, str]:
+# Which ONNX Runtime first loads a model stamped with an opset / an IR version (its compatibility table).
+ORT_FOR_OPSET = {17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18"}
+ORT_FOR_IR = {7: "1.5", 8: "1.10", 9: "1.15", 10: "1.18"}
+MIN_OPSET = 18  # the dynamo exporter writes nothing older (its down-conversion fails on ReduceMean's axes input)
+
+
+def lowest_ir(opset: int) -> int:
+    """The lowest ONNX IR version that can carry ``opset`` (the first ONNX release implementing it)."""
+    return next((ir for _rel, ir, op, *_ in onnx.helper.VERSION_TABLE if op >= opset), onnx.IR_VERSION)
+
+
+def runtimes_note(opset: int, ir: int) -> str:
+    """Which runtimes load a model of this opset and IR version, in one line (also stored in the metadata)."""
+    ort_opset, ort_ir = ORT_FOR_OPSET.get(opset), ORT_FOR_IR.get(ir)
+    if ort_opset is None or ort_ir is None:
+        return f"ONNX IR {ir}, opset {opset}: needs an ONNX Runtime that implements opset {opset} (see its compatibility table)"
+    need = max(ort_opset, ort_ir, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return (f"ONNX IR {ir}, opset {opset}: ONNX Runtime >= {need} (and Triton releases whose onnxruntime backend is >= {need}); "
+            f"TensorRT's ONNX parser reads it; older runtimes: export with a lower --opset")
+
+
+def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int, runtimes: str) -> dict[str, str]:
     return {
         "rn_deploy.format": FORMAT,
         "rn_deploy.config": json.dumps(config.to_dict()),
         "rn_deploy.precision": precision,
         "rn_deploy.dynamic": json.dumps(dynamic),
         "rn_deploy.min_size": str(min_size),
+        "rn_deploy.runtimes": runtimes,
+        "torch_version": torch.__version__,
         "arch": config.arch,
         "class_names": json.dumps(config.class_names),
         "mean": json.dumps(config.mean),
@@ -366,7 +417,8 @@ def export_onnx(
     Args:
         source: checkpoint path, or a module with its config.
         out_path: the ``.onnx`` file to write (``.onnx.data`` beside it when weights are large).
-        opset: ONNX opset; None means the exporter's default.
+        opset: ONNX opset (>= 18); None means the exporter's default (20). The file is stamped with the lowest IR
+            version that carries it, and its metadata (``rn_deploy.runtimes``) says which runtimes load it.
         dynamic: dynamic ``batch``/``height``/``width`` axes; False (or ``static_size``) keeps only batch dynamic.
         fp16: write FP16 weights and compute (for strongly typed builders), FP32 input/output unless ``fp16_io``.
         fp16_io: with ``fp16``, make the input and output FP16 too.
@@ -386,13 +438,18 @@ def export_onnx(
     model = model.eval().float().cpu()
     if static_size is not None:
         dynamic = False
-    lo = _min_size(config)
+    if opset is not None and opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: the exporter writes opset {MIN_OPSET} or newer (an opset-{MIN_OPSET} model is stamped "
+                          f"IR {lowest_ir(MIN_OPSET)} and loads in ONNX Runtime >= {ORT_FOR_OPSET[MIN_OPSET]}); use --opset {MIN_OPSET}")
     if sample_size is None:
-        sample_size = static_size or (max(config.image_size[0], lo), max(config.image_size[1], lo))
+        sample_size = static_size or (config.image_size[0], config.image_size[1])
     if not dynamic and static_size is None:
         static_size = sample_size
     if any(s < 1 for s in sample_size):
         raise ExportError(f"sample size {sample_size} must be positive")
+    # The declared minimum H/W: the smallest size the net really handles, never above the training size.
+    cap = min(sample_size)
+    lo = min(static_size) if static_size else torch_min_size(model, config.in_channels, cap)
     if dynamic and _lint:
         say("lint: checking the model is size-agnostic")
         lint_dynamic(model, config.in_channels, [sample_size, (sample_size[0] + 37, sample_size[1] + 5)])
@@ -409,31 +466,48 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix=".rn-export.", dir=out.parent) as td:
         raw_path = Path(td) / "raw.onnx"
         exporter = _torch_export(model, sample, raw_path, opset, dynamic, lo)
+        if dynamic and verify:
+            found = confirm_min_size(raw_path, model, config, lo, cap)
+            if found != lo:
+                say(f"min size: ONNX Runtime agrees with PyTorch from {found}x{found} (PyTorch runs from {lo}x{lo})")
+            lo = found
         proto = onnx.load(str(raw_path))  # pulls the exporter's external data into memory
     precision = "fp16" if fp16 else "fp32"
     if fp16:
         say("fp16: converting weights and compute to FP16 (onnxconverter-common)")
         proto = _to_fp16(proto, keep_io_fp32=not fp16_io)
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+    if opset is not None and opset_used != opset:
+        raise ExportError(f"--opset {opset}: the exporter wrote opset {opset_used} instead; choose an opset it supports")
+    # Stamp the lowest IR version that carries the opset: the graphs use nothing newer (onnx.checker and
+    # ONNX Runtime check the stamped file below), and each IR step shuts out older runtimes.
+    ir = lowest_ir(opset_used) if opset_used > 0 else proto.ir_version
+    if ir < proto.ir_version:
+        proto.ir_version = ir
+        for node in proto.graph.node:  # node metadata is an IR 10 field
+            del node.metadata_props[:]
+    runtimes = runtimes_note(opset_used, proto.ir_version)
     del proto.metadata_props[:]
-    for k, v in _metadata(config, precision, dynamic, lo).items():
+    for k, v in _metadata(config, precision, dynamic, lo, runtimes).items():
         proto.metadata_props.add(key=k, value=v)
-    proto.producer_name = "rn-deploy"
+    from . import __version__
+
+    proto.producer_name, proto.producer_version = "rn-deploy", __version__
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{out}: ONNX shape inference failed: {str(e).splitlines()[0][:300]}") from None
-    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
     in_shape: list[int | str] = [names.BATCH, config.in_channels,
                                  names.HEIGHT if dynamic else sample_size[0], names.WIDTH if dynamic else sample_size[1]]
     rows: list[VerifyRow] = []
     with _staged_onnx(proto, out, external_data) as (staged, external):
         if verify:
-            shapes = verification_shapes(config, sample_size, static_size)
+            shapes = verification_shapes(sample_size, static_size, lo)
             say(f"verify: ONNX Runtime (CPU) vs PyTorch FP32 at {', '.join(f'{b}x{h}x{w}' for b, h, w in shapes)}")
             rows = verify_onnx(staged, model, config, shapes, FP16_REL_L2 if fp16 else FP32_REL_L2, fp16_io=fp16 and fp16_io)
         result = ExportResult(
             onnx_path=str(out), data_path=str(out) + ".data" if external else None, sha256=sha256_file(staged),
-            opset=opset_used, precision=precision, io_dtype="float16" if fp16 and fp16_io else "float32", dynamic=dynamic,
+            opset=opset_used, ir_version=proto.ir_version, min_size=lo, runtimes=runtimes, precision=precision, io_dtype="float16" if fp16 and fp16_io else "float32", dynamic=dynamic,
             sample_shape=list(sample.shape), input_name=names.INPUT, output_name=names.OUTPUT, input_shape=in_shape,
             config=config.to_dict(), exporter=exporter, seconds=0.0, verified=verify, verification=rows,
         )

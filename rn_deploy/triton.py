@@ -4,10 +4,18 @@ Layout written (atomically: staged beside it, then renamed into place)::
 
     REPO/NAME/config.pbtxt
     REPO/NAME/labels.txt           # class names, for Triton's classification extension
-    REPO/NAME/1/model.plan         # TensorRT engine   (or model.onnx [+ model.onnx.data])
+    REPO/NAME/rn-deploy.json       # preprocessing, size policy, class names, source digest (docs/formats.md)
+    REPO/NAME/1/model.plan         # TensorRT engine, or
+    REPO/NAME/1/model.onnx         # ONNX with inline weights, or
+    REPO/NAME/1/model.onnx/        # ONNX with external weights: Triton's directory form
+                 model.onnx, model.onnx.data
 
-Input/output names, types and dims come from the engine manifest or the ONNX graph; H and W are
-``-1`` (the models are fully convolutional), the batch dimension is Triton's ``max_batch_size``.
+Input/output names, types and dims come from the engine manifest or the ONNX graph, the batch axis
+being Triton's ``max_batch_size``: dynamic axes are ``-1``, fixed ones (a ``--static`` export)
+their size, since Triton refuses a config whose dims disagree with the model's. A multi-profile
+plan lists every profile in ``instance_group`` (without it Triton uses profile 0 only). The
+preprocessing a client must apply (mean/std, scale, channel order, size policy) and the class
+names are in the config's ``parameters`` and in ``rn-deploy.json``.
 """
 
 from __future__ import annotations
@@ -17,18 +25,41 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from . import names
+from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
 
-_TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32"}
-_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
+FORMAT = "rn-deploy-triton/1"
+DEFAULT_ONNX_MAX_BATCH = 32
+# Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
+_TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+              "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
+               onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64",
+               onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL"}
 
 
-def _from_engine(path: Path) -> tuple[str, str, str, list[int], int, list[str], int]:
+def _triton_type(table: dict[Any, str], dtype: Any, path: Path, tensor: str) -> str:
+    if dtype not in table:
+        shown = onnx.TensorProto.DataType.Name(dtype) if isinstance(dtype, int) else dtype
+        raise RnDeployError(f"{path}: tensor {tensor!r} has type {shown}, which has no Triton data type here; "
+                            f"export the model with FP32 or FP16 I/O")
+    return table[dtype]
+
+
+def _model_info(path: Path, is_onnx: bool) -> dict[str, Any]:
+    """What the config needs, from an engine manifest or an ONNX graph."""
+    if is_onnx:
+        return _from_onnx(path)
+    return _from_engine(path)
+
+
+def _from_engine(path: Path) -> dict[str, Any]:
     from .build import EngineManifest
 
     m = EngineManifest.load(path)
@@ -39,14 +70,19 @@ def _from_engine(path: Path) -> tuple[str, str, str, list[int], int, list[str], 
     out = next((t for t in m.outputs if t["name"] == names.OUTPUT), None)
     if inp is None or out is None:
         raise RnDeployError(f"{path}: manifest has no {names.INPUT!r}/{names.OUTPUT!r} tensors; build from an rn-deploy ONNX")
-    classes = (m.config or {}).get("class_names") or [str(i) for i in range(out["shape"][-1])]
-    max_batch = min(p.max[0] for p in m.input_profiles)
-    return ("tensorrt_plan", _TRT_TYPES.get(inp["dtype"], "TYPE_FP32"), _TRT_TYPES.get(out["dtype"], "TYPE_FP32"),
-            [int(inp["shape"][1])], int(out["shape"][-1]), classes, max_batch)
+    profiles = m.input_profiles
+    return {
+        "platform": "tensorrt_plan", "in_type": _triton_type(_TRT_TYPES, inp["dtype"], path, inp["name"]),
+        "out_type": _triton_type(_TRT_TYPES, out["dtype"], path, out["name"]),
+        "in_dims": [int(d) for d in inp["shape"]], "out_dims": [int(d) for d in out["shape"]], "config": m.config,
+        "profiles": [p.to_dict() for p in profiles], "max_batch": max(p.max[0] for p in profiles),
+        "min_hw": [min(p.min[2] for p in profiles), min(p.min[3] for p in profiles)],
+        "max_hw": [max(p.max[2] for p in profiles), max(p.max[3] for p in profiles)], "data": None,
+    }
 
 
-def _from_onnx(path: Path) -> tuple[str, str, str, list[int], int, list[str], int]:
-    from .export import check_onnx_file, onnx_config
+def _from_onnx(path: Path) -> dict[str, Any]:
+    from .export import check_onnx_file
 
     m = check_onnx_file(path)
     ins = {i.name: i for i in m.graph.input}
@@ -54,32 +90,73 @@ def _from_onnx(path: Path) -> tuple[str, str, str, list[int], int, list[str], in
     if names.INPUT not in ins or names.OUTPUT not in outs:
         raise RnDeployError(f"{path}: graph lacks {names.INPUT!r}/{names.OUTPUT!r}; export it with `rn-deploy export`")
     it, ot = ins[names.INPUT].type.tensor_type, outs[names.OUTPUT].type.tensor_type
-    in_dims = [d.dim_value or -1 for d in it.shape.dim]
-    n_out = ot.shape.dim[-1].dim_value
-    cfg = onnx_config(m)
-    classes = cfg.class_names if cfg else [str(i) for i in range(n_out)]
-    return ("onnxruntime_onnx", _ONNX_TYPES.get(it.elem_type, "TYPE_FP32"), _ONNX_TYPES.get(ot.elem_type, "TYPE_FP32"),
-            [in_dims[1]], n_out, classes, 0)
+    props = {p.key: p.value for p in m.metadata_props}
+    cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
+    in_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in it.shape.dim]
+    min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
+    locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
+                        if t.data_location == onnx.TensorProto.EXTERNAL})
+    return {
+        "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, names.INPUT),
+        "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, names.OUTPUT),
+        "in_dims": in_dims, "out_dims": [d.dim_value if d.HasField("dim_value") else -1 for d in ot.shape.dim], "config": cfg,
+        "profiles": [], "max_batch": None,
+        "min_hw": [d if d > 0 else (min_size or 1) for d in in_dims[2:4]], "max_hw": [d if d > 0 else None for d in in_dims[2:4]],
+        "data": locations or None,
+    }
 
 
-def config_pbtxt(name: str, platform: str, in_type: str, out_type: str, channels: int, n_out: int, max_batch: int,
-                 gpu: bool = True) -> str:
+def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
+    """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
+    cfg = info["config"] or {}
+    channels = info["in_dims"][1]
+    fixed = all(d > 0 for d in info["in_dims"][2:4])
+    if fixed:
+        policy = f"fixed: resize every image to exactly {info['in_dims'][2]}x{info['in_dims'][3]} (HxW)"
+    else:
+        lo, hi = info["min_hw"], info["max_hw"]
+        span = f"from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}" if all(hi) else f"of at least {lo[0]}x{lo[1]}"
+        policy = (f"any HxW {span}; no resize needed (the model pools globally); "
+                  f"trained at {'x'.join(str(s) for s in cfg.get('image_size', [])) or 'unknown size'}")
+    return {
+        "layout": "NCHW", "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
+        "channel_order": {1: "L", 3: "RGB"}.get(channels, f"{channels} channels"),
+        "scale": 1 / 255, "mean": cfg.get("mean"), "std": cfg.get("std"),
+        "formula": "x = (pixel / 255 - mean[c]) / std[c], per channel c",
+        "size_policy": policy, "min_hw": info["min_hw"], "max_hw": info["max_hw"], "train_hw": cfg.get("image_size"),
+    }
+
+
+def _dims(dims: list[int]) -> str:
+    return ", ".join(str(d) for d in dims)
+
+
+def config_pbtxt(name: str, info: dict[str, Any], max_batch: int, kind: str, pre: dict[str, Any], classes: list[str]) -> str:
+    """The model configuration (protobuf text format), dims without the batch axis (``max_batch_size`` > 0)."""
     preferred = [b for b in (4, 8, 16, 32, 64) if b <= max_batch] or [max_batch]
+    group = f"    count: 1\n    kind: {'KIND_GPU' if kind == 'gpu' else 'KIND_CPU'}\n"
+    if len(info["profiles"]) > 1:
+        group += f"    profile: [ {', '.join(json.dumps(str(i)) for i in range(len(info['profiles'])))} ]\n"
+    params = {"mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]), "scale": "1/255", "layout": pre["layout"],
+              "channel_order": pre["channel_order"], "size_policy": pre["size_policy"], "class_names": json.dumps(classes)}
+    # Protobuf text strings: JSON's escapes (\" \\ \n) are valid there; non-ASCII goes as UTF-8, not \u escapes.
+    param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v, ensure_ascii=False)} }}\n}}\n"
+                         for k, v in params.items())
     return f"""name: "{name}"
-platform: "{platform}"
+platform: "{info['platform']}"
 max_batch_size: {max_batch}
 input [
   {{
     name: "{names.INPUT}"
-    data_type: {in_type}
-    dims: [ {channels}, -1, -1 ]
+    data_type: {info['in_type']}
+    dims: [ {_dims(info['in_dims'][1:])} ]
   }}
 ]
 output [
   {{
     name: "{names.OUTPUT}"
-    data_type: {out_type}
-    dims: [ {n_out} ]
+    data_type: {info['out_type']}
+    dims: [ {_dims(info['out_dims'][1:])} ]
     label_filename: "labels.txt"
   }}
 ]
@@ -89,46 +166,84 @@ dynamic_batching {{
 }}
 instance_group [
   {{
-    count: 1
-    kind: {"KIND_GPU" if gpu else "KIND_CPU"}
-  }}
+{group}  }}
 ]
-"""
+{param_text}"""
 
 
-def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False) -> Path:
-    """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder."""
+def _copy_readable(src: Path, dst: Path) -> None:
+    """Copy bytes (not the 0600 mode onnx gives external data) and make the copy readable by the server's user."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o644)
+
+
+def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
+                  kind: str | None = None) -> Path:
+    """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder.
+
+    Args:
+        max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
+        kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
+    """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
         raise RnDeployError(f"{src}: no such file")
     if not name or "/" in name or name.startswith("."):
         raise RnDeployError(f"model name {name!r}: use a plain folder name like resnet18_fmnist")
-    kind = expect(src, "onnx", "engine").kind
-    is_onnx = kind == "onnx" or (kind == "unknown" and src.suffix == ".onnx")
-    platform, in_t, out_t, (channels,), n_out, classes, limit = _from_onnx(src) if is_onnx else _from_engine(src)
+    sniffed = expect(src, "onnx", "engine").kind  # by content, not suffix
+    info = _model_info(src, sniffed == "onnx" or (sniffed == "unknown" and src.suffix == ".onnx"))
+    is_onnx = info["platform"] == "onnxruntime_onnx"
+    if kind not in (None, "gpu", "cpu"):
+        raise RnDeployError(f"--kind {kind}: use gpu or cpu")
+    if kind == "cpu" and not is_onnx:
+        raise RnDeployError(f"{src}: a TensorRT plan runs on the GPU only; --kind cpu is for ONNX models")
+    kind = kind or "gpu"
+    if info["in_dims"] and info["in_dims"][0] > 0:
+        raise RnDeployError(f"{src}: the batch axis is fixed at {info['in_dims'][0]}; Triton batching needs it dynamic: "
+                            "re-export with `rn-deploy export`")
+    limit = info["max_batch"]
     if max_batch is None:
-        max_batch = limit or 32
+        max_batch = limit or DEFAULT_ONNX_MAX_BATCH
     if max_batch < 1:
         raise RnDeployError(f"--max-batch {max_batch}: must be >= 1")
     if limit and max_batch > limit:
         raise RnDeployError(f"--max-batch {max_batch} exceeds the engine's largest profile batch {limit}; rebuild with a larger --max")
+    cfg = info["config"] or {}
+    n_out = info["out_dims"][-1]
+    classes = list(cfg.get("class_names") or [str(i) for i in range(n_out)])
+    pre = preprocessing(info)
     dest = repo / name
     if dest.exists() and not force:
         raise RnDeployError(f"{dest}: already exists; pass --force to replace it")
     repo.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
-        (stage / "1").mkdir()
-        if is_onnx:
-            shutil.copy2(src, stage / "1" / "model.onnx")
-            data = src.with_name(src.name + ".data")
-            if data.exists():
-                shutil.copy2(data, stage / "1" / data.name)
+        os.chmod(stage, 0o755)
+        (stage / "1").mkdir(mode=0o755)
+        if not is_onnx:
+            files = {"1/model.plan": src}
+        elif info["data"]:
+            # Triton's directory form: 1/model.onnx/ holds the graph and its data, under the names the graph refers to.
+            files = {"1/model.onnx/model.onnx": src, **{f"1/model.onnx/{loc}": src.parent / loc for loc in info["data"]}}
         else:
-            shutil.copy2(src, stage / "1" / "model.plan")
-        (stage / "labels.txt").write_text("\n".join(classes) + "\n")
-        (stage / "config.pbtxt").write_text(config_pbtxt(name, platform, in_t, out_t, channels, n_out, max_batch))
-        (stage / "rn-deploy.json").write_text(json.dumps({"source": str(src), "platform": platform}, indent=2))
+            files = {"1/model.onnx": src}
+        for rel, from_path in files.items():
+            _copy_readable(from_path, stage / rel)
+        for d in [p for p in stage.rglob("*") if p.is_dir()]:
+            os.chmod(d, 0o755)
+        meta = {
+            "format": FORMAT, "name": name, "platform": info["platform"], "kind": kind, "max_batch_size": max_batch,
+            "source": str(src.absolute()), "source_sha256": sha256_file(src), "files": sorted(files),
+            "input": {"name": names.INPUT, "data_type": info["in_type"], "dims": info["in_dims"][1:]},
+            "output": {"name": names.OUTPUT, "data_type": info["out_type"], "dims": info["out_dims"][1:]},
+            "profiles": info["profiles"], "preprocessing": pre, "class_names": classes, "arch": cfg.get("arch"),
+        }
+        texts = {"labels.txt": "\n".join(classes) + "\n", "config.pbtxt": config_pbtxt(name, info, max_batch, kind, pre, classes),
+                 "rn-deploy.json": json.dumps(meta, indent=2)}
+        for fname, text in texts.items():
+            (stage / fname).write_text(text)
+            os.chmod(stage / fname, 0o644)
         old = None
         if dest.exists():
             old = repo / f".{name}.old"

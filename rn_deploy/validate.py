@@ -374,7 +374,6 @@ def run_validation(
     """
     from .build import fmt_shape as fmt
     from .checkpoint import load_checkpoint
-    from .models import get_model_spec
     from .runners import TorchRunner
 
     checkpoint = Path(checkpoint)
@@ -414,7 +413,8 @@ def run_validation(
     if sizes:
         grid = [(b, h, w) for h, w in sizes for b in batches]
     else:
-        grid = default_grid(cfg.image_size, get_model_spec(cfg.arch).min_size, profiles, batches)
+        # The training size is always valid: the declared minimum (rn_deploy.min_size) is never above it.
+        grid = default_grid(cfg.image_size, min(cfg.image_size), profiles, batches)
     imgs = load_images(images, cfg.in_channels, log=log) if images else None
     reference = TorchRunner(ck.model, device="cpu")
     reference.name = "torch-cpu-fp32 (reference)"

@@ -206,3 +206,51 @@ def test_fp16_export_of_a_trained_model_agrees_on_real_images(tmp_path: Path):
     agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
     assert agree >= 0.99, agree
     assert float(np.mean(ref.argmax(1) == test.labels.numpy())) > 0.6  # the model really learned something
+
+
+def test_declared_minimum_is_the_true_one_and_verified(tmp_path: Path):
+    """A resnet18 trained at 28 px used to declare 32 (the registry's hint): now the smallest size it handles, <= 28."""
+    ck = make_checkpoint(tmp_path / "m.pt", arch="resnet18", n_classes=4, in_channels=1, size=28)
+    res = export_onnx(ck, tmp_path / "m.onnx")
+    assert 1 <= res.min_size <= 28
+    assert (2, res.min_size, res.min_size) in {(r.batch, r.height, r.width) for r in res.verification}
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props["rn_deploy.min_size"] == str(res.min_size)
+    # True: ONNX Runtime agrees with PyTorch at the declared minimum and at 28 px.
+    model = load_checkpoint(ck).model
+    for s in (res.min_size, 28):
+        x = torch.randn(3, 1, s, s)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = _ort(tmp_path / "m.onnx").run(None, {names.INPUT: x.numpy()})[0]
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4
+    # Never above the training size, even for a net whose registry hint is larger.
+    ck2 = make_checkpoint(tmp_path / "m2.pt", arch="mnist_cnn", n_classes=4, in_channels=1, size=20)
+    assert export_onnx(ck2, tmp_path / "m2.onnx").min_size <= 20
+
+
+def test_producer_version_is_rn_deploy_and_torch_has_its_own_key(tmp_path: Path, tiny_ckpt: Path):
+    import rn_deploy
+
+    export_onnx(tiny_ckpt, tmp_path / "m.onnx", verify=False)
+    m = onnx.load(str(tmp_path / "m.onnx"))
+    props = {p.key: p.value for p in m.metadata_props}
+    assert m.producer_name == "rn-deploy" and m.producer_version == rn_deploy.__version__
+    assert props["torch_version"] == torch.__version__
+
+
+def test_opset_18_is_stamped_ir_8_and_says_which_runtimes_load_it(tmp_path: Path, tiny_ckpt: Path):
+    """The default (opset 20) needs IR 9 / ONNX Runtime >= 1.17; --opset 18 gives IR 8, loadable by ONNX Runtime >= 1.14."""
+    res = export_onnx(tiny_ckpt, tmp_path / "old.onnx", opset=18)
+    assert res.passed and res.opset == 18 and res.ir_version == 8
+    m = onnx.load(str(tmp_path / "old.onnx"))
+    assert m.ir_version == 8 and all(len(n.metadata_props) == 0 for n in m.graph.node)
+    onnx.checker.check_model(m, full_check=True)
+    props = {p.key: p.value for p in m.metadata_props}
+    assert "ONNX Runtime >= 1.14" in props["rn_deploy.runtimes"] and res.runtimes == props["rn_deploy.runtimes"]
+    y = _ort(tmp_path / "old.onnx").run(None, {names.INPUT: np.zeros((2, 3, 40, 56), np.float32)})[0]
+    assert y.shape == (2, 5)
+    default = export_onnx(tiny_ckpt, tmp_path / "new.onnx", verify=False)
+    assert (default.opset, default.ir_version) == (20, 9) and "ONNX Runtime >= 1.17" in default.runtimes
+    with pytest.raises(ExportError, match="--opset 17: the exporter writes opset 18 or newer"):
+        export_onnx(tiny_ckpt, tmp_path / "older.onnx", opset=17)

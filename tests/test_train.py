@@ -204,3 +204,39 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path):
     ck = load_checkpoint(tmp_path / "ddp" / "model.pt")
     assert ck.train["epochs"] == 1
     assert digest(ck.model.named_parameters()) == ranks[0]["params"], "the checkpoint is not the trained weights"
+
+
+def test_device_loader_shards_uneven_data_evenly_for_training_and_completely_for_evaluation():
+    from train.data import DeviceLoader, ImageSet
+
+    n = 300  # 9 training batches of 32 (uneven over 2 ranks), 5 validation batches of 64
+    ds = ImageSet(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous(), torch.arange(n),
+                  ["a", "b"], [0.0], [1.0])
+    tr = [DeviceLoader(ds, 32, (4, 4), torch.device("cpu"), train=True, rank=r, world=2) for r in (0, 1)]
+    assert [len(dl) for dl in tr] == [4, 4] and [sum(1 for _ in dl) for dl in tr] == [4, 4]
+    va = [DeviceLoader(ds, 64, (4, 4), torch.device("cpu"), train=False, rank=r, world=2) for r in (0, 1)]
+    seen = [int(v) for dl in va for _x, y in dl for v in y]
+    assert sorted(seen) == list(range(n))  # every validation image once: none twice, none dropped
+
+
+@needs_fashion
+def test_ddp_uneven_batches_same_steps_and_whole_validation_set(tmp_path: Path):
+    """300 images, batch 32: 9 training batches (5/4 before the fix: gloo collective mismatch) and 5 validation batches."""
+    from train.data import DeviceLoader
+    from train.loop import evaluate
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+                           "--arch", "mnist_cnn", "--limit", "300", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                           "--out", str(tmp_path / "ddp"), "--json", "--quiet", "--data", str(FASHION_DIR)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(chunk) for chunk in proc.stdout.replace("}\n{", "}\n\x00{").split("\x00") if chunk.strip()]
+    assert len(results) >= 1 and {r["world_size"] for r in results} == {2}
+    assert results[0]["history"][0]["val_images"] == 300
+    # The reported accuracy is the saved model's accuracy over the whole validation subset, evaluated in one process.
+    ck = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    val = load_fashion_mnist(FASHION_DIR, "test").subset(300, 0)
+    alone = evaluate(ck.model, DeviceLoader(val, 64, (28, 28), torch.device("cpu"), train=False), None)
+    assert alone["val_images"] == 300
+    assert abs(alone["accuracy"] - results[0]["accuracy"]) < 1e-9 and abs(alone["val_loss"] - results[0]["val_loss"]) < 1e-4

@@ -52,19 +52,23 @@ def test_onnx_repository_parses_with_tritons_schema(onnx_model: Path, tmp_path: 
     assert _parse(folder).max_batch_size == 2
 
 
-def test_plan_repository_from_fake_tensorrt_manifest(onnx_model: Path, tmp_path: Path):
-    """Full TensorRT cannot be installed here: a stand-in engine file with a tensorrt manifest (as
-    `rn-deploy build --backend tensorrt` writes it) checks the plan branch of the config."""
-    engine = tmp_path / "fake_tensorrt.engine"
-    engine.write_bytes(b"stand-in for a TensorRT plan")
-    manifest = {"format": "rn-deploy-engine/1", "backend": "tensorrt", "library_version": "10.13.0", "precision": "fp16",
+def _fake_tensorrt_manifest(onnx_model: Path, engine: Path) -> dict:
+    return {"format": "rn-deploy-engine/1", "backend": "tensorrt", "library_version": "10.13.0", "precision": "fp16",
                 "strongly_typed": False, "fp16_flag": True, "targets": [], "build_gpu": {"name": "x", "compute_capability": "8.9"},
                 "profiles": [{"input": {"min": [1, 1, 28, 28], "opt": [8, 1, 64, 64], "max": [24, 1, 512, 512]}}],
                 "onnx_path": str(onnx_model), "onnx_sha256": "", "built_from": str(onnx_model),
                 "inputs": [{"name": "input", "dtype": "float", "shape": [-1, 1, -1, -1]}],
                 "outputs": [{"name": "logits", "dtype": "float", "shape": [-1, 4]}], "build_seconds": 1.0, "built_at": "",
                 "options": {}, "engine_path": str(engine), "engine_size": 28, "engine_sha256": "",
-                "config": {"class_names": ["a", "b", "c", "d"]}, "notes": []}
+                "config": {"class_names": ["a", "b", "c", "d"], "mean": [0.3], "std": [0.2], "image_size": [28, 28]}, "notes": []}
+
+
+def test_plan_repository_from_fake_tensorrt_manifest(onnx_model: Path, tmp_path: Path):
+    """Full TensorRT cannot be installed here: a stand-in engine file with a tensorrt manifest (as
+    `rn-deploy build --backend tensorrt` writes it) checks the plan branch of the config."""
+    engine = tmp_path / "fake_tensorrt.engine"
+    engine.write_bytes(b"stand-in for a TensorRT plan")
+    manifest = _fake_tensorrt_manifest(onnx_model, engine)
     engine.with_name(engine.name + ".json").write_text(json.dumps(manifest))
     folder = export_triton(engine, tmp_path / "repo", "plan")
     cfg = _parse(folder)
@@ -81,6 +85,102 @@ def test_plan_repository_from_fake_tensorrt_manifest(onnx_model: Path, tmp_path:
 def test_external_data_travels_with_the_onnx(onnx_model: Path, tmp_path: Path):
     ck = onnx_model.with_name("model.pt")
     ext = Path(export_onnx(ck, tmp_path / "ext" / "model.onnx", external_data=True, verify=False).onnx_path)
+    Path(str(ext) + ".data").chmod(0o600)  # as onnx writes it
     folder = export_triton(ext, tmp_path / "repo", "ext")
-    assert (folder / "1" / "model.onnx.data").stat().st_size > 1000
+    # Triton's documented directory form for a model of several files: 1/model.onnx/ holding the graph and its data.
+    assert sorted(str(p.relative_to(folder / "1")) for p in (folder / "1").rglob("*") if p.is_file()) == [
+        "model.onnx/model.onnx", "model.onnx/model.onnx.data"]
+    for p in folder.rglob("*"):
+        assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644), p  # readable by the server's user
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0].shape == (2, 4)
     shutil.rmtree(tmp_path / "repo")
+
+
+def _model_dims(onnx_path: Path) -> list[int]:
+    import onnx
+
+    d = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [x.dim_value if x.HasField("dim_value") else -1 for x in d]
+
+
+def assert_triton_accepts_dims(cfg, model_dims: list[int]) -> None:
+    """Triton's documented rule (model_configuration.md, "Inputs and Outputs"): with max_batch_size > 0 the dims leave
+    out the batch axis; a dim is -1 only where the model's is variable, and a fixed model dim must be given as that size
+    (the onnxruntime backend refuses "model expects dims [...] but the model configuration specifies [...]")."""
+    assert cfg.max_batch_size > 0 and model_dims[0] == -1
+    conf = list(cfg.input[0].dims)
+    assert len(conf) == len(model_dims) - 1
+    for c, m in zip(conf, model_dims[1:], strict=True):
+        assert c == m, (conf, model_dims)
+
+
+def test_static_export_gets_its_fixed_dims(onnx_model: Path, tmp_path: Path):
+    ck = onnx_model.with_name("model.pt")
+    static = Path(export_onnx(ck, tmp_path / "static.onnx", static_size=(40, 36), verify=False).onnx_path)
+    cfg = _parse(export_triton(static, tmp_path / "repo", "static"))
+    assert list(cfg.input[0].dims) == [1, 40, 36]
+    assert_triton_accepts_dims(cfg, _model_dims(static))
+    assert_triton_accepts_dims(_parse(export_triton(onnx_model, tmp_path / "repo", "dyn")), _model_dims(onnx_model))
+    meta = json.loads((tmp_path / "repo" / "static" / "rn-deploy.json").read_text())
+    assert meta["preprocessing"]["size_policy"].startswith("fixed: resize every image to exactly 40x36")
+
+
+def test_multi_profile_plan_lists_every_profile_and_takes_the_largest_batch(onnx_model: Path, tmp_path: Path):
+    engine = tmp_path / "fake_tensorrt.engine"
+    engine.write_bytes(b"stand-in for a TensorRT plan")
+    manifest = _fake_tensorrt_manifest(onnx_model, engine)
+    manifest["profiles"] = [{"input": {"min": [1, 1, 28, 28], "opt": [8, 1, 64, 64], "max": [8, 1, 128, 128]}},
+                            {"input": {"min": [1, 1, 128, 128], "opt": [16, 1, 256, 256], "max": [24, 1, 512, 512]}}]
+    engine.with_name(engine.name + ".json").write_text(json.dumps(manifest))
+    cfg = _parse(export_triton(engine, tmp_path / "repo", "plan"))
+    assert cfg.max_batch_size == 24
+    assert len(cfg.instance_group) == 1 and list(cfg.instance_group[0].profile) == ["0", "1"]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    with pytest.raises(RnDeployError, match="runs on the GPU only; --kind cpu is for ONNX"):
+        export_triton(engine, tmp_path / "repo", "plan_cpu", kind="cpu")
+    manifest["outputs"][0]["dtype"] = "fp8"
+    engine.with_name(engine.name + ".json").write_text(json.dumps(manifest))
+    with pytest.raises(RnDeployError, match="tensor 'logits' has type fp8, which has no Triton data type"):
+        export_triton(engine, tmp_path / "repo", "fp8")
+
+
+def test_kind_cpu_for_onnx_and_unknown_onnx_dtypes_are_errors(onnx_model: Path, tmp_path: Path):
+    import onnx
+
+    cfg = _parse(export_triton(onnx_model, tmp_path / "repo", "cpu", kind="cpu"))
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    m = onnx.load(str(onnx_model))
+    m.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.COMPLEX64
+    onnx.save(m, str(tmp_path / "odd.onnx"))
+    with pytest.raises(RnDeployError, match="tensor 'input' has type COMPLEX64, which has no Triton data type"):
+        export_triton(tmp_path / "odd.onnx", tmp_path / "repo", "odd")
+
+
+def test_folder_carries_its_preprocessing_in_parameters_and_rn_deploy_json(onnx_model: Path, tmp_path: Path):
+    from rn_deploy.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(onnx_model.with_name("model.pt")).config
+    res = CliRunner().invoke(main, ["export-triton", str(onnx_model), "--repo", str(tmp_path / "repo"), "--name", "fm", "--json"])
+    assert res.exit_code == 0, res.output
+
+    def no_constants(c: str) -> None:
+        raise AssertionError(f"non-strict JSON constant {c}")
+
+    out = json.loads(res.stdout, parse_constant=no_constants)
+    folder = tmp_path / "repo" / "fm"
+    assert out["folder"] == str(folder) and out["format"] == "rn-deploy-triton/1"
+    assert json.loads((folder / "rn-deploy.json").read_text()) == {k: v for k, v in out.items() if k != "folder"}
+    pre = out["preprocessing"]
+    assert pre["mean"] == ck.mean and pre["std"] == ck.std and pre["channel_order"] == "L" and pre["layout"] == "NCHW"
+    assert abs(pre["scale"] - 1 / 255) < 1e-12 and pre["train_hw"] == [28, 28]
+    assert pre["min_hw"][0] <= 28 and pre["max_hw"] == [None, None] and pre["size_policy"].startswith("any HxW of at least")
+    assert out["class_names"] == ck.class_names and out["max_batch_size"] == 32 and out["kind"] == "gpu"
+    cfg = _parse(folder)
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert json.loads(params["mean"]) == ck.mean and json.loads(params["std"]) == ck.std
+    assert params["channel_order"] == "L" and params["scale"] == "1/255" and params["size_policy"] == pre["size_policy"]
+    assert json.loads(params["class_names"]) == ck.class_names

@@ -333,7 +333,10 @@ class DeviceLoader:
         size: output (H, W).
         device: where images live and batches are made.
         train: shuffle, drop the last partial batch and augment.
-        rank, world: this process's shard under DDP (every ``world``-th batch).
+        rank, world: this process's shard under DDP. Training: every ``world``-th batch, and every rank the
+            same number of batches (the last ``n_batches % world`` of each shuffled epoch are dropped), so
+            DDP's collectives line up. Evaluation: every ``world``-th batch of the whole set in order, so
+            the ranks together see each image exactly once (their batch counts may differ by one).
         seed: base seed; the order for epoch ``e`` uses ``seed + e`` on every rank.
         channels_last: return channels-last memory format.
     """
@@ -346,9 +349,14 @@ class DeviceLoader:
         self.labels = ds.labels.to(device, non_blocking=True)
         self.epoch = 0
 
+    def _n_batches(self) -> int:
+        """Batches of the whole set this loader walks (training: a multiple of ``world``)."""
+        if self.train:
+            return len(self.ds) // self.bs // self.world * self.world
+        return math.ceil(len(self.ds) / self.bs)
+
     def __len__(self) -> int:
-        n = len(self.ds) // self.bs if self.train else math.ceil(len(self.ds) / self.bs)
-        return max(0, (n - self.rank + self.world - 1) // self.world)
+        return max(0, (self._n_batches() - self.rank + self.world - 1) // self.world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -358,13 +366,11 @@ class DeviceLoader:
         if self.train:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=g).to(self.device)
-            n_batches = n // self.bs
             aug_gen = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + self.epoch * 10 + self.rank)
         else:
             order = torch.arange(n, device=self.device)
-            n_batches = math.ceil(n / self.bs)
             aug_gen = None
-        for i in range(self.rank, n_batches, self.world):
+        for i in range(self.rank, self._n_batches(), self.world):
             idx = order[i * self.bs : (i + 1) * self.bs]
             x = self.images.index_select(0, idx)
             if self.train:

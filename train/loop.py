@@ -169,9 +169,20 @@ def _pick_device(name: str, local_rank: int) -> torch.device:
 
 
 def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Loss, accuracy and (with >= 5 classes) top-5 accuracy over a loader, summed across ranks."""
+    """Loss, accuracy and (with >= 5 classes) top-5 accuracy over a loader, summed across ranks.
+
+    Under DDP pass the unwrapped model: ranks may hold different numbers of validation batches, and
+    a DDP forward runs a collective (buffer broadcast) per call, which would then mismatch. Each rank
+    first takes rank 0's buffers (BatchNorm statistics), so every shard is judged by the same model,
+    the one rank 0 saves. ``val_images`` is the number of images counted over all ranks.
+    """
     model.eval()
     dev = loader.device
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        with torch.no_grad():
+            for b in model.buffers():
+                dist.broadcast(b, src=0)
     tot = torch.zeros(4, device=dev, dtype=torch.float64)  # loss_sum, correct, correct5, n
     with torch.no_grad(), _autocast(dev, amp_dtype):
         for x, y in loader:
@@ -181,10 +192,10 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | No
             if out.shape[1] >= 5:
                 tot[2] += (out.topk(5, dim=1).indices == y[:, None]).any(1).sum()
             tot[3] += len(y)
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         dist.all_reduce(tot)
     n = max(tot[3].item(), 1)
-    res = {"val_loss": tot[0].item() / n, "accuracy": tot[1].item() / n}
+    res = {"val_loss": tot[0].item() / n, "accuracy": tot[1].item() / n, "val_images": float(tot[3].item())}
     if loader.ds.class_names and len(loader.ds.class_names) >= 5:
         res["top5"] = tot[2].item() / n
     return res
@@ -294,7 +305,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    steps = cfg.epochs * len(train_dl)
+    steps = cfg.epochs * len(train_dl)  # the same on every rank: DeviceLoader gives each the same batch count
     sched = OneCycle(opt, cfg.lr, steps)
     ckpt_path = Path(cfg.out) / "model.pt"
     start_epoch, history = 0, list[dict[str, float]]()
@@ -352,7 +363,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             train_imgs += n_seen * world
             train_time += ep_time
             train_loss = loss_sum.item() / max(len(train_dl), 1)
-            metrics = evaluate(net, val_dl, amp_dtype)
+            metrics = evaluate(model if world > 1 else net, val_dl, amp_dtype)
             row = {"epoch": epoch + 1, "size": sizes[epoch], "train_loss": train_loss, **metrics, "img_per_s": n_seen * world / ep_time,
                    "seconds": time.perf_counter() - t_start}
             history.append(row)
