@@ -184,8 +184,12 @@ def _tensors(channels: int, n_classes: int) -> tuple[list[Any], list[Any]]:
     return inputs, outputs
 
 
-def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None) -> None:
+def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None,
+          on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Load the model, start tritonserver and serve until SIGTERM/SIGINT (or ``stop`` is set); then drain and exit.
+
+    ``on_ready`` is called once the server answers, with its endpoints (``rn-deploy serve --json``
+    prints them as one JSON object on stdout: a script can wait for that line).
 
     Raises :class:`RnDeployError` (before any server process starts) for a bad model or a taken port.
     """
@@ -218,6 +222,11 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                                        batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
                     strict=False)
         triton.run()
+        if on_ready is not None:
+            on_ready({"model": str(opts.model), "name": opts.name, "arch": cfg.arch, "classes": cfg.class_names,
+                      "in_channels": cfg.in_channels, "image_size": cfg.image_size, "http": f"{opts.host}:{opts.http_port}",
+                      "grpc": f"{opts.host}:{opts.grpc_port}", "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics",
+                      "max_batch": opts.max_batch, "instances": opts.instances, "pid": os.getpid()})
         log(f"serving {opts.model} as model {opts.name!r} ({cfg.arch}, {cfg.n_classes} classes, {cfg.in_channels} channel(s), "
             f"{cfg.image_size[0]}x{cfg.image_size[1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
             f"metrics {opts.host}:{opts.metrics_port}/metrics; SIGTERM or Ctrl-C stops")

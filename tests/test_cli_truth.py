@@ -81,9 +81,7 @@ def test_every_json_output_is_strict_json(run: tuple[Path, Any], tmp_path: Path)
 
 
 def test_every_command_has_json():
-    # export-triton's --json comes with its Triton rework (issue 18 item 9, another branch).
-    lacking = [name for name, cmd in main.commands.items()
-               if name != "export-triton" and "as_json" not in {p.name for p in cmd.params}]
+    lacking = [name for name, cmd in main.commands.items() if "as_json" not in {p.name for p in cmd.params}]
     assert lacking == []
 
 

@@ -303,8 +303,10 @@ def test_soak_concurrency_32_no_errors_and_steady_memory(server: Server, fashion
 
 def test_sigterm_answers_requests_in_flight_and_exits_0(model: Path, tmp_path: Path) -> None:
     # A long batching delay keeps the requests queued in the server when the signal arrives.
-    srv = start_server(model, tmp_path / "serve.log", "--max-queue-delay-us", "400000")
+    srv = start_server(model, tmp_path / "serve.log", "--max-queue-delay-us", "400000", "--json")
     try:
+        ready = [json.loads(ln) for ln in srv.log.read_text().splitlines() if ln.startswith("{")]
+        assert len(ready) == 1 and ready[0]["http"] == srv.http and ready[0]["grpc"] == srv.grpc  # serve --json
         kids = descendants(srv.proc.pid)
         assert kids, "tritonserver should run as a child"
         data = png(np.full((28, 28), 128, np.uint8))
