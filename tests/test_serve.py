@@ -305,7 +305,10 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(model: Path, tmp_path: P
     # A long batching delay keeps the requests queued in the server when the signal arrives.
     srv = start_server(model, tmp_path / "serve.log", "--max-queue-delay-us", "400000", "--json")
     try:
-        ready = [json.loads(ln) for ln in srv.log.read_text().splitlines() if ln.startswith("{")]
+        deadline = time.monotonic() + 10  # the model answers "ready" a moment before serve prints its line
+        while not (ready := [json.loads(ln) for ln in srv.log.read_text().splitlines() if ln.startswith("{")]):
+            assert time.monotonic() < deadline, srv.log.read_text()[-2000:]
+            time.sleep(0.1)
         assert len(ready) == 1 and ready[0]["http"] == srv.http and ready[0]["grpc"] == srv.grpc  # serve --json
         kids = descendants(srv.proc.pid)
         assert kids, "tritonserver should run as a child"
