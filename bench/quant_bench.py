@@ -62,7 +62,7 @@ def main() -> None:
     test = load_split(a.dataset, a.data, split, limit=a.eval_limit, presize=cfg.presize, channels=cfg.in_channels)
     t0 = time.perf_counter()
     ref = evaluate_onnx(fp32, test, cfg)
-    print(f"FP32 ONNX: top-1 {ref['top1'] * 100:.2f}% on {len(test)} {split} images ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+    print(f"FP32 ONNX: top-1 {ref[0]['top1'] * 100:.2f}% on {len(test)} {split} images ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     rows = []
     opts = QuantizeOptions(calib=a.dataset, data=a.data, calib_size=a.calib_size, max_drop=float("inf"))
     for q in a.quantizers.split(","):
@@ -75,7 +75,8 @@ def main() -> None:
                 print(f"{q} {method}: failed: {e}", file=sys.stderr)
                 continue
             eng = engine_bytes(dst, dst.with_suffix(".engine"), cfg.in_channels, a.target)
-            rows.append({"quantizer": q, "method": method, "top1": r.top1, "drop_pts": r.drop_pts, "seconds": r.seconds,
+            rows.append({"quantizer": q, "method": method, "top1": r.top1, "drop_pts": r.drop_pts, "lost": r.lost, "gained": r.gained,
+                         "seconds": r.seconds,
                          "qdq": r.qdq, "engine": eng})
             print(f"{q} {method}: top-1 {r.top1 * 100:.2f}% (drop {r.drop_pts:+.2f} pt), engine {eng}", file=sys.stderr)
     fp8: dict[str, Any] | None = None
@@ -90,7 +91,7 @@ def main() -> None:
         print(f"fp8: {fp8}", file=sys.stderr)
     engines = {p: engine_bytes(fp32, work / f"{p}.engine", cfg.in_channels, a.target, p) for p in ("fp32", "fp16")}
     out = {"checkpoint": str(a.checkpoint), "arch": cfg.arch, "dataset": a.dataset, "eval_split": split, "eval_images": len(test),
-           "calib_split": "train", "calib_images": a.calib_size, "reference_top1": ref["top1"], "int8": rows, "fp8": fp8,
+           "calib_split": "train", "calib_images": a.calib_size, "reference_top1": ref[0]["top1"], "int8": rows, "fp8": fp8,
            "engines": engines, "target": a.target, "onnxruntime": onnxruntime.__version__, "host": platform.node(),
            "cpu_only": not torch.cuda.is_available()}
     a.out.parent.mkdir(parents=True, exist_ok=True)

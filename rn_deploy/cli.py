@@ -224,7 +224,7 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
               help="Activation range calibration.")
 @click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True)
 @click.option("--exclude", multiple=True, help="Keep nodes in higher precision: first, last or node names (comma list, repeatable).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost.")
 @click.option("--ladder/--no-ladder", default=True, show_default=True,
               help="On a failed gate, try another method, more calibration images, then first/last layers kept.")
 @click.option("--force", is_flag=True, help="Write the best rung even when it fails the gate.")

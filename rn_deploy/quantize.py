@@ -275,6 +275,8 @@ class Rung:
     seconds: float
     qdq: dict[str, int]
     per_class: list[dict[str, Any]]
+    lost: int = 0
+    gained: int = 0
 
 
 @dataclass
@@ -312,11 +314,11 @@ class QuantizeReport:
                f"- calibration: {self.calib_dataset} {self.calib_split} split; gate: drop <= {self.max_drop:g} pt",
                f"- result: {'passed' if self.passed else 'FAILED'}"
                + (f", rung {self.chosen + 1} written to {self.output}" if self.chosen is not None and self.output else ", nothing written"),
-               "", "| rung | why | recipe | top-1 % | drop (pt) | gate | s |", "|---|---|---|---|---|---|---|"]
+               "", "| rung | why | recipe | top-1 % | drop (pt) | lost / gained | gate | s |", "|---|---|---|---|---|---|---|---|"]
         for i, r in enumerate(self.rungs):
             mark = " (chosen)" if i == self.chosen else ""
             out.append(f"| {i + 1}{mark} | {r.why} | {r.recipe.label()} | {r.top1 * 100:.2f} | {r.drop_pts:+.2f} | "
-                       f"{'pass' if r.passed else 'fail'} | {r.seconds:.1f} |")
+                       f"{r.lost} / {r.gained} | {'pass' if r.passed else 'fail'} | {r.seconds:.1f} |")
         if self.chosen is not None:
             r = self.rungs[self.chosen]
             out += ["", f"Per-class top-1 (rung {self.chosen + 1}):", "", "| class | images | FP32 % | quantized % | delta (pt) |",
@@ -422,13 +424,15 @@ def _finish_model(path: Path, src: onnx.ModelProto, precision: str, recipe: Reci
     return counts
 
 
-def evaluate_onnx(path: Path, images: Any, cfg: Any, batch: int = 256) -> dict[str, Any]:
-    """Accuracy of an ONNX file on ``images`` with ONNX Runtime (CPU), through :mod:`rn_deploy.evaluate`."""
+def evaluate_onnx(path: Path, images: Any, cfg: Any, batch: int = 256) -> tuple[dict[str, Any], np.ndarray]:
+    """Accuracy of an ONNX file on ``images`` with ONNX Runtime (CPU), through :mod:`rn_deploy.evaluate`,
+    and which images it got right (bool per image)."""
     from .evaluate import accuracy, predict_split
     from .runners.ort import OrtRunner
 
     with OrtRunner(path) as r:
-        return accuracy(predict_split(r, images, cfg, batch=batch, progress=False), cfg.class_names)
+        pred = predict_split(r, images, cfg, batch=batch, progress=False)
+    return accuracy(pred, cfg.class_names), pred.top1 == pred.labels
 
 
 def calibration_array(pool: Any, n: int, cfg: Any, seed: int = 0) -> np.ndarray:
@@ -439,9 +443,14 @@ def calibration_array(pool: Any, n: int, cfg: Any, seed: int = 0) -> np.ndarray:
     return eval_batch(sub.images, cfg.image_size, cfg.mean, cfg.std).numpy().astype(np.float32)
 
 
-def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any, ref: dict[str, Any], opts: QuantizeOptions,
-               why: str) -> Rung:
-    """Quantize ``fp32`` into ``dst`` by ``recipe`` and judge it on ``test`` against the FP32 accuracy ``ref``."""
+def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any, ref: tuple[dict[str, Any], np.ndarray],
+               opts: QuantizeOptions, why: str) -> Rung:
+    """Quantize ``fp32`` into ``dst`` by ``recipe`` and judge it on ``test`` against the FP32 result ``ref``.
+
+    A rung passes when the top-1 drop is at most ``opts.max_drop`` points; ``max_drop == 0`` means
+    nothing may be lost, so it also needs no image that FP32 got right to be wrong (a net drop of 0
+    can hide losses balanced by lucky gains).
+    """
     t1 = time.perf_counter()
     src_model = onnx.load(str(fp32), load_external_data=False)
     cfg = _config(src_model)
@@ -449,10 +458,13 @@ def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any
     quantize_file(fp32, dst, calibration_array(calib_pool, recipe.calib_size, cfg, opts.seed), method=recipe.method,
                   precision=opts.precision, exclude_nodes=excluded, quantizer=recipe.quantizer)
     counts = _finish_model(dst, src_model, opts.precision, recipe, excluded, opts.calib)
-    acc = evaluate_onnx(dst, test, cfg, opts.batch)
-    drop = round((ref["top1"] - acc["top1"]) * 100, 4)
-    return Rung(why, recipe, excluded, acc["top1"], acc["top5"], drop, drop <= opts.max_drop, round(time.perf_counter() - t1, 2),
-                counts, _per_class(ref, acc))
+    acc, hit = evaluate_onnx(dst, test, cfg, opts.batch)
+    ref_acc, ref_hit = ref
+    drop = round((ref_acc["top1"] - acc["top1"]) * 100, 4)
+    lost, gained = int((ref_hit & ~hit).sum()), int((~ref_hit & hit).sum())
+    passed = drop <= opts.max_drop and (opts.max_drop > 0 or lost == 0)
+    return Rung(why, recipe, excluded, acc["top1"], acc["top5"], drop, passed, round(time.perf_counter() - t1, 2),
+                counts, _per_class(ref_acc, acc), lost, gained)
 
 
 def _config(m: onnx.ModelProto) -> Any:
@@ -502,10 +514,10 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
             resolve_exclude(onnx.load(str(fp32), load_external_data=False), first.exclude, str(source))
 
         ref = evaluate_onnx(fp32, test, cfg, opts.batch)
-        say(f"reference: FP32 ONNX top-1 {ref['top1'] * 100:.2f}%")
+        say(f"reference: FP32 ONNX top-1 {ref[0]['top1'] * 100:.2f}%")
         report = QuantizeReport(source=str(source), output=None, precision=opts.precision, max_drop=opts.max_drop,
                                 calib_dataset=opts.calib, calib_split="train", eval_split=eval_split, eval_images=len(test),
-                                reference=ref, forced=opts.force)
+                                reference=ref[0], forced=opts.force)
         plan: list[tuple[str, Recipe]] = [("requested", first)]
         files: list[Path] = []
         while plan:
@@ -517,7 +529,7 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
             report.rungs.append(rung)
             files.append(dst)
             say(f"rung {len(report.rungs)} ({why}): {recipe.label()}: top-1 {rung.top1 * 100:.2f}% "
-                f"(drop {rung.drop_pts:+.2f} pt) {'pass' if rung.passed else 'fail'}")
+                f"(drop {rung.drop_pts:+.2f} pt; {rung.lost} images lost, {rung.gained} gained) {'pass' if rung.passed else 'fail'}")
             if rung.passed:
                 report.chosen = len(report.rungs) - 1
                 break
@@ -529,7 +541,7 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
             if not opts.force:
                 r = report.rungs[best]
                 raise GateFailed(f"{out}: not written: no rung kept top-1 within {opts.max_drop:g} pt of FP32 "
-                                 f"({ref['top1'] * 100:.2f}%); best was rung {best + 1} ({r.recipe.label()}) at {r.drop_pts:+.2f} pt; "
+                                 f"({ref[0]['top1'] * 100:.2f}%); best was rung {best + 1} ({r.recipe.label()}) at {r.drop_pts:+.2f} pt; "
                                  "relax --max-drop, or --force to write it anyway", report)
             report.chosen = best
             say(f"--force: writing rung {best + 1} although it fails the gate")
