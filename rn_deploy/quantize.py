@@ -372,6 +372,8 @@ class QuantizeOptions:
             raise QuantizeError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.quantizer not in QUANTIZERS:
             raise QuantizeError(f"--quantizer {self.quantizer!r}: choose one of {', '.join(QUANTIZERS)}")
+        if self.precision == "fp8" and self.quantizer != "modelopt":
+            raise QuantizeError(f"--precision fp8 --quantizer {self.quantizer}: FP8 needs --quantizer modelopt ({MODELOPT_INSTALL})")
         if self.calib_size < 1:
             raise QuantizeError(f"--calib-size {self.calib_size}: must be at least 1")
         if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
@@ -488,6 +490,10 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
     source, out = Path(source), Path(out)
     if out.suffix != ".onnx":
         raise QuantizeError(f"-o {out}: the output is an ONNX file; name it e.g. model.{opts.precision}.onnx")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QuantizeError(f"{out.parent}: cannot create the output folder ({e.strerror or e}); choose another -o path") from None
     if opts.quantizer == "modelopt":
         _modelopt()  # fail before any work when it is missing
     with tempfile.TemporaryDirectory(prefix="rn-quant.") as td:

@@ -84,6 +84,11 @@ CASES = [
     ("validate-into-a-file", ["validate", "--checkpoint", "{good.pt}", "--onnx", "{good.onnx}", "--sizes", "28", "--batch", "1",
                               "--iters", "1", "--out", "{a_file}/rep"], r"cannot write here", 1),
     ("triton-into-a-file", ["export-triton", "{good.onnx}", "--repo", "{a_file}", "--name", "m"], r"a_file' is a file", 2),
+    ("quantize-pickle-that-runs-code", ["quantize", "{evil.pt}", "-o", "{tmp}/q.onnx"], r"evil\.pt: refused.*nothing was executed", 1),
+    ("quantize-not-an-onnx", ["quantize", "{not_onnx.onnx}", "-o", "{tmp}/q.onnx"], r"not_onnx\.onnx: not a readable ONNX", 1),
+    ("quantize-into-a-file", ["quantize", "{good.onnx}", "-o", "{a_file}/q.onnx"], r"a_file: cannot create the output folder", 1),
+    ("quantize-fp8-with-ort", ["quantize", "{good.onnx}", "--precision", "fp8", "--quantizer", "ort", "-o", "{tmp}/q.onnx"],
+     r"FP8 needs --quantizer modelopt", 1),
     ("usage-min-without-max", ["build", "{good.onnx}", "--min", "1x1x28x28"], r"go together", 2),
     ("usage-bad-size", ["export", "{good.pt}", "--static", "axb"], r"not a size", 2),
 ]
