@@ -184,9 +184,26 @@ def _ort_calibration_method(method: str) -> Any:
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
 
 
+def _fresh_process(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` in a new interpreter: ModelOpt monkey-patches ONNX Runtime's calibrators for the whole
+    process once it has run, after which plain ``quantize_static`` / ``create_calibrator`` collect nothing."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(fn, args)
+
+
 def _percentile_cache(src: Path, calib: np.ndarray, input_name: str, path: Path) -> None:
     """A TensorRT calibration cache of percentile activation ranges (ONNX Runtime's calibrator), for ModelOpt."""
+    with tempfile.TemporaryDirectory(prefix="rn-calib.") as td:
+        np.save(Path(td) / "calib.npy", calib)
+        _fresh_process(_percentile_cache_job, str(src), str(Path(td) / "calib.npy"), input_name, str(path))
+
+
+def _percentile_cache_job(src: str, calib_npy: str, input_name: str, path: str) -> None:
     from onnxruntime.quantization.calibrate import create_calibrator
+
+    calib = np.load(calib_npy)
 
     with tempfile.TemporaryDirectory(prefix="rn-calib.") as td:
         cal = create_calibrator(str(src), None, augmented_model_path=str(Path(td) / "augmented.onnx"),
@@ -199,7 +216,7 @@ def _percentile_cache(src: Path, calib: np.ndarray, input_name: str, path: Path)
         lo, hi = (float(np.asarray(v).max()) for v in (np.abs(r.range_value[0]), np.abs(r.range_value[1])))
         scale = max(lo, hi, 1e-8) / 127.0
         lines.append(f"{name}: {struct.pack('!f', scale).hex()}")
-    path.write_text("\n".join(lines) + "\n")
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def quantize_file(src: Path, dst: Path, calib: np.ndarray, *, method: str, precision: str, exclude_nodes: Sequence[str],
@@ -227,13 +244,15 @@ def _quantize_file(src: Path, dst: Path, calib: np.ndarray, *, method: str, prec
         return
     if precision != "int8":
         raise QuantizeError(f"--quantizer ort writes INT8 only; FP8 needs --quantizer modelopt ({MODELOPT_INSTALL})")
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with tempfile.TemporaryDirectory(prefix="rn-calib.") as td:
+        np.save(Path(td) / "calib.npy", calib)
+        _fresh_process(_ort_quantize_job, str(src), str(dst), str(Path(td) / "calib.npy"), input_name, method, list(exclude_nodes))
 
-    # Without ORT's pre-processing (shape inference) quantize_static finds no range for the graph input.
-    pre = dst.with_name(dst.stem + ".pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(dst), _Reader(input_name, calib), quant_format=QuantFormat.QDQ, per_channel=True,
+
+def _ort_quantize_job(src: str, dst_s: str, calib_npy: str, input_name: str, method: str, exclude_nodes: list[str]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(src, dst_s, _Reader(input_name, np.load(calib_npy)), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "Gemm", "MatMul", "Add"], nodes_to_exclude=list(exclude_nodes),
                     calibrate_method=_ort_calibration_method(method),
