@@ -98,8 +98,8 @@ def test_qdq_model_builds_a_tensorrt_rtx_int8_engine_a_third_of_fp32(trained: Pa
     assert m8.precision == "int8" and m8.strongly_typed and any("explicit quantization" in n for n in m8.notes)
     assert json.loads((tmp_path / "int8.engine.json").read_text())["precision"] == "int8"
     ratio = m8.engine_size / m32.engine_size
-    # resnet18: 14.4 MB vs 45.3 MB (0.32x): INT8 weights (11.2 MB) plus ~3 MB the INT8 engine always carries;
-    # bigger models go below 0.30x (docs/benchmarks.md).
+    # Measured (docs/benchmarks.md): TensorRT-RTX 1.7 INT8 engines are 0.31-0.34x their FP32 engines
+    # (resnet18 14.4 vs 45.3 MB): INT8 weights plus ~25-35% more. The 0.30x is not reached.
     assert 0.2 < ratio <= 0.33, (m8.engine_size, m32.engine_size)
 
 
