@@ -82,6 +82,11 @@ def test_quantize_passes_the_gate_and_writes_the_tensorrt_qdq_form(trained: Path
     again, _hit = evaluate_onnx(out, cfg_test, cfg)
     assert again["top1"] == pytest.approx(chosen["top1"])
     assert json.loads(report_paths(out)[0].read_text())["chosen"] == rep["chosen"]
+    from rn_deploy.runners.ort import OrtRunner
+    from rn_deploy.validate import DEFAULT_TOLERANCES
+
+    with OrtRunner(out) as r:  # validate/eval judge it with INT8 tolerances, not FP16's
+        assert r.precision == "int8" and r.name == "ort-cpu-int8" and "int8" in DEFAULT_TOLERANCES
     assert "Per-class top-1" in report_paths(out)[1].read_text()
 
 
