@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -96,6 +97,7 @@ def main() -> None:
            "cpu_only": not torch.cuda.is_available()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {a.out}", file=sys.stderr)
 
 
