@@ -382,6 +382,38 @@ def _set_targets(trt: Any, config: trt_api.IBuilderConfig, targets: Sequence[str
     return [t.strip().lower() for t in targets]
 
 
+FP8_MIN_SM = 89  # FP8 tensor cores: Ada (sm89), Hopper (sm90), Blackwell (sm100, sm120)
+
+
+def check_fp8_targets(targets: Sequence[str]) -> None:
+    """Refuse FP8 for compute capabilities without FP8 tensor cores (before sm89), in one line."""
+    old = [t for t in targets if t.lower().startswith("sm") and t[2:].isdigit() and int(t[2:]) < FP8_MIN_SM]
+    if old:
+        raise BuildError(f"--precision fp8: {','.join(old)} has no FP8 tensor cores (FP8 needs sm89 or newer: Ada, Hopper, "
+                         "Blackwell); build --target sm89,sm120, or quantize to int8")
+
+
+def _check_dla(backend: str, dla_core: int, gpu_fallback: bool, precision: str) -> None:
+    if backend != "tensorrt":
+        raise BuildError(f"--dla-core: DLA is a full TensorRT (Jetson/DRIVE) feature; {backend} has no DLA; use --backend tensorrt "
+                         "on the device")
+    if dla_core < 0:
+        raise BuildError(f"--dla-core {dla_core}: DLA cores are numbered from 0")
+    if precision not in ("fp16", "int8"):
+        raise BuildError(f"--dla-core: DLA runs FP16 or INT8, not {precision}; build with --fp16 or from an INT8 Q/DQ ONNX")
+
+
+def _set_dla(trt: Any, builder: trt_api.Builder, config: trt_api.IBuilderConfig, dla_core: int, gpu_fallback: bool) -> None:
+    """Put layers on DLA core ``dla_core`` (Jetson Orin has two); with ``gpu_fallback`` others run on the GPU."""
+    if dla_core >= builder.num_DLA_cores:
+        raise BuildError(f"--dla-core {dla_core}: this device has {builder.num_DLA_cores} DLA core(s)"
+                         + (f"; use 0..{builder.num_DLA_cores - 1}" if builder.num_DLA_cores else " (DLA exists on Jetson/DRIVE only)"))
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    if gpu_fallback:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
 FP16_SOURCE_KEY = "rn_deploy.fp16_source_sha256"
 
 
@@ -432,6 +464,8 @@ def build_engine(
     timing_cache: str | Path | None = None,
     targets: Sequence[str] | None = None,
     builder_opt_level: int | None = None,
+    dla_core: int | None = None,
+    gpu_fallback: bool = False,
     log: Log | None = None,
 ) -> EngineManifest:
     """Build a serialised engine from an ONNX file and write ``OUT`` and ``OUT.json`` (the manifest).
@@ -440,18 +474,21 @@ def build_engine(
         onnx_path: the ONNX model (external data beside it is found by the parser).
         out_path: engine file to write.
         backend: ``tensorrt`` or ``tensorrt-rtx``.
-        precision: ``fp16`` or ``fp32``.
+        precision: ``fp16`` or ``fp32``; a Q/DQ ONNX (``rn-deploy quantize``) builds as its own ``int8``/``fp8``
+            (explicit quantization, strongly typed) whatever is asked.
         profiles: optimisation profiles for the input; at least one for dynamic inputs.
         workspace: workspace memory pool limit in bytes; None means the library default.
         timing_cache: TensorRT timing cache file, read if present and written back (no-op on TensorRT-RTX).
         targets: TensorRT-RTX compute capabilities (e.g. ``["sm89", "sm120"]``); None means the local GPU.
         builder_opt_level: builder optimisation level 0-5; None means the library default.
+        dla_core: full TensorRT on Jetson: run layers on this DLA core (FP16 or INT8 only).
+        gpu_fallback: with ``dla_core``: layers DLA cannot run go to the GPU instead of failing the build.
         log: progress callback.
     """
     say = log or (lambda _s: None)
     onnx_path, out = Path(onnx_path).absolute(), Path(out_path).absolute()
     if precision not in ("fp16", "fp32"):
-        raise BuildError(f"precision must be fp16 or fp32, got {precision!r}")
+        raise BuildError(f"precision must be fp16 or fp32 (int8/fp8 come from a Q/DQ ONNX), got {precision!r}")
     if not onnx_path.exists():
         raise BuildError(f"{onnx_path}: no such file; export one with `rn-deploy export`")
     is_fp16, cfg, min_hw, dims = onnx_info(onnx_path)
@@ -464,17 +501,30 @@ def build_engine(
             if isinstance(d, int) and d > 0 and not p.min[axis] == p.max[axis] == d:
                 raise BuildError(f"{onnx_path}: input axis {axis} is fixed at {d} in the ONNX, but profile {i} spans "
                                  f"{p.min[axis]}..{p.max[axis]}; re-export with dynamic axes or match it")
+    from .quantize import qdq_precision
+
+    qdq = qdq_precision(onnx.load(str(onnx_path), load_external_data=False))
+    if qdq == "fp8" and targets:
+        check_fp8_targets(targets)
+    if dla_core is not None:
+        _check_dla(backend, dla_core, gpu_fallback, qdq or precision)
     trt = import_backend(backend)
     notes: list[str] = []
     has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
     built_from = onnx_path
-    if precision == "fp32" and is_fp16:
+    if qdq:
+        if qdq not in ("int8", "fp8"):
+            raise BuildError(f"{onnx_path}: Q/DQ type {qdq}; TensorRT takes INT8 or FP8 (rn-deploy quantize writes them)")
+        notes.append(f"explicit quantization: {qdq} from the Q/DQ ONNX (strongly typed; --fp16/--fp32 do not apply)")
+        precision = qdq
+        is_fp16 = False
+    elif precision == "fp32" and is_fp16:
         raise BuildError(f"{onnx_path}: FP16 weights cannot make an FP32 engine; pass the FP32 ONNX (without --fp16 at export)")
     onnx_sha = sha256_file(onnx_path)
     if precision == "fp16" and not is_fp16 and not has_fp16_flag:
         built_from = ensure_fp16_onnx(onnx_path, say, onnx_sha)
         notes.append(f"strongly typed builder: FP16 from {built_from.name} (converted from {onnx_path.name})")
-    strongly_typed = not has_fp16_flag or precision == "fp16" and is_fp16
+    strongly_typed = not has_fp16_flag or precision == "fp16" and is_fp16 or qdq is not None
     use_fp16_flag = precision == "fp16" and has_fp16_flag and not strongly_typed
 
     t0 = time.perf_counter()
@@ -499,6 +549,8 @@ def build_engine(
     monitor = _make_progress_monitor(trt, say)
     if monitor is not None:
         config.progress_monitor = monitor
+    if dla_core is not None:
+        _set_dla(trt, builder, config, dla_core, gpu_fallback)
     input_name = network.get_input(0).name
     for i, p in enumerate(profiles):
         prof = builder.create_optimization_profile()
@@ -521,6 +573,8 @@ def build_engine(
     elif build_gpu is None:
         raise BuildError("no CUDA GPU visible: full TensorRT builds on the GPU it targets; use --backend tensorrt-rtx --target smXX "
                          "to build ahead of time")
+    if precision == "fp8" and build_gpu is not None and not targets:
+        check_fp8_targets([f"sm{build_gpu['compute_capability'].replace('.', '')}"])
 
     if timing_cache is not None:
         if backend == "tensorrt-rtx":
@@ -558,7 +612,8 @@ def build_engine(
         built_from=str(built_from), inputs=[d for k, d in ios if k == "inputs"], outputs=[d for k, d in ios if k == "outputs"],
         build_seconds=round(build_s, 3), built_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         options={"workspace": workspace, "builder_opt_level": builder_opt_level,
-                 "timing_cache": str(Path(timing_cache).absolute()) if timing_cache else None, "host": platform.node()},
+                 "timing_cache": str(Path(timing_cache).absolute()) if timing_cache else None, "host": platform.node(),
+                 "dla_core": dla_core, "gpu_fallback": gpu_fallback if dla_core is not None else None},
         engine_path=str(out), engine_size=len(data), engine_sha256="", config=cfg, notes=notes,
         built_from_sha256=onnx_sha if built_from == onnx_path else sha256_file(built_from), builder_flags=flags_set,
     )

@@ -249,29 +249,89 @@ def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], si
 @click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--dla-core", type=int, default=None, help="Full TensorRT on Jetson: run on this DLA core (FP16/INT8).")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_: Any, opt: Any, max_: Any,
               profile: tuple[Any, ...], sizes_from: Path | None, bands: int, batch: tuple[int, int, int], target: str | None,
-              workspace: int | None,
-              opt_level: int | None, timing_cache: Path | None, as_json: bool) -> None:
+              workspace: int | None, opt_level: int | None, timing_cache: Path | None, dla_core: int | None, gpu_fallback: bool,
+              as_json: bool) -> None:
     """Compile MODEL.onnx into a TensorRT (or TensorRT-RTX) engine with optimisation profiles.
 
     Writes the engine and ENGINE.json, its manifest (backend/version, precision, targets, profiles,
     ONNX sha256, tensors). TensorRT-RTX builds on a machine without a GPU when --target is given.
+    A Q/DQ ONNX from `rn-deploy quantize` builds as INT8/FP8 (explicit quantization, strongly typed).
     """
     from .build import build_engine, onnx_info
 
     cfg = onnx_info(onnx_path)[1] if onnx_path.exists() else None
     channels = int(cfg["in_channels"]) if cfg else 3
     profiles = _parse_profiles(min_, opt, max_, profile, sizes_from, bands, batch, channels)
+    if gpu_fallback and dla_core is None:
+        raise click.UsageError("--gpu-fallback goes with --dla-core")
     if out is None:
-        out = onnx_path.with_name(f"model.{backend}.engine")
+        quant = next((q for q in ("int8", "fp8") if onnx_path.name.endswith(f".{q}.onnx")), None)
+        out = onnx_path.with_name(f"model.{quant + '.' if quant else ''}{backend}.engine")
     targets = [t for t in target.split(",") if t.strip()] if target else None
     m = build_engine(onnx_path, out, backend=backend, precision="fp16" if fp16 else "fp32", profiles=profiles,
                      workspace=workspace * (1 << 20) if workspace else None, timing_cache=timing_cache, targets=targets,
-                     builder_opt_level=opt_level, log=stderr_log)
+                     builder_opt_level=opt_level, dla_core=dla_core, gpu_fallback=gpu_fallback, log=stderr_log)
     if as_json:
         echo_json(m.to_dict())
+
+
+@main.command("quantize")
+@click.argument("source", metavar="CKPT|MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Q/DQ ONNX to write [default: model.<precision>.onnx beside SOURCE].")
+@click.option("--calib", type=click.Choice(["fashion-mnist", "mnist", "imagefolder"]), default="fashion-mnist", show_default=True,
+              help="Calibration dataset (its TRAINING split); the gate evaluates on its held-out split.")
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="Dataset folder [fashion-mnist: the system copy].")
+@click.option("--calib-size", type=click.IntRange(min=1), default=512, show_default=True, help="Calibration images.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True,
+              help="Activation range calibration.")
+@click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True)
+@click.option("--exclude", multiple=True, help="Keep nodes in higher precision: first, last or node names (comma list, repeatable).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost.")
+@click.option("--ladder/--no-ladder", default=True, show_default=True,
+              help="On a failed gate, try another method, more calibration images, then first/last layers kept.")
+@click.option("--force", is_flag=True, help="Write the best rung even when it fails the gate.")
+@click.option("--quantizer", type=click.Choice(["modelopt", "ort"]), default="modelopt", show_default=True,
+              help="NVIDIA ModelOpt ONNX PTQ, or ONNX Runtime quantize_static with TensorRT options.")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="Gate on at most N held-out images [default: all].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/evaluation subsets.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def quantize_cmd(source: Path, out: Path | None, calib: str, data: str | None, calib_size: int, method: str, precision: str,
+                 exclude: tuple[str, ...], max_drop: float, ladder: bool, force: bool, quantizer: str, eval_limit: int | None,
+                 seed: int, as_json: bool) -> None:
+    """Post-training quantization of CKPT|MODEL.onnx to an explicit Q/DQ ONNX (TensorRT form), behind an accuracy gate.
+
+    Calibrates on the training split, then runs the FP32 and the Q/DQ ONNX (ONNX Runtime CPU) on the
+    held-out split. If top-1 drops by more than --max-drop points it walks a ladder (another method,
+    more calibration images, first/last layers kept) and writes the first rung that passes, with
+    OUT.quant.json/.md. Nothing is written (exit 1) when no rung passes, unless --force.
+    """
+    from .quantize import GateFailed, QuantizeOptions, quantize
+
+    if out is None:
+        out = source.with_name(f"model.{precision}.onnx")
+    opts = QuantizeOptions(calib=calib, data=data, calib_size=calib_size, method=method, precision=precision,
+                           exclude=tuple(e for item in exclude for e in item.split(",") if e.strip()), max_drop=max_drop,
+                           force=force, ladder=ladder, quantizer=quantizer, eval_limit=eval_limit, seed=seed)
+    try:
+        rep = quantize(source, out, opts, log=stderr_log)
+    except GateFailed as e:
+        click.echo(e.report.markdown(), err=True)
+        if as_json:
+            echo_json(e.report.to_dict())
+        raise
+    if as_json:
+        echo_json(rep.to_dict())
+        return
+    r = rep.rungs[rep.chosen or 0]
+    click.echo(f"wrote {out}: top-1 {r.top1 * 100:.2f}% vs FP32 {rep.reference['top1'] * 100:.2f}% "
+               f"(drop {r.drop_pts:+.2f} pt, rung {(rep.chosen or 0) + 1}: {r.recipe.label()})"
+               + ("" if r.passed else " -- FAILS the gate, written because of --force"))
 
 
 @main.command("inspect")

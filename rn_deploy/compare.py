@@ -25,6 +25,9 @@ from .metrics import parity
 DEFAULT_TOLERANCES: dict[str, dict[str, float | None]] = {
     "fp32": {"rel_l2": 1e-3, "cosine": 0.9999, "top1": 1.0},
     "fp16": {"rel_l2": 2e-2, "cosine": 0.999, "top1": 0.99},
+    # Q/DQ models (rn-deploy quantize): logits move more; their accuracy is judged on real data by quantize's gate and eval.
+    "int8": {"rel_l2": 0.2, "cosine": 0.98, "top1": None},
+    "fp8": {"rel_l2": 0.2, "cosine": 0.98, "top1": None},
 }
 
 

@@ -110,17 +110,17 @@ class ValidationReport:
 
 def parse_tolerance_overrides(items: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """``["rel_l2=1e-2", "fp32.cosine=0.99999"]`` -> overrides for both or one precision."""
-    out: dict[str, dict[str, float | None]] = {"fp32": {}, "fp16": {}}
+    out: dict[str, dict[str, float | None]] = {p: {} for p in DEFAULT_TOLERANCES}
     for item in items:
         key, _, value = item.partition("=")
         prec, _, metric = key.rpartition(".")
         if metric not in ("rel_l2", "cosine", "top1") or (prec and prec not in out) or not value:
-            raise RnDeployError(f"tolerance {item!r}: use [fp32.|fp16.]rel_l2|cosine|top1=VALUE")
+            raise RnDeployError(f"tolerance {item!r}: use [fp32.|fp16.|int8.|fp8.]rel_l2|cosine|top1=VALUE")
         try:
             v: float | None = None if value.lower() == "none" else float(value)
         except ValueError:
             raise RnDeployError(f"tolerance {item!r}: {value!r} is not a number") from None
-        for p in [prec] if prec else ["fp32", "fp16"]:
+        for p in [prec] if prec else list(out):
             out[p][metric] = v
     return out
 

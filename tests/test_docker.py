@@ -36,3 +36,18 @@ def test_dockerfile_contract():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for pattern in ("exports", "*.pt", "*.onnx", "*.engine", ".git"):
         assert pattern in ignored
+
+
+@needs_hadolint
+def test_jetson_dockerfile_passes_hadolint():
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile.jetson")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_jetson_dockerfile_contract():
+    text = (ROOT / "Dockerfile.jetson").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M)
+    assert base and base.group(1).startswith("nvcr.io/nvidia/l4t-") and re.search(r":r\d+\.\d+\.\d+$", base.group(1)), "pinned L4T tag"
+    # JetPack's TensorRT, not a pip wheel (there is none for Jetson): no trt extra, but checked at build time.
+    assert ".[trt" not in text and "import tensorrt" in text
+    assert 'ENTRYPOINT ["rn-deploy"]' in text

@@ -82,7 +82,8 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
-        self.precision = "fp16" if weights_fp16(graph) else "fp32"
+        quantized = next((p.value for p in graph.metadata_props if p.key == "rn_deploy.precision" and p.value in ("int8", "fp8")), None)
+        self.precision = quantized or ("fp16" if weights_fp16(graph) else "fp32")
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         # Names and element types come from the model, not from assumptions.
