@@ -311,6 +311,9 @@ def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, opset: int
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (sample,), str(path), input_names=[names.INPUT], output_names=[names.OUTPUT],
                               dynamo=True, external_data=True, verbose=False, **kwargs)
+    except OSError as e:  # the exporter's own file writes (disk full, quota): the output folder is the problem
+        raise ExportError(f"{path.parent.parent}: write failed while exporting ({e.strerror or e}); "
+                          "check free space and permissions") from None
     except Exception as e:  # noqa: BLE001 - exporter failures come in many types; report one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {msg[:300]}") from None

@@ -142,7 +142,7 @@ def test_corpus_engines_are_real_builds(corpus: dict[str, Path]):
 def test_disk_full_during_export_leaves_nothing(corpus: dict[str, Path], tmp_path: Path):
     out = tmp_path / "full"
     out.mkdir()
-    proc = run_cli(["export", str(corpus["good.pt"]), "-o", str(out / "m.onnx"), "--no-verify"], tmp_path, fsize=64 * 1024)
+    proc = run_cli(["export", str(corpus["good.pt"]), "-o", str(out / "m.onnx"), "--no-verify"], tmp_path, fsize=16 * 1024)
     assert_clean_error(proc, r"(cannot write|failed).*(too large|File too large|space)", 1)
     assert list(out.iterdir()) == []
 
