@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from rn_deploy.train.data import FASHION_CLASSES
 
 from rn_deploy.checkpoint import ModelConfig
 from rn_deploy.evaluate import accuracy, load_split, predict_split
 from rn_deploy.export import export_onnx
 from rn_deploy.runners import OrtRunner
-from train.data import FASHION_CLASSES
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     python bench/fashion_speedrun.py --out fashion.json --config NAME [--config NAME ...]
 
-Each config runs `python -m train ... --json` in a fresh process; "wall_s" is the whole process
+Each config runs `python -m rn_deploy.train ... --json` in a fresh process; "wall_s" is the whole process
 (imports, data load, training, per-epoch evaluation and checkpoints), "fit_s" the training call.
 Accuracy is on the full 10,000-image Fashion-MNIST test set.
 """
@@ -21,7 +21,7 @@ def r18(size: int, epochs: int, batch: int, lr: str, *extra: str) -> list[str]:
 
 
 LS = ("--label-smoothing", "0.1")
-# name -> `python -m train` options; the names are those quoted in docs/benchmarks.md
+# name -> `python -m rn_deploy.train` options; the names are those quoted in docs/benchmarks.md
 CONFIGS = {
     "r18-s28-e8": r18(28, 8, 256, "4e-3"),
     "r18-s32-e12-ls": r18(32, 12, 256, "4e-3", *LS),
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for name in args.config:
-        cmd = [sys.executable, "-m", "train", *CONFIGS[name], "--device", "cuda", "--out", f"/tmp/fashion-{name}", "--json", "--quiet"]
+        cmd = [sys.executable, "-m", "rn_deploy.train", *CONFIGS[name], "--device", "cuda", "--out", f"/tmp/fashion-{name}", "--json", "--quiet"]
         if args.data:
             cmd += ["--data", args.data]
         t = time.perf_counter()

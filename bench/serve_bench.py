@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("exports/serve-bench"))
     args = ap.parse_args()
 
-    from train.data import load_fashion_mnist
+    from rn_deploy.train.data import load_fashion_mnist
 
     x = load_fashion_mnist(None, "test").images[:512, 0].numpy()
     arrays = [a[:, :, None] for a in x]

@@ -20,9 +20,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from rn_deploy.train.data import Augment, DeviceLoader, ImageSet, load_fashion_mnist
 
 from rn_deploy.models import create_model
-from train.data import Augment, DeviceLoader, ImageSet, load_fashion_mnist
 
 
 def real_set(presize: int, n: int) -> ImageSet:

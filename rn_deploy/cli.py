@@ -200,7 +200,7 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
 
 
 def _add_train() -> None:
-    from train.cli import lr_find_command, show_batch_command, train_command
+    from rn_deploy.train.cli import lr_find_command, show_batch_command, train_command
 
     for cmd in (train_command, lr_find_command, show_batch_command):
         main.add_command(cmd)

@@ -78,7 +78,7 @@ def verdict_line(rep: Any, built: list[str]) -> str:
 def _write_samples(folder: Path, n: int, data: str | None) -> Path:
     from PIL import Image
 
-    from train.data import load_fashion_mnist
+    from rn_deploy.train.data import load_fashion_mnist
 
     test = load_fashion_mnist(data, "test")
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def _accuracy(ckpt: Path, out: Path, onnx32: str, onnx16: str, engine: Path | No
 def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs: int = 1, limit: int | None = 4000,
              size: int = 28, device: str = "auto", data: str | None = None, log: Log | None = None) -> dict[str, Any]:
     """Run the whole pipeline on Fashion-MNIST; see the module docstring."""
-    from train import TrainConfig, fit
+    from rn_deploy.train import TrainConfig, fit
 
     say = log or (lambda _s: None)
     out = Path(out)

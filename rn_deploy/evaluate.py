@@ -2,7 +2,7 @@
 
 The library half of ``rn-deploy eval``:
 
-- :func:`load_split` reads a dataset split as a :class:`train.data.ImageSet` through the same
+- :func:`load_split` reads a dataset split as a :class:`rn_deploy.train.data.ImageSet` through the same
   readers and the same ``ImageSet.subset(limit, seed)`` as training, so ``--limit N --seed S``
   selects exactly the images ``train --limit N --seed S`` evaluated on;
 - :func:`predict_split` streams that split through any runner (PyTorch, ONNX Runtime, TensorRT)
@@ -27,7 +27,7 @@ from .errors import DataError, RnDeployError
 from .preprocess import eval_batch
 
 if TYPE_CHECKING:
-    from train.data import ImageSet
+    from rn_deploy.train.data import ImageSet
 
 Log = Callable[[str], None]
 DATASET_CHOICES = ("fashion-mnist", "mnist", "imagefolder")
@@ -65,7 +65,7 @@ def load_split(dataset: str, data: str | Path | None, split: str, *, limit: int 
     Raises:
         DataError: missing folder or files, empty folder, unknown dataset or split, nothing selected.
     """
-    from train.data import load_fashion_mnist, load_image_folder, load_mnist_png
+    from rn_deploy.train.data import load_fashion_mnist, load_image_folder, load_mnist_png
 
     name = canonical_dataset(dataset)
     if split not in ("train", "test", "val"):

@@ -1,6 +1,6 @@
 """The one preprocessing: uint8 pixels -> normalised float NCHW, shared by every consumer.
 
-Training evaluation (``train.data.DeviceLoader`` on the validation set), ``validate``'s real
+Training evaluation (``rn_deploy.train.data.DeviceLoader`` on the validation set), ``validate``'s real
 images, ``eval``, :class:`rn_deploy.Engine` and ``serve`` all call these functions, so a model sees
 the same pixels in production as it was judged on. The policy:
 

@@ -1,6 +1,6 @@
-"""``python -m train`` under torchrun, then each rank writes what only it can see.
+"""``python -m rn_deploy.train`` under torchrun, then each rank writes what only it can see.
 
-    RN_TEST_RANK_STATE=DIR torchrun ... -m tests.ddp_rank_state --arch ... (the `python -m train` options)
+    RN_TEST_RANK_STATE=DIR torchrun ... -m tests.ddp_rank_state --arch ... (the `python -m rn_deploy.train` options)
 
 Metrics that training all-reduces agree across ranks whatever the ranks did, so they cannot show
 that DDP synchronised anything. This wrapper records, per rank and without touching the training
@@ -31,8 +31,9 @@ def digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from rn_deploy.train.data import DeviceLoader
+
     from rn_deploy.checkpoint import ModelConfig
-    from train.data import DeviceLoader
 
     built: list[torch.nn.Module] = []
     seen = hashlib.sha256()

@@ -21,8 +21,9 @@ pytestmark = needs_fashion
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """resnet18 trained 1 epoch on 1,000 Fashion-MNIST images at 28 px (CPU), and its FP32 ONNX."""
+    from rn_deploy.train import TrainConfig, fit
+
     from rn_deploy.export import export_onnx
-    from train import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("eval")
     res = fit(TrainConfig(arch="resnet18", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=64, lr=3e-3,
@@ -63,7 +64,7 @@ def test_reference_reproduces_the_accuracy_training_recorded(trained: dict[str, 
 
 
 def test_limit_and_seed_pick_the_images_training_evaluated_on():
-    from train.data import load_dataset
+    from rn_deploy.train.data import load_dataset
 
     _, val = load_dataset("fashion-mnist", str(FASHION_DIR))
     want = val.subset(1000, 3)
@@ -184,10 +185,10 @@ def test_image_folder_and_mnist_png_references_reproduce_training(tmp_path: Path
     import warnings
 
     from PIL import Image
+    from rn_deploy.train import TrainConfig, fit
+    from rn_deploy.train.data import load_fashion_mnist
 
     from tests.test_train import _write_imagefolder
-    from train import TrainConfig, fit
-    from train.data import load_fashion_mnist
 
     root = tmp_path / "folder"
     _write_imagefolder(root, {"a": (220, 40, 40), "b": (40, 200, 40), "c": (40, 40, 220)}, 12)

@@ -32,7 +32,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 trained here for one epoch on 2,000 Fashion-MNIST images, exported to FP32 ONNX."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
-    from train.loop import TrainConfig, fit
+    from rn_deploy.train.loop import TrainConfig, fit
 
     d = tmp_path_factory.mktemp("quant")
     res = fit(TrainConfig(arch="resnet18", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=64, lr=3e-3,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rn_deploy.train import TrainConfig, fit
+from rn_deploy.train.data import Augment, augment_batch, load_dataset, load_fashion_mnist, load_image_folder
 
 from rn_deploy.checkpoint import load_checkpoint
 from rn_deploy.errors import DataError, RnDeployError
-from train import TrainConfig, fit
-from train.data import Augment, augment_batch, load_dataset, load_fashion_mnist, load_image_folder
 
 from .conftest import FASHION_DIR, needs_fashion
 from .ddp_rank_state import digest
@@ -174,13 +174,13 @@ def test_augment_pad_is_whole_pixel_shift():
 @needs_fashion
 def test_cli_python_m_train_json_and_errors(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "train", "--arch", "mnist_cnn", "--limit", "256", "--epochs", "1", "--batch-size", "64",
+    out = subprocess.run([sys.executable, "-m", "rn_deploy.train", "--arch", "mnist_cnn", "--limit", "256", "--epochs", "1", "--batch-size", "64",
                           "--device", "cpu", "--out", str(tmp_path / "m"), "--json", "--data", str(FASHION_DIR)],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
     assert d["epochs"] == 1 and Path(d["checkpoint"]).exists()
-    bad = subprocess.run([sys.executable, "-m", "train", "--arch", "resnet9", "--device", "cpu"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "rn_deploy.train", "--arch", "resnet9", "--device", "cpu"], capture_output=True, text=True,
                          env=env, cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "unknown architecture 'resnet9'" in bad.stderr
 
@@ -188,7 +188,7 @@ def test_cli_python_m_train_json_and_errors(tmp_path: Path):
 @needs_fashion
 def test_ddp_two_cpu_processes_gloo(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RN_TEST_RANK_STATE": str(tmp_path)}
-    # tests.ddp_rank_state runs `python -m train` and then writes each rank's own state (see there)
+    # tests.ddp_rank_state runs `python -m rn_deploy.train` and then writes each rank's own state (see there)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tests.ddp_rank_state",
                            "--arch", "mnist_cnn", "--limit", "512", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
                            "--out", str(tmp_path / "ddp"), "--json", "--quiet", "--data", str(FASHION_DIR)],
@@ -207,7 +207,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path):
 
 
 def test_device_loader_shards_uneven_data_evenly_for_training_and_completely_for_evaluation():
-    from train.data import DeviceLoader, ImageSet
+    from rn_deploy.train.data import DeviceLoader, ImageSet
 
     n = 300  # 9 training batches of 32 (uneven over 2 ranks), 5 validation batches of 64
     ds = ImageSet(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous(), torch.arange(n),
@@ -222,11 +222,11 @@ def test_device_loader_shards_uneven_data_evenly_for_training_and_completely_for
 @needs_fashion
 def test_ddp_uneven_batches_same_steps_and_whole_validation_set(tmp_path: Path):
     """300 images, batch 32: 9 training batches (5/4 before the fix: gloo collective mismatch) and 5 validation batches."""
-    from train.data import DeviceLoader
-    from train.loop import evaluate
+    from rn_deploy.train.data import DeviceLoader
+    from rn_deploy.train.loop import evaluate
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rn_deploy.train",
                            "--arch", "mnist_cnn", "--limit", "300", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
                            "--out", str(tmp_path / "ddp"), "--json", "--quiet", "--data", str(FASHION_DIR)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

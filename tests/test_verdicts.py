@@ -274,7 +274,7 @@ def test_engine_pool_on_cpu_eight_threads_match_one(tiny: dict[str, Path]):
 
 @needs_fashion
 def test_engine_predict_matches_training_evaluation_on_aspect_ratios(tmp_path: Path):
-    from train.data import DeviceLoader, load_fashion_mnist, load_image_folder
+    from rn_deploy.train.data import DeviceLoader, load_fashion_mnist, load_image_folder
 
     test = load_fashion_mnist(FASHION_DIR, "test")
     root = tmp_path / "folder"

@@ -1,4 +1,4 @@
-"""``python -m train``: the same options as ``rn-deploy train``."""
+"""``python -m rn_deploy.train``: the same options as ``rn-deploy train``."""
 
 import click
 

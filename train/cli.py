@@ -1,4 +1,4 @@
-"""``rn-deploy train`` / ``python -m train``: one click command over :func:`train.loop.fit`."""
+"""``rn-deploy train`` / ``python -m rn_deploy.train``: one click command over :func:`rn_deploy.train.loop.fit`."""
 
 from __future__ import annotations
 

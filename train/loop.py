@@ -1,6 +1,6 @@
 """Training loop: one-cycle AdamW, AMP (bf16 on CUDA), channels_last, optional torch.compile, DDP.
 
-``fit(TrainConfig(...))`` is the library entry point; ``rn-deploy train`` and ``python -m train``
+``fit(TrainConfig(...))`` is the library entry point; ``rn-deploy train`` and ``python -m rn_deploy.train``
 parse options into the same dataclass. Under ``torchrun`` (``WORLD_SIZE > 1``) it runs
 DistributedDataParallel: NCCL on CUDA, gloo on CPU. Rank 0 alone prints and writes checkpoints.
 """
