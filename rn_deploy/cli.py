@@ -182,10 +182,17 @@ def _parse_profiles(min_: str | None, opt: str | None, max_: str | None, profile
 @click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--hardware-compat", type=click.Choice(["none", "ampere-plus", "same-cc"]), default="none", show_default=True,
+              help="Full TensorRT: run on any GPU of compute capability >= 8.0 (ampere-plus) or of the build GPU's (same-cc).")
+@click.option("--version-compatible", is_flag=True, help="Full TensorRT: also load on later TensorRT releases of the same major.")
+@click.option("--exclude-lean-runtime", is_flag=True,
+              help="With --version-compatible: smaller plan; a later TensorRT then needs this release's libnvinfer_lean "
+                   "(RN_DEPLOY_TRT_LEAN_RUNTIME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_: str | None, opt: str | None, max_: str | None,
               profile: tuple[str, ...], sizes_from: Path | None, bands: int, batch: str, target: str | None, workspace: int | None,
-              opt_level: int | None, timing_cache: Path | None, as_json: bool) -> None:
+              opt_level: int | None, timing_cache: Path | None, hardware_compat: str, version_compatible: bool,
+              exclude_lean_runtime: bool, as_json: bool) -> None:
     """Compile MODEL.onnx into a TensorRT (or TensorRT-RTX) engine with optimisation profiles.
 
     Writes the engine and ENGINE.json, its manifest (backend/version, precision, targets, profiles,
@@ -201,7 +208,8 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
     targets = [t for t in target.split(",") if t.strip()] if target else None
     m = build_engine(onnx_path, out, backend=backend, precision="fp16" if fp16 else "fp32", profiles=profiles,
                      workspace=workspace * (1 << 20) if workspace else None, timing_cache=timing_cache, targets=targets,
-                     builder_opt_level=opt_level, log=stderr_log)
+                     builder_opt_level=opt_level, hardware_compat=hardware_compat, version_compatible=version_compatible,
+                     exclude_lean_runtime=exclude_lean_runtime, log=stderr_log)
     if as_json:
         echo_json(m.to_dict())
 
@@ -307,6 +315,26 @@ def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_cla
         echo_json(s.to_dict())
     else:
         click.echo(s.table())
+
+
+@main.command("doctor")
+@click.argument("artifacts", metavar="[ENGINE|ONNX]...", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the environment and the artifact checks as strict JSON.")
+def doctor_cmd(artifacts: tuple[Path, ...], as_json: bool) -> None:
+    """This machine (OS, Python, driver/CUDA, GPUs, torch, ONNX Runtime, TensorRT, Jetson power mode), and
+    for each ENGINE or ONNX given: will it load here, and if not why and the command that fixes it.
+
+    Exit code 1 if any artifact given cannot load here.
+    """
+    from .doctor import doctor, format_doctor
+
+    report = doctor(artifacts)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, allow_nan=False, default=str))
+    else:
+        click.echo(format_doctor(report))
+    if not report["ok"]:
+        raise SystemExit(1)
 
 
 @main.command("export-triton")
