@@ -101,11 +101,14 @@ def stderr_log(msg: str) -> None:
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: the exporter's].")
 @click.option("--fp16", is_flag=True, help="FP16 weights/compute for strongly typed builders (TensorRT >= 11, TensorRT-RTX).")
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 input/output too (default FP32 I/O).")
+@click.option("--fp16-tool", type=click.Choice(["converter", "autocast"]), default=None,
+              help="With --fp16: onnxconverter-common (all ops FP16) or NVIDIA ModelOpt AutoCast (keeps range-sensitive ops "
+                   "FP32) [default: converter, see docs/benchmarks.md].")
 @click.option("--static", "static", type=HWType(), default=None, help="Fixed HxW instead of dynamic height/width.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check at other sizes.")
 @click.option("--external-data/--inline-data", default=None, help="Weights in MODEL.onnx.data or inline [default: by size].")
 @click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON on stdout.")
-def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool, fp16_io: bool,
+def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool, fp16_io: bool, fp16_tool: str | None,
                static: tuple[int, int] | None, no_verify: bool, external_data: bool | None, as_json: bool) -> None:
     """Export CHECKPOINT (model.pt) to ONNX with dynamic batch/height/width and verify it.
 
@@ -113,14 +116,17 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
     (odd, non-square, the model's minimum, batch > 1) and fails if the relative L2 error exceeds
     1e-4 (FP32) or 1e-2 (FP16). Nothing is written when it fails.
     """
-    from .export import ExportVerificationError, export_onnx, format_verification
+    from .export import DEFAULT_FP16_TOOL, ExportVerificationError, export_onnx, format_verification
 
     if fp16_io and not fp16:
         raise click.UsageError("--fp16-io needs --fp16")
+    if fp16_tool and not fp16:
+        raise click.UsageError("--fp16-tool needs --fp16")
     if out is None:
         out = checkpoint.with_name("model.fp16.onnx" if fp16 else "model.onnx")
     try:
         res = export_onnx(checkpoint, out, opset=opset, fp16=fp16, fp16_io=fp16_io, static_size=static,
+                          fp16_tool=fp16_tool or DEFAULT_FP16_TOOL,
                           verify=not no_verify, external_data=external_data, log=stderr_log)
     except ExportVerificationError as e:
         click.echo(format_verification(e.result.verification), err=True)
