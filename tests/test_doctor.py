@@ -16,9 +16,7 @@ from rn_deploy.cli import main
 from rn_deploy.doctor import environment, jetson_info
 from rn_deploy.export import export_onnx
 
-from .conftest import HAS_CUDA, HAS_TRT_RTX, make_checkpoint
-
-needs_rtx = pytest.mark.skipif(not HAS_TRT_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
+from .conftest import HAS_CUDA, HAS_TRT_RTX, make_checkpoint, needs_rtx
 
 
 def strict_json(text: str) -> Any:

@@ -23,9 +23,8 @@ from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError
 from rn_deploy.export import export_onnx
 
-from .conftest import HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint
+from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx
 
-needs_rtx = pytest.mark.skipif(not HAS_TRT_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
 P = Profile((1, 1, 28, 28), (4, 1, 28, 28), (8, 1, 64, 64))
 
 
