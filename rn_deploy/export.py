@@ -317,6 +317,34 @@ def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool, tool: str = DEFAULT
     raise ExportError(f"fp16 tool {tool!r}: choose one of {', '.join(FP16_TOOLS)}")
 
 
+def explicit_pool_pads(model: onnx.ModelProto) -> int:
+    """Rewrite ``AveragePool(ceil_mode=1)`` with kernel == stride as ``pads`` end ``stride-1``, ``count_include_pad=0``,
+    ``ceil_mode=0``: the same output size (ceil(H/s)) and divisors, at every input size.
+
+    ResBlock's ``AvgPool2d(2, ceil_mode=True)`` exports with ``ceil_mode=1, count_include_pad=1``. At opset <= 18
+    ONNX Runtime 1.23 (the newest with Python 3.10 wheels, i.e. JetPack 6) counts the window's overhang in the divisor
+    (rel L2 0.06-0.2 against PyTorch at odd sizes); 1.32 does not. The explicit form means the same to both.
+    Returns the number of nodes rewritten.
+    """
+    n = 0
+    for node in model.graph.node:
+        if node.op_type != "AveragePool" or node.domain not in ("", "ai.onnx"):
+            continue
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+        kernel, strides = list(a.get("kernel_shape", [])), list(a.get("strides", []))
+        if (a.get("ceil_mode", 0) != 1 or kernel != strides or any(a.get("pads", [0])) or a.get("auto_pad", b"NOTSET") != b"NOTSET"
+                or any(d != 1 for d in a.get("dilations", [1]))):
+            continue
+        del node.attribute[:]
+        node.attribute.extend([
+            onnx.helper.make_attribute("kernel_shape", kernel), onnx.helper.make_attribute("strides", strides),
+            onnx.helper.make_attribute("pads", [0] * len(kernel) + [s - 1 for s in strides]),
+            onnx.helper.make_attribute("ceil_mode", 0), onnx.helper.make_attribute("count_include_pad", 0),
+        ])
+        n += 1
+    return n
+
+
 @contextlib.contextmanager
 def _staged_onnx(model: onnx.ModelProto, dest: Path, external: bool | None) -> Iterator[tuple[Path, bool]]:
     """Write ``model`` into a temp folder beside ``dest``; on clean exit move it (and its data) into place.
@@ -457,6 +485,7 @@ def export_onnx(
         raw_path = Path(td) / "raw.onnx"
         exporter = _torch_export(model, sample, raw_path, opset, dynamic, lo)
         proto = onnx.load(str(raw_path))  # pulls the exporter's external data into memory
+    explicit_pool_pads(proto)
     precision = "fp16" if fp16 else "fp32"
     if fp16:
         say(f"fp16: converting weights and compute to FP16 ({'ModelOpt AutoCast' if fp16_tool == 'autocast' else 'onnxconverter-common'})")

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -176,3 +177,19 @@ def test_full_tensorrt_ampere_plus_version_compatible_builds_and_loads(mnist_onn
         assert m.hardware_compat == "ampere-plus" and m.version_compatible and m.lean_runtime == ("excluded" if exclude else "embedded")
         _m, _trt, engine = load_engine_checked(out)
         assert engine is not None
+
+
+def test_ceil_mode_pools_export_in_a_form_older_onnxruntime_reads_alike(tmp_path: Path):
+    """ORT 1.23 (the last with Python 3.10 wheels) mis-divides ceil_mode AveragePool at opset <= 18; measured
+    rel L2 0.06-0.2 at odd sizes before the rewrite. The 3.10 CI leg runs this on 1.23."""
+    import onnxruntime as ort
+
+    ck = make_checkpoint(tmp_path / "model.pt", arch="resnet18", n_classes=5, size=32)
+    res = export_onnx(ck, tmp_path / "m.onnx", opset=18)
+    pools = [n for n in onnx.load(res.onnx_path).graph.node if n.op_type == "AveragePool"]
+    assert len(pools) == 3 and res.opset == 18
+    for n in pools:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        assert a["ceil_mode"] == 0 and a["count_include_pad"] == 0 and a["pads"] == [0, 0, 1, 1]
+    assert res.passed and max(r.parity.rel_l2 for r in res.verification) < 1e-5, ort.__version__
+    assert {(r.height % 2, r.width % 2) for r in res.verification} >= {(1, 1)}  # odd sizes were checked
