@@ -209,7 +209,7 @@ class EngineManifest:
     hardware_compat: str = "none"
     version_compatible: bool = False
     lean_runtime: str | None = None  # "embedded" or "excluded" for version-compatible engines
-    build_platform: str | None = None  # e.g. "Linux-x86_64": engines never cross OS/CPU platforms
+    build_platform: str | None = None  # e.g. "Linux-x86_64": full TensorRT engines never cross OS/CPU platforms
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -576,7 +576,7 @@ def _check_version_compatible(m: EngineManifest, installed: str, where: Path) ->
     built, have = version_tuple(m.library_version), version_tuple(installed)
     if not built or not have or have[0] != built[0] or have < built:
         raise EngineCompatibilityError(f"{where}: version-compatible engine built with {m.backend} {m.library_version} loads on "
-                                       f"{m.library_version} or a later {built[:1][0] if built else '?'}.x; installed is "
+                                       f"{m.library_version} or a later {built[0] if built else '?'}.x; installed is "
                                        f"{installed}; {_rebuild_hint(m)} --version-compatible")
     if m.lean_runtime == "excluded" and have[:3] != built[:3]:
         lean = os.environ.get(LEAN_RUNTIME_ENV)
@@ -593,7 +593,8 @@ def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
 
     where = manifest_path(m.engine_path)
     installed = str(trt.__version__)
-    if m.build_platform and m.build_platform != host_platform():
+    # NVIDIA: serialised TensorRT engines are not portable across platforms (cross-platform builds need RuntimePlatform).
+    if m.backend == "tensorrt" and m.build_platform and m.build_platform != host_platform():
         raise EngineCompatibilityError(f"{where}: engine built on {m.build_platform}, this machine is {host_platform()}; engines do "
                                        f"not cross platforms: {_rebuild_hint(m)} (on this machine)")
     if m.version_compatible:

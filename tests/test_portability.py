@@ -107,6 +107,8 @@ def test_engines_never_cross_platforms():
                  hardware_compat="ampere-plus", version_compatible=True, lean_runtime="embedded")
     with pytest.raises(EngineCompatibilityError, match=rf"engine built on {m.build_platform}, this machine is {host_platform()}"):
         check_compatible(m, installed("10.3.0.26"), None)
+    check_compatible(manifest(backend="tensorrt-rtx", library_version="1.7.1.116", targets=["sm89"], build_gpu=None,
+                              build_platform=m.build_platform), installed("1.7.1.116"), "8.9")  # not claimed for TensorRT-RTX
 
 
 def test_manifest_without_portability_fields_loads_with_defaults(tmp_path: Path):
