@@ -213,7 +213,7 @@ def _engine_fix(m: Any, env: dict[str, Any]) -> str:
     cmd = f"rn-deploy build {m.onnx_path} -o {m.engine_path} --backend {m.backend}"
     if m.backend == "tensorrt-rtx":
         cc = env["gpus"][0]["compute_capability"] if env["gpus"] else None
-        return f"{cmd} --target sm{cc.replace('.', '')}" if cc else f"{cmd} --target {','.join(m.targets) or 'smXX'} (then run it on such a GPU)"
+        return f"{cmd} --target sm{cc.replace('.', '')}" if cc else f"{cmd} --target smXX"
     return cmd + ("" if env["gpus"] else "  (on the GPU that will run it)")
 
 
@@ -234,7 +234,7 @@ def check_engine(path: Path, env: dict[str, Any]) -> ArtifactCheck:
     if not env["gpus"]:
         return ArtifactCheck(str(path), "engine", False,
                              f"no CUDA GPU visible here; this {m.backend} {m.library_version} engine runs on a GPU ({built_for})",
-                             f"run it on a machine with such a GPU, or rebuild there: {_engine_fix(m, env)}")
+                             f"run it on a machine with a {built_for} GPU and its driver; for another GPU: {_engine_fix(m, env)}")
     gpu = env["gpus"][0]
     try:
         check_compatible(m, trt, gpu["compute_capability"])
