@@ -45,7 +45,7 @@ MAX_DIM = 8192
 # Default chosen on measurements (docs/benchmarks.md, "FP16 ONNX: AutoCast vs converter").
 FP16_TOOLS = ("converter", "autocast")
 DEFAULT_FP16_TOOL = "converter"
-AUTOCAST_INSTALL = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy ml_dtypes  (or rn-deploy[fp16-autocast]; "
+AUTOCAST_INSTALL = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy ml_dtypes lief  (or rn-deploy[fp16-autocast]; "
                     "not nvidia-modelopt[onnx], which swaps the CPU onnxruntime for onnxruntime-gpu)")
 
 Log = Callable[[str], None]
