@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                                           "torch_threads": torch.get_num_threads()},
-                              "date": datetime.now(UTC).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+                              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
                               "model": f"{args.arch} 1x{args.size}x{args.size}, ORT CPU"}
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export(args.arch, args.size, Path(tmp))

@@ -10,6 +10,9 @@ differ, chosen by capability (``hasattr``), never by version string:
 - Targets. TensorRT-RTX builds for chosen compute capabilities (``--target sm89,sm120``) and so
   runs on a CPU-only machine; full TensorRT builds for the GPU it runs on.
 - Timing cache: TensorRT only; TensorRT-RTX has a runtime cache instead (we say so).
+- Portability: full TensorRT can build hardware-compatible (``ampere-plus``, ``same-cc``) and
+  version-compatible engines (lean runtime embedded or excluded); TensorRT-RTX refuses both
+  (its engines run on the ``--target`` compute capabilities, on the release that built them).
 
 Type annotations name the TensorRT 10 API (``tensorrt-stubs``): mypy checks every call made on
 builder, config, network and parser objects against it.
@@ -21,6 +24,7 @@ import datetime as _dt
 import hashlib
 import importlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +49,10 @@ BACKENDS = {
 }
 Log = Callable[[str], None]
 Shape = tuple[int, int, int, int]
+HARDWARE_COMPAT = ("none", "ampere-plus", "same-cc")
+# The lean runtime library (libnvinfer_lean.so.N of the TensorRT that built the engine) that runs a
+# version-compatible engine built with --exclude-lean-runtime on a later TensorRT.
+LEAN_RUNTIME_ENV = "RN_DEPLOY_TRT_LEAN_RUNTIME"
 
 
 def import_backend(backend: str) -> Any:
@@ -252,6 +260,10 @@ class EngineManifest:
     format: str = MANIFEST_FORMAT
     built_from_sha256: str = ""  # the file the parser read: the ONNX itself, or the FP16 copy made from it
     builder_flags: list[str] = field(default_factory=list)  # BuilderFlag names set when the engine was built
+    hardware_compat: str = "none"
+    version_compatible: bool = False
+    lean_runtime: str | None = None  # "embedded" or "excluded" for version-compatible engines
+    build_platform: str | None = None  # e.g. "Linux-x86_64": full TensorRT engines never cross OS/CPU platforms
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -414,6 +426,49 @@ def _set_dla(trt: Any, builder: trt_api.Builder, config: trt_api.IBuilderConfig,
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
+def host_platform() -> str:
+    """``System-machine`` of this host (``Linux-x86_64``, ``Linux-aarch64`` on Jetson): engines never cross it."""
+    return f"{platform.system()}-{platform.machine()}"
+
+
+def check_portability_options(backend: str, hardware_compat: str, version_compatible: bool, exclude_lean_runtime: bool) -> None:
+    """Refuse, in one line and before any build work, the portability options ``backend`` cannot honour."""
+    if hardware_compat not in HARDWARE_COMPAT:
+        raise BuildError(f"hardware compatibility {hardware_compat!r}: choose one of {', '.join(HARDWARE_COMPAT)}")
+    if exclude_lean_runtime and not version_compatible:
+        raise BuildError("--exclude-lean-runtime only applies to version-compatible engines; add --version-compatible")
+    if backend == "tensorrt-rtx" and hardware_compat != "none":
+        # The bindings accept the setter but TensorRT-RTX ignores it with a warning: refuse rather than pretend.
+        raise BuildError(f"--hardware-compat {hardware_compat} is a full TensorRT option; TensorRT-RTX engines run on the compute "
+                         "capabilities given with --target (e.g. --target sm86,sm89,sm120)")
+    if backend == "tensorrt-rtx" and version_compatible:
+        raise BuildError("--version-compatible is a full TensorRT option; a TensorRT-RTX engine loads only on the TensorRT-RTX "
+                         "release that built it: rebuild after upgrading")
+
+
+def _check_build_gpu_for_compat(hardware_compat: str, build_gpu: dict[str, Any] | None) -> None:
+    if hardware_compat == "none" or build_gpu is None:
+        return
+    cc = cc_tuple(build_gpu["compute_capability"])
+    floor = (8, 0) if hardware_compat == "ampere-plus" else (7, 5)
+    if cc < floor:
+        raise BuildError(f"--hardware-compat {hardware_compat} needs a build GPU of compute capability >= {floor[0]}.{floor[1]}; "
+                         f"this one ({build_gpu['name']}) is {build_gpu['compute_capability']}: build on a newer GPU or drop the option")
+
+
+def _apply_portability(config: trt_api.IBuilderConfig, levels: type[trt_api.HardwareCompatibilityLevel],
+                       flags: type[trt_api.BuilderFlag], hardware_compat: str, version_compatible: bool,
+                       exclude_lean_runtime: bool) -> None:
+    """Set hardware/version compatibility on a full TensorRT builder config (typed against the TensorRT 10 stubs)."""
+    if hardware_compat != "none":
+        level = {"ampere-plus": levels.AMPERE_PLUS, "same-cc": levels.SAME_COMPUTE_CAPABILITY}[hardware_compat]
+        config.hardware_compatibility_level = level
+    if version_compatible:
+        config.set_flag(flags.VERSION_COMPATIBLE)
+        if exclude_lean_runtime:
+            config.set_flag(flags.EXCLUDE_LEAN_RUNTIME)
+
+
 FP16_SOURCE_KEY = "rn_deploy.fp16_source_sha256"
 
 
@@ -466,6 +521,9 @@ def build_engine(
     builder_opt_level: int | None = None,
     dla_core: int | None = None,
     gpu_fallback: bool = False,
+    hardware_compat: str = "none",
+    version_compatible: bool = False,
+    exclude_lean_runtime: bool = False,
     log: Log | None = None,
 ) -> EngineManifest:
     """Build a serialised engine from an ONNX file and write ``OUT`` and ``OUT.json`` (the manifest).
@@ -483,6 +541,11 @@ def build_engine(
         builder_opt_level: builder optimisation level 0-5; None means the library default.
         dla_core: full TensorRT on Jetson: run layers on this DLA core (FP16 or INT8 only).
         gpu_fallback: with ``dla_core``: layers DLA cannot run go to the GPU instead of failing the build.
+        hardware_compat: full TensorRT only: ``none``, ``ampere-plus`` (runs on any GPU of compute capability >= 8.0)
+            or ``same-cc`` (any GPU of the build GPU's compute capability).
+        version_compatible: full TensorRT only: the engine also loads on later TensorRT releases of the same major.
+        exclude_lean_runtime: with ``version_compatible``: leave the lean runtime out of the plan (smaller); the
+            loading side then needs the building release's lean runtime library (``RN_DEPLOY_TRT_LEAN_RUNTIME``).
         log: progress callback.
     """
     say = log or (lambda _s: None)
@@ -491,6 +554,7 @@ def build_engine(
         raise BuildError(f"precision must be fp16 or fp32 (int8/fp8 come from a Q/DQ ONNX), got {precision!r}")
     if not onnx_path.exists():
         raise BuildError(f"{onnx_path}: no such file; export one with `rn-deploy export`")
+    check_portability_options(backend, hardware_compat, version_compatible, exclude_lean_runtime)
     is_fp16, cfg, min_hw, dims = onnx_info(onnx_path)
     channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
     if not profiles:
@@ -575,6 +639,10 @@ def build_engine(
                          "to build ahead of time")
     if precision == "fp8" and build_gpu is not None and not targets:
         check_fp8_targets([f"sm{build_gpu['compute_capability'].replace('.', '')}"])
+    if backend == "tensorrt":
+        _check_build_gpu_for_compat(hardware_compat, build_gpu)
+        _apply_portability(config, trt.HardwareCompatibilityLevel, trt.BuilderFlag, hardware_compat, version_compatible,
+                           exclude_lean_runtime)
 
     if timing_cache is not None:
         if backend == "tensorrt-rtx":
@@ -610,12 +678,15 @@ def build_engine(
         fp16_flag=use_fp16_flag, targets=target_names, build_gpu=build_gpu if backend == "tensorrt" or not targets else None,
         profiles=[{input_name: p.to_dict()} for p in profiles], onnx_path=str(onnx_path), onnx_sha256=onnx_sha,
         built_from=str(built_from), inputs=[d for k, d in ios if k == "inputs"], outputs=[d for k, d in ios if k == "outputs"],
-        build_seconds=round(build_s, 3), built_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        build_seconds=round(build_s, 3), built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         options={"workspace": workspace, "builder_opt_level": builder_opt_level,
                  "timing_cache": str(Path(timing_cache).absolute()) if timing_cache else None, "host": platform.node(),
                  "dla_core": dla_core, "gpu_fallback": gpu_fallback if dla_core is not None else None},
         engine_path=str(out), engine_size=len(data), engine_sha256="", config=cfg, notes=notes,
         built_from_sha256=onnx_sha if built_from == onnx_path else sha256_file(built_from), builder_flags=flags_set,
+        hardware_compat=hardware_compat, version_compatible=version_compatible,
+        lean_runtime=("excluded" if exclude_lean_runtime else "embedded") if version_compatible else None,
+        build_platform=host_platform(),
     )
     manifest.engine_sha256 = hashlib.sha256(data).hexdigest()
     # Engine first, then its manifest: a manifest never describes a missing engine.
@@ -667,6 +738,40 @@ def _rebuild_hint(m: EngineManifest, **kw: Any) -> str:
     return f"rebuild: {rebuild_command(m, **kw)}"
 
 
+def cc_tuple(cc: str) -> tuple[int, int]:
+    """``'8.6'`` -> (8, 6)."""
+    major, _, minor = cc.partition(".")
+    return int(major), int(minor or 0)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``'10.3.0.30'`` -> (10, 3, 0, 30); non-numeric parts (``'1.0rc'``) stop the tuple."""
+    out = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
+
+
+def _check_version_compatible(m: EngineManifest, installed: str, where: Path) -> None:
+    """A version-compatible engine loads on its own TensorRT or a later one of the same major."""
+    from .errors import EngineCompatibilityError
+
+    built, have = version_tuple(m.library_version), version_tuple(installed)
+    if not built or not have or have[0] != built[0] or have < built:
+        raise EngineCompatibilityError(f"{where}: version-compatible engine built with {m.backend} {m.library_version} loads on "
+                                       f"{m.library_version} or a later {built[0] if built else '?'}.x; installed is "
+                                       f"{installed}; {_rebuild_hint(m)} --version-compatible")
+    if m.lean_runtime == "excluded" and have[:3] != built[:3]:
+        lean = os.environ.get(LEAN_RUNTIME_ENV)
+        if not lean or not Path(lean).is_file():
+            raise EngineCompatibilityError(f"{where}: engine was built with --exclude-lean-runtime, so TensorRT {installed} needs the "
+                                           f"lean runtime of {m.library_version}: set {LEAN_RUNTIME_ENV}=/path/to/libnvinfer_lean.so."
+                                           f"{built[0]} from TensorRT {m.library_version} (now {lean or 'unset'}), or "
+                                           f"{_rebuild_hint(m)} --version-compatible")
+
+
 def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
     """Raise :class:`EngineCompatibilityError` unless ``trt`` (and the GPU, when ``gpu_cc`` is given) can run ``m``'s engine.
 
@@ -676,7 +781,13 @@ def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
 
     where = manifest_path(m.engine_path)
     installed = str(trt.__version__)
-    if installed.split(".")[:3] != m.library_version.split(".")[:3]:
+    # NVIDIA: serialised TensorRT engines are not portable across platforms (cross-platform builds need RuntimePlatform).
+    if m.backend == "tensorrt" and m.build_platform and m.build_platform != host_platform():
+        raise EngineCompatibilityError(f"{where}: engine built on {m.build_platform}, this machine is {host_platform()}; engines do "
+                                       f"not cross platforms: {_rebuild_hint(m)} (on this machine)")
+    if m.version_compatible:
+        _check_version_compatible(m, installed, where)
+    elif installed.split(".")[:3] != m.library_version.split(".")[:3]:
         raise EngineCompatibilityError(f"{where}: engine built with {m.backend} {m.library_version}, installed is {installed}; "
                                        f"{_rebuild_hint(m, trt=trt)}")
     if gpu_cc is None:
@@ -689,6 +800,11 @@ def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
     if m.backend == "tensorrt-rtx" and m.targets and sm not in m.targets:
         raise EngineCompatibilityError(f"{where}: engine targets {','.join(m.targets)}, this GPU is {sm}; "
                                        f"{_rebuild_hint(m, targets=[*m.targets, sm], trt=trt)}")
+    if m.backend == "tensorrt" and m.hardware_compat == "ampere-plus":
+        if cc_tuple(gpu_cc) < (8, 0):
+            raise EngineCompatibilityError(f"{where}: Ampere-plus engine needs compute capability >= 8.0, this GPU is {gpu_cc}; "
+                                           f"{_rebuild_hint(m, trt=trt)} (on this GPU, without --hardware-compat)")
+        return
     if m.backend == "tensorrt" and m.build_gpu and m.build_gpu.get("compute_capability") != gpu_cc:
         raise EngineCompatibilityError(f"{where}: engine built for compute capability {m.build_gpu.get('compute_capability')}, "
                                        f"this GPU is {gpu_cc}; on this GPU, {_rebuild_hint(m)}")
@@ -719,10 +835,23 @@ def deserialize_checked(m: EngineManifest, trt: Any, data: bytes) -> Any:
     if gpu is None:
         raise EngineCompatibilityError(f"{m.engine_path}: no CUDA GPU visible; {m.backend} engines need one to run")
     check_compatible(m, trt, gpu["compute_capability"])
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
+    runtime: trt_api.Runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if m.version_compatible:
+        runtime = _version_compatible_runtime(m, runtime, str(trt.__version__))
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise EngineCompatibilityError(f"{m.engine_path}: {m.backend} could not deserialise the engine; {_rebuild_hint(m)}")
     return engine
+
+
+def _version_compatible_runtime(m: EngineManifest, runtime: trt_api.Runtime, installed: str) -> trt_api.Runtime:
+    """The runtime that runs a version-compatible plan: its embedded lean runtime is host code we must allow,
+    and a plan without one runs on the building release's lean library (same release: the full runtime does).
+    """
+    if m.lean_runtime == "excluded" and version_tuple(installed)[:3] != version_tuple(m.library_version)[:3]:
+        return runtime.load_runtime(os.environ[LEAN_RUNTIME_ENV])  # presence checked by check_compatible
+    runtime.engine_host_code_allowed = True  # the plan's lean runtime: rn-deploy built it, the digest matched
+    return runtime
 
 
 def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, Any]:

@@ -166,11 +166,14 @@ def stderr_log(msg: str) -> None:
               help="ONNX opset, 18 or newer [default: 20, IR 9: ONNX Runtime >= 1.17; 18 gives IR 8: ONNX Runtime >= 1.14].")
 @click.option("--fp16", is_flag=True, help="FP16 weights/compute for strongly typed builders (TensorRT >= 11, TensorRT-RTX).")
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 input/output too (default FP32 I/O).")
+@click.option("--fp16-tool", type=click.Choice(["converter", "autocast"]), default=None,
+              help="With --fp16: onnxconverter-common (all ops FP16) or NVIDIA ModelOpt AutoCast (keeps range-sensitive ops "
+                   "FP32) [default: converter, see docs/benchmarks.md].")
 @click.option("--static", "static", type=HWType(), default=None, help="Fixed HxW instead of dynamic height/width.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check at other sizes.")
 @click.option("--external-data/--inline-data", default=None, help="Weights in MODEL.onnx.data or inline [default: by size].")
 @click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON on stdout.")
-def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool, fp16_io: bool,
+def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool, fp16_io: bool, fp16_tool: str | None,
                static: tuple[int, int] | None, no_verify: bool, external_data: bool | None, as_json: bool) -> None:
     """Export CHECKPOINT (model.pt) to ONNX with dynamic batch/height/width and verify it.
 
@@ -178,14 +181,17 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
     (odd, non-square, the model's minimum, batch > 1) and fails if the relative L2 error exceeds
     1e-4 (FP32) or 1e-2 (FP16). Nothing is written when it fails.
     """
-    from .export import ExportVerificationError, export_onnx, format_verification
+    from .export import DEFAULT_FP16_TOOL, ExportVerificationError, export_onnx, format_verification
 
     if fp16_io and not fp16:
         raise click.UsageError("--fp16-io needs --fp16")
+    if fp16_tool and not fp16:
+        raise click.UsageError("--fp16-tool needs --fp16")
     if out is None:
         out = checkpoint.with_name("model.fp16.onnx" if fp16 else "model.onnx")
     try:
         res = export_onnx(checkpoint, out, opset=opset, fp16=fp16, fp16_io=fp16_io, static_size=static,
+                          fp16_tool=fp16_tool or DEFAULT_FP16_TOOL,
                           verify=not no_verify, external_data=external_data, log=stderr_log)
     except ExportVerificationError as e:
         click.echo(format_verification(e.result.verification), err=True)
@@ -251,11 +257,17 @@ def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], si
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--dla-core", type=int, default=None, help="Full TensorRT on Jetson: run on this DLA core (FP16/INT8).")
 @click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
+@click.option("--hardware-compat", type=click.Choice(["none", "ampere-plus", "same-cc"]), default="none", show_default=True,
+              help="Full TensorRT: run on any GPU of compute capability >= 8.0 (ampere-plus) or of the build GPU's (same-cc).")
+@click.option("--version-compatible", is_flag=True, help="Full TensorRT: also load on later TensorRT releases of the same major.")
+@click.option("--exclude-lean-runtime", is_flag=True,
+              help="With --version-compatible: smaller plan; a later TensorRT then needs this release's libnvinfer_lean "
+                   "(RN_DEPLOY_TRT_LEAN_RUNTIME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_: Any, opt: Any, max_: Any,
               profile: tuple[Any, ...], sizes_from: Path | None, bands: int, batch: tuple[int, int, int], target: str | None,
               workspace: int | None, opt_level: int | None, timing_cache: Path | None, dla_core: int | None, gpu_fallback: bool,
-              as_json: bool) -> None:
+              hardware_compat: str, version_compatible: bool, exclude_lean_runtime: bool, as_json: bool) -> None:
     """Compile MODEL.onnx into a TensorRT (or TensorRT-RTX) engine with optimisation profiles.
 
     Writes the engine and ENGINE.json, its manifest (backend/version, precision, targets, profiles,
@@ -275,7 +287,8 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
     targets = [t for t in target.split(",") if t.strip()] if target else None
     m = build_engine(onnx_path, out, backend=backend, precision="fp16" if fp16 else "fp32", profiles=profiles,
                      workspace=workspace * (1 << 20) if workspace else None, timing_cache=timing_cache, targets=targets,
-                     builder_opt_level=opt_level, dla_core=dla_core, gpu_fallback=gpu_fallback, log=stderr_log)
+                     builder_opt_level=opt_level, dla_core=dla_core, gpu_fallback=gpu_fallback, hardware_compat=hardware_compat,
+                     version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime, log=stderr_log)
     if as_json:
         echo_json(m.to_dict())
 
@@ -521,6 +534,26 @@ def summary_cmd(arch: str, size: tuple[int, int], in_channels: int | None, n_cla
         echo_json(s.to_dict())
     else:
         click.echo(s.table())
+
+
+@main.command("doctor")
+@click.argument("artifacts", metavar="[ENGINE|ONNX]...", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the environment and the artifact checks as strict JSON.")
+def doctor_cmd(artifacts: tuple[Path, ...], as_json: bool) -> None:
+    """This machine (OS, Python, driver/CUDA, GPUs, torch, ONNX Runtime, TensorRT, Jetson power mode), and
+    for each ENGINE or ONNX given: will it load here, and if not why and the command that fixes it.
+
+    Exit code 1 if any artifact given cannot load here.
+    """
+    from .doctor import doctor, format_doctor
+
+    report = doctor(artifacts)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, allow_nan=False, default=str))
+    else:
+        click.echo(format_doctor(report))
+    if not report["ok"]:
+        raise SystemExit(1)
 
 
 @main.command("export-triton")

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,7 @@ def loadtest(url: str, images: Sequence[bytes], concurrency: Sequence[int], dura
         client.close()
     rep = LoadReport(url, name, "grpc" if grpc else "http", len(images), image_source, duration_s,
                      machine={"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                              "date": datetime.now(UTC).isoformat(timespec="seconds")})
+                              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     for c in concurrency:
         level = run_level(url, name, images, c, duration_s, grpc)
         rep.levels.append(level)

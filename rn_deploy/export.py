@@ -31,7 +31,7 @@ from torch import nn
 from . import names
 from ._io import sha256_file
 from .checkpoint import FORMAT, ModelConfig, load_checkpoint
-from .errors import ExportError, RnDeployError
+from .errors import ExportError, MissingDependencyError, RnDeployError
 from .filekind import expect
 from .metrics import Parity, parity
 
@@ -40,6 +40,13 @@ FP16_REL_L2 = 1e-2
 # Above this many bytes of weights, store them in MODEL.onnx.data (protobuf caps a file at 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 MAX_DIM = 8192
+# FP16 ONNX writers. "converter": onnxconverter-common, every op in FP16. "autocast": NVIDIA ModelOpt
+# AutoCast (the TensorRT >= 11 path), which keeps ops whose values leave FP16's safe range in FP32.
+# Default chosen on measurements (docs/benchmarks.md, "FP16 ONNX: AutoCast vs converter").
+FP16_TOOLS = ("converter", "autocast")
+DEFAULT_FP16_TOOL = "converter"
+AUTOCAST_INSTALL = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy ml_dtypes lief  (or rn-deploy[fp16-autocast]; "
+                    "not nvidia-modelopt[onnx], which swaps the CPU onnxruntime for onnxruntime-gpu)")
 
 Log = Callable[[str], None]
 
@@ -83,6 +90,7 @@ class ExportResult:
     seconds: float
     verified: bool
     verification: list[VerifyRow] = field(default_factory=list)
+    fp16_tool: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -288,8 +296,12 @@ def read_onnx_config(path: str | Path) -> ModelConfig | None:
 
 
 def weights_fp16(m: onnx.ModelProto) -> bool:
-    """Whether every floating-point weight is FP16 (an FP16 export, for strongly typed builders)."""
+    """Whether this is an FP16 export (for strongly typed builders): every floating-point weight is FP16, or
+    rn-deploy wrote it as FP16 (AutoCast keeps the weights of the ops it leaves in FP32 in FP32).
+    """
     kinds = {t.data_type for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    if onnx.TensorProto.FLOAT16 in kinds and any(p.key == "rn_deploy.precision" and p.value == "fp16" for p in m.metadata_props):
+        return True
     return kinds == {onnx.TensorProto.FLOAT16}
 
 
@@ -326,6 +338,67 @@ def _to_fp16(model: onnx.ModelProto, keep_io_fp32: bool) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns for every weight below FP16 range it clamps
         return float16.convert_float_to_float16(model, keep_io_types=keep_io_fp32, disable_shape_infer=False)
+
+
+def _to_fp16_autocast(model: onnx.ModelProto, keep_io_fp32: bool) -> onnx.ModelProto:
+    """FP16 with ModelOpt AutoCast: ops whose inputs/outputs (on a reference run with random data) or weights
+    exceed FP16's safe range stay FP32, with casts around them.
+    """
+    try:
+        import logging
+
+        from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
+    except ImportError as e:
+        raise MissingDependencyError(f"--fp16-tool autocast needs NVIDIA ModelOpt ({e}); install it: {AUTOCAST_INSTALL}") from None
+    configure_logging(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix=".rn-autocast.") as td:
+        src = Path(td) / "fp32.onnx"
+        onnx.save_model(model, str(src))
+        chatter = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return convert_to_mixed_precision(str(src), low_precision_type="fp16", keep_io_types=keep_io_fp32, providers=["cpu"])
+        except Exception as e:  # noqa: BLE001 - AutoCast failures come in many types; report one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"AutoCast (ModelOpt) failed: {type(e).__name__}: {msg[:300]}; try --fp16-tool converter") from None
+
+
+def convert_fp16(model: onnx.ModelProto, keep_io_fp32: bool, tool: str = DEFAULT_FP16_TOOL) -> onnx.ModelProto:
+    """An FP16 copy of an FP32 ONNX model, written by ``tool`` (one of :data:`FP16_TOOLS`)."""
+    if tool == "converter":
+        return _to_fp16(model, keep_io_fp32)
+    if tool == "autocast":
+        return _to_fp16_autocast(model, keep_io_fp32)
+    raise ExportError(f"fp16 tool {tool!r}: choose one of {', '.join(FP16_TOOLS)}")
+
+
+def explicit_pool_pads(model: onnx.ModelProto) -> int:
+    """Rewrite ``AveragePool(ceil_mode=1)`` with kernel == stride as ``pads`` end ``stride-1``, ``count_include_pad=0``,
+    ``ceil_mode=0``: the same output size (ceil(H/s)) and divisors, at every input size.
+
+    ResBlock's ``AvgPool2d(2, ceil_mode=True)`` exports with ``ceil_mode=1, count_include_pad=1``. At opset <= 18
+    ONNX Runtime 1.23 (the newest with Python 3.10 wheels, i.e. JetPack 6) counts the window's overhang in the divisor
+    (rel L2 0.06-0.2 against PyTorch at odd sizes); 1.32 does not. The explicit form means the same to both.
+    Returns the number of nodes rewritten.
+    """
+    n = 0
+    for node in model.graph.node:
+        if node.op_type != "AveragePool" or node.domain not in ("", "ai.onnx"):
+            continue
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+        kernel, strides = list(a.get("kernel_shape", [])), list(a.get("strides", []))
+        if (a.get("ceil_mode", 0) != 1 or kernel != strides or any(a.get("pads", [0])) or a.get("auto_pad", b"NOTSET") != b"NOTSET"
+                or any(d != 1 for d in a.get("dilations", [1]))):
+            continue
+        del node.attribute[:]
+        node.attribute.extend([
+            onnx.helper.make_attribute("kernel_shape", kernel), onnx.helper.make_attribute("strides", strides),
+            onnx.helper.make_attribute("pads", [0] * len(kernel) + [s - 1 for s in strides]),
+            onnx.helper.make_attribute("ceil_mode", 0), onnx.helper.make_attribute("count_include_pad", 0),
+        ])
+        n += 1
+    return n
 
 
 @contextlib.contextmanager
@@ -408,6 +481,7 @@ def export_onnx(
     dynamic: bool = True,
     fp16: bool = False,
     fp16_io: bool = False,
+    fp16_tool: str = DEFAULT_FP16_TOOL,
     static_size: tuple[int, int] | None = None,
     sample_size: tuple[int, int] | None = None,
     verify: bool = True,
@@ -425,6 +499,7 @@ def export_onnx(
         dynamic: dynamic ``batch``/``height``/``width`` axes; False (or ``static_size``) keeps only batch dynamic.
         fp16: write FP16 weights and compute (for strongly typed builders), FP32 input/output unless ``fp16_io``.
         fp16_io: with ``fp16``, make the input and output FP16 too.
+        fp16_tool: with ``fp16``: ``converter`` (onnxconverter-common) or ``autocast`` (NVIDIA ModelOpt AutoCast).
         static_size: (H, W) for a fixed-size export.
         sample_size: (H, W) traced; None means the config's image size (at least the model's minimum).
         verify: compare ONNX Runtime with PyTorch at other sizes; raise :class:`ExportError` if off.
@@ -448,6 +523,8 @@ def export_onnx(
         sample_size = static_size or (config.image_size[0], config.image_size[1])
     if not dynamic and static_size is None:
         static_size = sample_size
+    if fp16 and fp16_tool not in FP16_TOOLS:
+        raise ExportError(f"fp16 tool {fp16_tool!r}: choose one of {', '.join(FP16_TOOLS)}")
     if any(s < 1 for s in sample_size):
         raise ExportError(f"sample size {sample_size} must be positive")
     # The declared minimum H/W: the smallest size the net really handles, never above the training size.
@@ -475,10 +552,11 @@ def export_onnx(
                 say(f"min size: ONNX Runtime agrees with PyTorch from {found}x{found} (PyTorch runs from {lo}x{lo})")
             lo = found
         proto = onnx.load(str(raw_path))  # pulls the exporter's external data into memory
+    explicit_pool_pads(proto)
     precision = "fp16" if fp16 else "fp32"
     if fp16:
-        say("fp16: converting weights and compute to FP16 (onnxconverter-common)")
-        proto = _to_fp16(proto, keep_io_fp32=not fp16_io)
+        say(f"fp16: converting weights and compute to FP16 ({'ModelOpt AutoCast' if fp16_tool == 'autocast' else 'onnxconverter-common'})")
+        proto = convert_fp16(proto, keep_io_fp32=not fp16_io, tool=fp16_tool)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
     if opset is not None and opset_used != opset:
         raise ExportError(f"--opset {opset}: the exporter wrote opset {opset_used} instead; choose an opset it supports")
@@ -496,6 +574,8 @@ def export_onnx(
     from . import __version__
 
     proto.producer_name, proto.producer_version = "rn-deploy", __version__
+    if fp16:
+        proto.metadata_props.add(key="rn_deploy.fp16_tool", value=fp16_tool)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as e:  # noqa: BLE001
@@ -513,6 +593,7 @@ def export_onnx(
             opset=opset_used, ir_version=proto.ir_version, min_size=lo, runtimes=runtimes, precision=precision, io_dtype="float16" if fp16 and fp16_io else "float32", dynamic=dynamic,
             sample_shape=list(sample.shape), input_name=names.INPUT, output_name=names.OUTPUT, input_shape=in_shape,
             config=config.to_dict(), exporter=exporter, seconds=0.0, verified=verify, verification=rows,
+            fp16_tool=fp16_tool if fp16 else None,
         )
         if verify and not result.passed:
             bad = [r for r in rows if not r.passed]
