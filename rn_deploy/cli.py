@@ -303,7 +303,8 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 @click.option("--calib-size", type=click.IntRange(min=1), default=512, show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True,
               help="Activation range calibration.")
-@click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True)
+@click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True,
+              help="INT8 (any TensorRT GPU, Jetson DLA) or FP8 (sm89 and newer).")
 @click.option("--exclude", multiple=True, help="Keep nodes in higher precision: first, last or node names (comma list, repeatable).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost.")
 @click.option("--ladder/--no-ladder", default=True, show_default=True,
@@ -585,8 +586,8 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
 @click.argument("model", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", default="classifier", show_default=True, help="Model name clients address.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--http-port", type=int, default=8000, show_default=True, help="KServe-v2 HTTP port.")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="KServe-v2 gRPC port.")
 @click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics at /metrics.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Dynamic batching: largest batch.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,

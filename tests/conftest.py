@@ -36,7 +36,6 @@ def _has_trt_api(module: str) -> bool:
 HAS_TRT_RTX = _has_trt_api("tensorrt_rtx_bindings")
 HAS_TRT = _has_trt_api("tensorrt")
 HAS_CUDA = torch.cuda.is_available()
-needs_rtx = pytest.mark.skipif(not HAS_TRT_RTX, reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
 
 HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
 

@@ -12,7 +12,8 @@ from rn_deploy.cli import main
 
 from .conftest import HAS_TRT_RTX, needs_fashion
 
-COMMANDS = {"build", "demo", "export", "export-triton", "inspect", "lr-find", "models", "show-batch", "summary", "train", "validate"}
+COMMANDS = {"build", "classify", "demo", "doctor", "eval", "export", "export-triton", "inspect", "loadtest", "lr-find", "models", "quantize",
+            "serve", "show-batch", "summary", "train", "validate"}
 
 
 def test_help_lists_commands():

@@ -24,7 +24,7 @@ from PIL import Image
 from rn_deploy.cli import echo_json, main
 from rn_deploy.strictjson import loads_strict
 
-from .conftest import FASHION_DIR, HAS_TRT_RTX, make_checkpoint, needs_fashion
+from .conftest import FASHION_DIR, HAS_TRT_RTX, make_checkpoint, needs_fashion, needs_rtx
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "mnist_cnn", "--limit", "128", "--batch-size", "64", "--device", "cpu", "--data", str(FASHION_DIR)]
@@ -224,8 +224,11 @@ def test_validate_images_says_it_converts_colour_and_report_prints_values(tmp_pa
     for i in range(3):
         Image.fromarray(np.full((28, 28, 3), 40 * i, np.uint8)).save(folder / f"c{i}.png")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "g.png")
-    res = cli(["validate", "--checkpoint", ckpt, "--backends", "torch", "--images", folder, "--sizes", "28", "--batch", "1",
-               "--warmup", "0", "--iters", "1", "--out", tmp_path / "rep"])
+    from rn_deploy.export import export_onnx
+
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx", verify=False).onnx_path
+    res = cli(["validate", "--checkpoint", ckpt, "--onnx", onnx_path, "--backends", "ort-cpu", "--images", folder, "--sizes", "28",
+               "--batch", "1", "--warmup", "0", "--iters", "1", "--out", tmp_path / "rep"])
     assert res.exit_code == 0, res.stderr
     assert "--images: converted 3 of 4 images (3 RGB) to grayscale (L): the model takes 1 channel(s)" in res.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -233,7 +236,7 @@ def test_validate_images_says_it_converts_colour_and_report_prints_values(tmp_pa
     assert "{" not in tol and "None" not in tol and "rel_l2 ≤ 0.001" in tol, tol
 
 
-@pytest.mark.skipif(not HAS_TRT_RTX, reason="needs TensorRT-RTX to build an engine to inspect")
+@needs_rtx
 def test_inspect_prints_values_not_reprs(tmp_path: Path):
     from rn_deploy.build import Profile, build_engine
     from rn_deploy.export import export_onnx

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rn_deploy.cli import main
 from rn_deploy.evaluate import limits_for, load_split, onnx_precision, run_eval
-from tests.conftest import FASHION_DIR, HAS_CUDA, HAS_TRT_RTX, make_checkpoint, needs_fashion
+from tests.conftest import FASHION_DIR, HAS_CUDA, make_checkpoint, needs_fashion, needs_rtx
 
 pytestmark = needs_fashion
 
@@ -130,7 +130,7 @@ def test_precision_of_artifacts_and_default_limits(trained: dict[str, Path], tmp
     assert limits_for("fp16", 2.0)["max_drop_points"] == 2.0
 
 
-@pytest.mark.skipif(not HAS_TRT_RTX, reason="tensorrt-rtx bindings not installed")
+@needs_rtx
 def test_an_engine_that_cannot_run_here_fails_unless_allowed(trained: dict[str, Path], tmp_path: Path):
     from rn_deploy.build import Profile, build_engine
 

@@ -24,7 +24,7 @@ from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError
 from rn_deploy.export import export_onnx
 
-from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx
+from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx, requires
 
 P = Profile((1, 1, 28, 28), (4, 1, 28, 28), (8, 1, 64, 64))
 
@@ -164,7 +164,7 @@ def test_rtx_plain_build_records_portability_in_manifest(mnist_onnx: Path, tmp_p
 
 
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not (HAS_TRT and HAS_CUDA), reason="needs full TensorRT (pip install tensorrt) and an NVIDIA GPU")
+@requires(HAS_TRT and HAS_CUDA, "needs full TensorRT (pip install tensorrt) and an NVIDIA GPU", kind="tensorrt")
 def test_full_tensorrt_ampere_plus_version_compatible_builds_and_loads(mnist_onnx: Path, tmp_path: Path):
     import torch
 

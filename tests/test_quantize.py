@@ -18,11 +18,10 @@ from rn_deploy.evaluate import load_split
 from rn_deploy.export import export_onnx
 from rn_deploy.quantize import QuantizeError, check_trt_form, evaluate_onnx, qdq_precision, report_paths
 
-from .conftest import FASHION_DIR, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_fashion
+from .conftest import FASHION_DIR, HAS_TRT, make_checkpoint, needs_fashion, needs_rtx, requires
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
-needs_modelopt = pytest.mark.skipif(not HAS_MODELOPT, reason="nvidia-modelopt not installed (see .ci/run for the recipe)")
-needs_rtx = pytest.mark.skipif(not HAS_TRT_RTX, reason="TensorRT-RTX (tensorrt_rtx_bindings) not installed")
+needs_modelopt = requires(HAS_MODELOPT, "nvidia-modelopt not installed (see .ci/run for the recipe)")
 PROFILE = Profile((1, 1, 32, 32), (32, 1, 32, 32), (256, 1, 64, 64))
 EVAL = 500  # held-out images the gate judges in these tests (0.2 pt each)
 
@@ -149,9 +148,9 @@ def _fp8_qdq_onnx(path: Path, qdq: bool = True) -> Path:
     scale = h.make_tensor("scale", onnx.TensorProto.FLOAT, [], [0.1])
     nodes = [h.make_node("QuantizeLinear", ["input", "scale", "zp"], ["q"], name="q"),
              h.make_node("DequantizeLinear", ["q", "scale", "zp"], ["dq"], name="dq")] if qdq else []
-    g = h.make_graph([*nodes, h.make_node("Relu", ["dq" if qdq else "input"], ["output"], name="relu")], "fp8",
+    g = h.make_graph([*nodes, h.make_node("Relu", ["dq" if qdq else "input"], ["logits"], name="relu")], "fp8",
                      [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 1, "height", "width"])],
-                     [h.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 1, "height", "width"])], [zp, scale])
+                     [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 1, "height", "width"])], [zp, scale])
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 21)]), str(path))
     return path
 
@@ -200,7 +199,7 @@ def test_dla_is_refused_on_tensorrt_rtx_and_for_fp32(tmp_path: Path):
 
 
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not HAS_TRT, reason="no full TensorRT (DLA builds need JetPack's TensorRT on a Jetson)")
+@requires(HAS_TRT, "no full TensorRT (DLA builds need JetPack's TensorRT on a Jetson)", kind="tensorrt")
 def test_dla_build_on_a_jetson(tmp_path: Path):
     import tensorrt as trt
 

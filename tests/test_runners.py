@@ -43,7 +43,7 @@ def _mismatch(proto: object, impl: object) -> str | None:
 def test_protocol_is_what_this_test_checks():
     # If the protocol grows, this test must grow with it.
     assert {"prepare", "infer", "sync", "covers", "close", "__enter__", "__exit__"} <= set(METHODS)
-    assert set(ATTRIBUTES) == {"name", "device", "precision"}
+    assert set(ATTRIBUTES) == {"name", "framework", "device", "precision"}
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

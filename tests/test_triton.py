@@ -67,7 +67,7 @@ def test_plan_repository_from_fake_tensorrt_manifest(onnx_model: Path, tmp_path:
     """Full TensorRT cannot be installed here: a stand-in engine file with a tensorrt manifest (as
     `rn-deploy build --backend tensorrt` writes it) checks the plan branch of the config."""
     engine = tmp_path / "fake_tensorrt.engine"
-    engine.write_bytes(b"stand-in for a TensorRT plan")
+    engine.write_bytes(b"ftrt" + bytes(60))  # a plan's magic, then nothing: a stand-in
     manifest = _fake_tensorrt_manifest(onnx_model, engine)
     engine.with_name(engine.name + ".json").write_text(json.dumps(manifest))
     folder = export_triton(engine, tmp_path / "repo", "plan")
@@ -131,7 +131,7 @@ def test_static_export_gets_its_fixed_dims(onnx_model: Path, tmp_path: Path):
 
 def test_multi_profile_plan_lists_every_profile_and_takes_the_largest_batch(onnx_model: Path, tmp_path: Path):
     engine = tmp_path / "fake_tensorrt.engine"
-    engine.write_bytes(b"stand-in for a TensorRT plan")
+    engine.write_bytes(b"ftrt" + bytes(60))  # a plan's magic, then nothing: a stand-in
     manifest = _fake_tensorrt_manifest(onnx_model, engine)
     manifest["profiles"] = [{"input": {"min": [1, 1, 28, 28], "opt": [8, 1, 64, 64], "max": [8, 1, 128, 128]}},
                             {"input": {"min": [1, 1, 128, 128], "opt": [16, 1, 256, 256], "max": [24, 1, 512, 512]}}]

@@ -35,7 +35,7 @@ from rn_deploy.runners.lru import ShapeLRU
 from rn_deploy.runners.trt import torch_dtype
 from rn_deploy.validate import NOTHING_COMPARED, validate
 
-from .conftest import FASHION_DIR, HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_fashion
+from .conftest import FASHION_DIR, HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_fashion, needs_gpu, requires
 
 
 @pytest.fixture(scope="module")
@@ -425,7 +425,6 @@ def test_plots_show_compared_cells_tolerance_and_failures(tiny: dict[str, Path],
 # GPU: ORT CUDA stream and graphs, TensorRT runner, Engine pool (skip here with the reason)
 # ---------------------------------------------------------------------------------------------
 
-needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
 def _ort_cuda(path: Path, **kw: Any) -> OrtRunner:
@@ -474,7 +473,7 @@ def test_engine_pool_on_gpu_eight_threads_match_one(tiny: dict[str, Path], graph
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs full TensorRT and a CUDA GPU")
+@requires(HAS_CUDA and HAS_TRT, "needs full TensorRT and a CUDA GPU", kind="tensorrt")
 def test_trt_runner_contexts_graphs_names_and_pool(tiny: dict[str, Path], tmp_path: Path):
     from rn_deploy.build import Profile, build_engine
     from rn_deploy.runners import TrtRunner
