@@ -357,8 +357,10 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
     Given a checkpoint (model.pt): its config and the evaluation training recorded in it.
     """
     from .build import inspect_engine
+    from .filekind import expect
 
-    if engine.suffix in (".pt", ".pth", ".ckpt"):
+    kind = expect(engine, "engine", "checkpoint").kind  # by content: a misnamed file still gets the right words
+    if kind == "checkpoint" or (kind == "unknown" and engine.suffix in (".pt", ".pth", ".ckpt")):
         from .evaluate import checkpoint_info
 
         ckpt_info = checkpoint_info(engine)

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     code: Any = 0
     sys.argv = ["train", *argv]
     try:
-        runpy.run_module("train", run_name="__main__", alter_sys=True)
+        runpy.run_module("rn_deploy.train", run_name="__main__", alter_sys=True)
     except SystemExit as e:
         code = e.code or 0
     if code == 0:

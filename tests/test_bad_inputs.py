@@ -203,7 +203,7 @@ ENTRY_POINTS = {
     "validate --onnx": (["validate", "--checkpoint", "{good.pt}", "--onnx", "{f}"], {"onnx"}, r"\(--onnx\): .*not an ONNX model"),
     "validate --engine": (["validate", "--checkpoint", "{good.pt}", "--engine", "{f}"], {"engine"},
                           r"\(--engine\): .*not a TensorRT engine"),
-    "inspect": (["inspect", "{f}"], {"engine"}, r"not a TensorRT engine"),
+    "inspect": (["inspect", "{f}"], {"engine", "checkpoint"}, r"not a TensorRT engine or a PyTorch checkpoint"),
     "export-triton": (["export-triton", "{f}", "--repo", "{tmp}/repo", "--name", "m"], {"onnx", "engine"},
                       r"not an ONNX model or a TensorRT engine"),
 }

@@ -97,7 +97,7 @@ def test_engine_for_another_gpu_cannot_load_here_exit_1(artifacts: dict[str, Pat
 
 def test_unloadable_files_give_reason_and_fix(artifacts: dict[str, Path]):
     d = artifacts["dir"]
-    (d / "junk.onnx").write_bytes(b"not a model" * 10)
+    (d / "junk.onnx").write_bytes(b"\xff\xfe\x00\x13" * 40)  # binary, not protobuf: the ONNX reader says so
     (d / "lonely.engine").write_bytes(b"\x00" * 64)
     (d / "notes.txt").write_text("hello")
     res = CliRunner().invoke(main, ["doctor", str(d / "junk.onnx"), str(d / "lonely.engine"), str(d / "notes.txt"), "--json"])
