@@ -37,6 +37,7 @@ from rn_deploy.client import format_level, loadtest, make_client, run_level, wri
 from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
 from rn_deploy.models import create_model
+from rn_deploy.serve import tree_rss_mb
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -87,25 +88,6 @@ def start(onnx: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen[byt
         time.sleep(0.25)
     proc.kill()
     raise SystemExit(f"server did not start; see {log}")
-
-
-def tree_rss_mb(pid: int) -> float:
-    pids, todo = [pid], [pid]
-    while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
-            try:
-                kids = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            pids += kids
-            todo += kids
-    kb = 0
-    for p in pids:
-        try:
-            kb += next(int(x.split()[1]) for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return kb / 1024
 
 
 def main() -> None:

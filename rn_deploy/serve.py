@@ -235,3 +235,28 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                 raise RnDeployError("tritonserver exited unexpectedly; see its log above")
         log("stopping: answering requests in flight")
     log("stopped")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid``'s descendants (Linux ``/proc``): ``serve``'s tritonserver and its Python-backend stubs."""
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB: what a server replica really holds."""
+    kb = 0
+    for p in [pid, *process_tree(pid)]:
+        try:
+            kb += next(int(x.split()[1]) for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return kb / 1024

@@ -34,7 +34,7 @@ from rn_deploy.client import classify, request, run_level, server_message
 from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
 from rn_deploy.models import create_model
-from rn_deploy.serve import PIXELS, prefer_own_libpython
+from rn_deploy.serve import PIXELS, prefer_own_libpython, process_tree, tree_rss_mb
 
 from .conftest import FASHION_DIR, needs_fashion
 
@@ -54,32 +54,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
-def tree_rss_mb(pid: int) -> float:
-    total = 0
-    for p in [pid, *descendants(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
@@ -95,7 +69,7 @@ class Server:
     log: Path
 
     def stop(self) -> int:
-        kids = descendants(self.proc.pid)
+        kids = process_tree(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -310,7 +284,7 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(model: Path, tmp_path: P
             assert time.monotonic() < deadline, srv.log.read_text()[-2000:]
             time.sleep(0.1)
         assert len(ready) == 1 and ready[0]["http"] == srv.http and ready[0]["grpc"] == srv.grpc  # serve --json
-        kids = descendants(srv.proc.pid)
+        kids = process_tree(srv.proc.pid)
         assert kids, "tritonserver should run as a child"
         data = png(np.full((28, 28), 128, np.uint8))
 
