@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
 import json
-import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,131 +34,33 @@ import onnx
 
 from . import names
 from ._io import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
-from .errors import BuildError, MissingDependencyError
-from .filekind import expect
+from .errors import BuildError
+
+# The manifest format and profiles live in rn_deploy.runtime.manifest (shared with the readers); re-exported here.
+# The runtime checks (compatibility, deserialisation, inspection) are in rn_deploy.runtime, never imported here.
+from .runtime.manifest import BACKENDS as BACKENDS
+from .runtime.manifest import LEAN_RUNTIME_ENV as LEAN_RUNTIME_ENV
+from .runtime.manifest import MANIFEST_FORMAT as MANIFEST_FORMAT
+from .runtime.manifest import EngineManifest as EngineManifest
+from .runtime.manifest import Profile as Profile
+from .runtime.manifest import Shape as Shape
+from .runtime.manifest import cc_tuple as cc_tuple
+from .runtime.manifest import fmt_shape as fmt_shape
+from .runtime.manifest import gpu_info as gpu_info
+from .runtime.manifest import host_platform as host_platform
+from .runtime.manifest import import_backend as import_backend
+from .runtime.manifest import manifest_path as manifest_path
+from .runtime.manifest import parse_shape as parse_shape
+from .runtime.manifest import rtx_runs_on as rtx_runs_on
+from .runtime.manifest import rtx_targets as rtx_targets
+from .runtime.manifest import sm_name as sm_name
+from .runtime.manifest import version_tuple as version_tuple
 
 if TYPE_CHECKING:
     import tensorrt_bindings as trt_api  # TensorRT 10.x API from tensorrt-stubs
 
-MANIFEST_FORMAT = "rn-deploy-engine/1"
-BACKENDS = {
-    "tensorrt": ("tensorrt", "pip install tensorrt  (or the rn-deploy[trt] extra; needs an NVIDIA GPU and driver)"),
-    "tensorrt-rtx": ("tensorrt_rtx_bindings", "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings  (or rn-deploy[trt-rtx])"),
-}
 Log = Callable[[str], None]
-Shape = tuple[int, int, int, int]
 HARDWARE_COMPAT = ("none", "ampere-plus", "same-cc")
-# The lean runtime library (libnvinfer_lean.so.N of the TensorRT that built the engine) that runs a
-# version-compatible engine built with --exclude-lean-runtime on a later TensorRT.
-LEAN_RUNTIME_ENV = "RN_DEPLOY_TRT_LEAN_RUNTIME"
-
-
-def import_backend(backend: str) -> Any:
-    """The TensorRT module of ``backend``, or :class:`MissingDependencyError` saying what to install."""
-    if backend not in BACKENDS:
-        raise BuildError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    module, install = BACKENDS[backend]
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDependencyError(f"backend {backend!r} needs the Python module {module!r} ({e}); install it: {install}") from None
-    if not hasattr(mod, "Builder"):  # e.g. an empty namespace package left by a failed install
-        raise MissingDependencyError(f"backend {backend!r}: module {module!r} is there but holds no TensorRT API; install it: {install}")
-    return mod
-
-
-# TensorRT-RTX's targets when its bindings are not installed (tensorrt-rtx 1.7: ComputeCapability lists these).
-_RTX_TARGETS_FALLBACK = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
-
-
-def rtx_targets(trt: Any | None = None) -> list[str]:
-    """The compute capabilities TensorRT-RTX builds for, as ``smXY``: the installed bindings' ``ComputeCapability``.
-
-    The one place the TensorRT-RTX GPU-family rule lives: Turing, Ampere (not Orin's sm87), Ada and
-    consumer/workstation Blackwell (sm120/sm121), not Hopper (sm90) nor data-centre Blackwell (sm100).
-    """
-    if trt is None:
-        try:
-            trt = importlib.import_module(BACKENDS["tensorrt-rtx"][0])
-        except ImportError:
-            return list(_RTX_TARGETS_FALLBACK)
-    cc = getattr(trt, "ComputeCapability", None)
-    if cc is None:
-        return list(_RTX_TARGETS_FALLBACK)
-    return [k.lower() for k in cc.__members__ if k.startswith("SM")]
-
-
-def sm_name(compute_capability: str) -> str:
-    """``'8.9'`` -> ``'sm89'``."""
-    return "sm" + compute_capability.replace(".", "")
-
-
-def rtx_runs_on(compute_capability: str, trt: Any | None = None) -> bool:
-    """Whether TensorRT-RTX engines can run on a GPU of this compute capability (``'8.9'``)."""
-    return sm_name(compute_capability) in rtx_targets(trt)
-
-
-# --------------------------------------------------------------------------------------------
-# Profiles
-# --------------------------------------------------------------------------------------------
-
-
-def parse_shape(text: str) -> Shape:
-    """``'8x3x224x224'`` -> (8, 3, 224, 224)."""
-    try:
-        dims = tuple(int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise BuildError(f"shape {text!r} is not NxCxHxW (e.g. 8x3x224x224)") from None
-    if len(dims) != 4:
-        raise BuildError(f"shape {text!r} has rank {len(dims)}; the input is NxCxHxW (rank 4)")
-    return dims  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One optimisation profile of the input tensor: min/opt/max NCHW shapes."""
-
-    min: Shape
-    opt: Shape
-    max: Shape
-
-    @classmethod
-    def parse(cls, text: str) -> Profile:
-        """``'1x3x64x64:8x3x224x224:32x3x512x512'`` (min:opt:max)."""
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise BuildError(f"profile {text!r} is not MIN:OPT:MAX, e.g. 1x3x64x64:8x3x224x224:32x3x512x512")
-        lo, opt, hi = (parse_shape(p) for p in parts)
-        return cls(lo, opt, hi)
-
-    def covers(self, shape: Sequence[int]) -> bool:
-        return len(shape) == 4 and all(a <= s <= b for a, s, b in zip(self.min, shape, self.max, strict=True))
-
-    def check(self, channels: int | None, min_hw: int | None, where: str) -> None:
-        for label, s in (("min", self.min), ("opt", self.opt), ("max", self.max)):
-            if len(s) != 4:
-                raise BuildError(f"{where}: profile {label} shape {s} has rank {len(s)}; the input is NxCxHxW")
-            if min(s) < 1:
-                raise BuildError(f"{where}: profile {label} shape {fmt_shape(s)} has a dimension < 1")
-            if channels is not None and s[1] != channels:
-                raise BuildError(f"{where}: profile {label} shape {fmt_shape(s)} has {s[1]} channels; the model takes {channels}")
-        for i, axis in enumerate(("batch", "channels", "height", "width")):
-            if not self.min[i] <= self.opt[i] <= self.max[i]:
-                raise BuildError(f"{where}: profile {axis} must satisfy min <= opt <= max, got "
-                                 f"{self.min[i]} / {self.opt[i]} / {self.max[i]}")
-        if min_hw is not None and min(self.min[2:]) < min_hw:
-            raise BuildError(f"{where}: profile min {fmt_shape(self.min)} is below the model's minimum size {min_hw}x{min_hw}")
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Sequence[int]]) -> Profile:
-        return cls(tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))  # type: ignore[arg-type]
-
-
-def fmt_shape(s: Sequence[int]) -> str:
-    return "x".join(str(d) for d in s)
 
 
 def read_sizes(path: str | Path) -> list[tuple[int, int]]:
@@ -227,79 +127,24 @@ def sizes_coverage(profiles: Sequence[Profile], sizes: Sequence[tuple[int, int]]
             + ("covered" if box else "NOT covered (gaps between profiles)"))
 
 
-# --------------------------------------------------------------------------------------------
-# Manifest
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the builder needs from an ONNX file, read once."""
+
+    fp16: bool  # the weights are FP16 (an FP16 export for strongly typed builders)
+    config: dict[str, Any] | None  # the rn-deploy ModelConfig as a dict, None for a foreign ONNX
+    min_size: int | None  # the model's minimum H/W (metadata rn_deploy.min_size), None when not recorded
+    dims: list[int | str]  # the input's dims: ints or symbolic names
 
 
-@dataclass
-class EngineManifest:
-    """``ENGINE.json``: what an engine is, what built it and for which GPUs."""
-
-    backend: str
-    library_version: str
-    precision: str
-    strongly_typed: bool
-    fp16_flag: bool
-    targets: list[str]
-    build_gpu: dict[str, Any] | None
-    profiles: list[dict[str, dict[str, list[int]]]]
-    onnx_path: str
-    onnx_sha256: str
-    built_from: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    build_seconds: float
-    built_at: str
-    options: dict[str, Any]
-    engine_path: str
-    engine_size: int
-    engine_sha256: str
-    config: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    format: str = MANIFEST_FORMAT
-    built_from_sha256: str = ""  # the file the parser read: the ONNX itself, or the FP16 copy made from it
-    builder_flags: list[str] = field(default_factory=list)  # BuilderFlag names set when the engine was built
-    hardware_compat: str = "none"
-    version_compatible: bool = False
-    lean_runtime: str | None = None  # "embedded" or "excluded" for version-compatible engines
-    build_platform: str | None = None  # e.g. "Linux-x86_64": full TensorRT engines never cross OS/CPU platforms
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def input_profiles(self) -> list[Profile]:
-        return [Profile.from_dict(p[names.INPUT]) for p in self.profiles]
-
-    @classmethod
-    def load(cls, engine_path: str | Path) -> EngineManifest:
-        expect(engine_path, "engine")
-        path = manifest_path(engine_path)
-        if not path.exists():
-            raise BuildError(f"{path}: no manifest beside the engine; rebuild it with `rn-deploy build`")
-        try:
-            d = json.loads(path.read_text())
-            if d.get("format") != MANIFEST_FORMAT:
-                raise BuildError(f"{path}: manifest format {d.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (json.JSONDecodeError, TypeError) as e:
-            raise BuildError(f"{path}: not a valid engine manifest ({e})") from None
-
-
-def manifest_path(engine_path: str | Path) -> Path:
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
-
-
-def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None, list[int | str]]:
-    """(weights are FP16, rn-deploy config or None, the model's minimum H/W or None, input dims) from one read.
+def onnx_info(path: Path) -> OnnxInfo:
+    """:class:`OnnxInfo` of the ONNX at ``path``, from one read.
 
     Raises:
         BuildError: a foreign ONNX, whose tensors are not one ``input`` and one ``logits``: the runners,
             Engine, validate and Triton export address them by those names, so it is refused here.
     """
-    from .export import check_onnx_file, weights_fp16
+    from .onnxfile import check_onnx_file, weights_fp16
 
     m = check_onnx_file(path)
     if not m.graph.input:
@@ -315,7 +160,7 @@ def onnx_info(path: Path) -> tuple[bool, dict[str, Any] | None, int | None, list
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
     dims: list[int | str] = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
-    return weights_fp16(m), cfg, min_size, dims
+    return OnnxInfo(fp16=weights_fp16(m), config=cfg, min_size=min_size, dims=dims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,18 +208,6 @@ def _parse(trt: Any, builder: trt_api.Builder, flags: int, onnx_path: Path, logg
 
 def _dims(d: trt_api.Dims) -> list[int]:
     return [int(d[i]) for i in range(len(d))]
-
-
-def _gpu_info(trt: Any) -> dict[str, Any] | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
-    except Exception:  # noqa: BLE001 - torch without CUDA support
-        return None
-    return None
 
 
 def _set_targets(trt: Any, config: trt_api.IBuilderConfig, targets: Sequence[str]) -> list[str]:
@@ -426,10 +259,6 @@ def _set_dla(trt: Any, builder: trt_api.Builder, config: trt_api.IBuilderConfig,
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
-def host_platform() -> str:
-    """``System-machine`` of this host (``Linux-x86_64``, ``Linux-aarch64`` on Jetson): engines never cross it."""
-    return f"{platform.system()}-{platform.machine()}"
-
 
 def check_portability_options(backend: str, hardware_compat: str, version_compatible: bool, exclude_lean_runtime: bool) -> None:
     """Refuse, in one line and before any build work, the portability options ``backend`` cannot honour."""
@@ -474,7 +303,7 @@ FP16_SOURCE_KEY = "rn_deploy.fp16_source_sha256"
 
 def fp16_source_digest(path: Path) -> str | None:
     """The sha256 of the FP32 ONNX an FP16 copy was converted from (its metadata), or None."""
-    from .export import check_onnx_file
+    from .onnxfile import check_onnx_file
 
     try:
         m = check_onnx_file(path)
@@ -489,7 +318,7 @@ def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None
     The copy ``NAME.fp16.onnx`` records the source's sha256 in its metadata; it is reused only when
     that digest matches (never by modification time: a copy of another model is converted afresh).
     """
-    from .export import _to_fp16
+    from .export import convert_fp16
 
     digest = source_sha256 or sha256_file(onnx_path)
     out = onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx")
@@ -502,7 +331,7 @@ def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None
         if p.key == "rn_deploy.precision":
             p.value = "fp16"
     model.metadata_props.add(key=FP16_SOURCE_KEY, value=digest)
-    half = _to_fp16(model, keep_io_fp32=True)
+    half = convert_fp16(model, keep_io_fp32=True, tool="converter")
     with atomic_path(out) as tmp:
         onnx.save_model(half, str(tmp))
     return out
@@ -555,7 +384,8 @@ def build_engine(
     if not onnx_path.exists():
         raise BuildError(f"{onnx_path}: no such file; export one with `rn-deploy export`")
     check_portability_options(backend, hardware_compat, version_compatible, exclude_lean_runtime)
-    is_fp16, cfg, min_hw, dims = onnx_info(onnx_path)
+    info = onnx_info(onnx_path)
+    is_fp16, cfg, min_hw, dims = info.fp16, info.config, info.min_size, info.dims
     channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
     if not profiles:
         raise BuildError("no optimisation profile given; pass --min/--opt/--max, --profile or --sizes-from")
@@ -565,7 +395,7 @@ def build_engine(
             if isinstance(d, int) and d > 0 and not p.min[axis] == p.max[axis] == d:
                 raise BuildError(f"{onnx_path}: input axis {axis} is fixed at {d} in the ONNX, but profile {i} spans "
                                  f"{p.min[axis]}..{p.max[axis]}; re-export with dynamic axes or match it")
-    from .quantize import qdq_precision
+    from .onnxfile import qdq_precision
 
     qdq = qdq_precision(onnx.load(str(onnx_path), load_external_data=False))
     if qdq == "fp8" and targets:
@@ -624,7 +454,7 @@ def build_engine(
                              f"for input {input_name!r}; check the shapes against the ONNX input")
 
     target_names: list[str] = []
-    build_gpu = _gpu_info(trt)
+    build_gpu = gpu_info(trt)
     if backend == "tensorrt-rtx":
         if targets:
             target_names = _set_targets(trt, config, targets)
@@ -696,187 +526,3 @@ def build_engine(
     return manifest
 
 
-# --------------------------------------------------------------------------------------------
-# Compatibility and inspection
-# --------------------------------------------------------------------------------------------
-
-
-def rebuild_command(m: EngineManifest, *, backend: str | None = None, targets: Sequence[str] | None = None,
-                    trt: Any | None = None) -> str:
-    """The full ``rn-deploy build`` command that rebuilds ``m``'s engine: same ONNX, output, precision, profiles
-    (profile 0 as --min/--opt/--max, the others as --profile in order) and options.
-
-    ``backend``/``targets`` override the manifest's; TensorRT-RTX targets are limited to those the
-    installed TensorRT-RTX knows (:func:`rtx_targets`).
-    """
-    import shlex
-
-    backend = backend or m.backend
-    args = ["rn-deploy", "build", m.onnx_path, "-o", m.engine_path, "--backend", backend,
-            "--fp32" if m.precision == "fp32" else "--fp16"]
-    for i, p in enumerate(m.input_profiles):
-        if i == 0:
-            args += ["--min", fmt_shape(p.min), "--opt", fmt_shape(p.opt), "--max", fmt_shape(p.max)]
-        else:
-            args += ["--profile", f"{fmt_shape(p.min)}:{fmt_shape(p.opt)}:{fmt_shape(p.max)}"]
-    if backend == "tensorrt-rtx":
-        known = rtx_targets(trt)
-        wanted = [t for t in (targets if targets is not None else m.targets) if t in known]
-        if wanted:
-            args += ["--target", ",".join(wanted)]
-    opts = m.options or {}
-    if opts.get("workspace"):
-        args += ["--workspace", str(int(opts["workspace"]) >> 20)]
-    if opts.get("builder_opt_level") is not None:
-        args += ["--opt-level", str(opts["builder_opt_level"])]
-    if opts.get("timing_cache") and backend == "tensorrt":
-        args += ["--timing-cache", str(opts["timing_cache"])]
-    return shlex.join(args)
-
-
-def _rebuild_hint(m: EngineManifest, **kw: Any) -> str:
-    return f"rebuild: {rebuild_command(m, **kw)}"
-
-
-def cc_tuple(cc: str) -> tuple[int, int]:
-    """``'8.6'`` -> (8, 6)."""
-    major, _, minor = cc.partition(".")
-    return int(major), int(minor or 0)
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """``'10.3.0.30'`` -> (10, 3, 0, 30); non-numeric parts (``'1.0rc'``) stop the tuple."""
-    out = []
-    for part in version.split("."):
-        if not part.isdigit():
-            break
-        out.append(int(part))
-    return tuple(out)
-
-
-def _check_version_compatible(m: EngineManifest, installed: str, where: Path) -> None:
-    """A version-compatible engine loads on its own TensorRT or a later one of the same major."""
-    from .errors import EngineCompatibilityError
-
-    built, have = version_tuple(m.library_version), version_tuple(installed)
-    if not built or not have or have[0] != built[0] or have < built:
-        raise EngineCompatibilityError(f"{where}: version-compatible engine built with {m.backend} {m.library_version} loads on "
-                                       f"{m.library_version} or a later {built[0] if built else '?'}.x; installed is "
-                                       f"{installed}; {_rebuild_hint(m)} --version-compatible")
-    if m.lean_runtime == "excluded" and have[:3] != built[:3]:
-        lean = os.environ.get(LEAN_RUNTIME_ENV)
-        if not lean or not Path(lean).is_file():
-            raise EngineCompatibilityError(f"{where}: engine was built with --exclude-lean-runtime, so TensorRT {installed} needs the "
-                                           f"lean runtime of {m.library_version}: set {LEAN_RUNTIME_ENV}=/path/to/libnvinfer_lean.so."
-                                           f"{built[0]} from TensorRT {m.library_version} (now {lean or 'unset'}), or "
-                                           f"{_rebuild_hint(m)} --version-compatible")
-
-
-def check_compatible(m: EngineManifest, trt: Any, gpu_cc: str | None) -> None:
-    """Raise :class:`EngineCompatibilityError` unless ``trt`` (and the GPU, when ``gpu_cc`` is given) can run ``m``'s engine.
-
-    The message ends with the full command that rebuilds the engine for this machine.
-    """
-    from .errors import EngineCompatibilityError
-
-    where = manifest_path(m.engine_path)
-    installed = str(trt.__version__)
-    # NVIDIA: serialised TensorRT engines are not portable across platforms (cross-platform builds need RuntimePlatform).
-    if m.backend == "tensorrt" and m.build_platform and m.build_platform != host_platform():
-        raise EngineCompatibilityError(f"{where}: engine built on {m.build_platform}, this machine is {host_platform()}; engines do "
-                                       f"not cross platforms: {_rebuild_hint(m)} (on this machine)")
-    if m.version_compatible:
-        _check_version_compatible(m, installed, where)
-    elif installed.split(".")[:3] != m.library_version.split(".")[:3]:
-        raise EngineCompatibilityError(f"{where}: engine built with {m.backend} {m.library_version}, installed is {installed}; "
-                                       f"{_rebuild_hint(m, trt=trt)}")
-    if gpu_cc is None:
-        return
-    sm = sm_name(gpu_cc)
-    if m.backend == "tensorrt-rtx" and not rtx_runs_on(gpu_cc, trt):
-        raise EngineCompatibilityError(f"{where}: TensorRT-RTX does not run on this GPU ({sm}; it supports "
-                                       f"{','.join(rtx_targets(trt))}); build with full TensorRT on it: "
-                                       f"{rebuild_command(m, backend='tensorrt')}")
-    if m.backend == "tensorrt-rtx" and m.targets and sm not in m.targets:
-        raise EngineCompatibilityError(f"{where}: engine targets {','.join(m.targets)}, this GPU is {sm}; "
-                                       f"{_rebuild_hint(m, targets=[*m.targets, sm], trt=trt)}")
-    if m.backend == "tensorrt" and m.hardware_compat == "ampere-plus":
-        if cc_tuple(gpu_cc) < (8, 0):
-            raise EngineCompatibilityError(f"{where}: Ampere-plus engine needs compute capability >= 8.0, this GPU is {gpu_cc}; "
-                                           f"{_rebuild_hint(m, trt=trt)} (on this GPU, without --hardware-compat)")
-        return
-    if m.backend == "tensorrt" and m.build_gpu and m.build_gpu.get("compute_capability") != gpu_cc:
-        raise EngineCompatibilityError(f"{where}: engine built for compute capability {m.build_gpu.get('compute_capability')}, "
-                                       f"this GPU is {gpu_cc}; on this GPU, {_rebuild_hint(m)}")
-
-
-def check_engine_file(engine_path: str | Path) -> tuple[EngineManifest, Any, bytes]:
-    """Everything that can be checked without a GPU: manifest, digest, library installed and same version."""
-    from .errors import EngineCompatibilityError
-
-    engine_path = Path(engine_path)
-    if not engine_path.exists():
-        raise BuildError(f"{engine_path}: no such engine file")
-    m = EngineManifest.load(engine_path)
-    data = engine_path.read_bytes()
-    if m.engine_sha256 and hashlib.sha256(data).hexdigest() != m.engine_sha256:
-        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
-                                       f"or truncated; {_rebuild_hint(m)}")
-    trt = import_backend(m.backend)
-    check_compatible(m, trt, None)
-    return m, trt, data
-
-
-def deserialize_checked(m: EngineManifest, trt: Any, data: bytes) -> Any:
-    """Check the GPU against the manifest, then deserialise the engine."""
-    from .errors import EngineCompatibilityError
-
-    gpu = _gpu_info(trt)
-    if gpu is None:
-        raise EngineCompatibilityError(f"{m.engine_path}: no CUDA GPU visible; {m.backend} engines need one to run")
-    check_compatible(m, trt, gpu["compute_capability"])
-    runtime: trt_api.Runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    if m.version_compatible:
-        runtime = _version_compatible_runtime(m, runtime, str(trt.__version__))
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        raise EngineCompatibilityError(f"{m.engine_path}: {m.backend} could not deserialise the engine; {_rebuild_hint(m)}")
-    return engine
-
-
-def _version_compatible_runtime(m: EngineManifest, runtime: trt_api.Runtime, installed: str) -> trt_api.Runtime:
-    """The runtime that runs a version-compatible plan: its embedded lean runtime is host code we must allow,
-    and a plan without one runs on the building release's lean library (same release: the full runtime does).
-    """
-    if m.lean_runtime == "excluded" and version_tuple(installed)[:3] != version_tuple(m.library_version)[:3]:
-        return runtime.load_runtime(os.environ[LEAN_RUNTIME_ENV])  # presence checked by check_compatible
-    runtime.engine_host_code_allowed = True  # the plan's lean runtime: rn-deploy built it, the digest matched
-    return runtime
-
-
-def load_engine_checked(engine_path: str | Path) -> tuple[EngineManifest, Any, Any]:
-    """Check the manifest against the installed library and GPU, then deserialise: (manifest, trt, engine)."""
-    m, trt, data = check_engine_file(engine_path)
-    return m, trt, deserialize_checked(m, trt, data)
-
-
-def inspect_engine(engine_path: str | Path) -> dict[str, Any]:
-    """The manifest, plus the engine inspector's layers and precisions where the engine can be deserialised."""
-    from .errors import EngineCompatibilityError
-
-    if not Path(engine_path).is_file():
-        raise BuildError(f"{engine_path}: no such engine file")
-    m = EngineManifest.load(engine_path)
-    if m.engine_sha256 and sha256_file(engine_path) != m.engine_sha256:  # a changed engine is an error, not a skipped detail
-        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
-                                       f"or truncated; {_rebuild_hint(m)}")
-    out: dict[str, Any] = {"manifest": m.to_dict(), "layers": None, "layers_skipped": None}
-    try:
-        _m, trt, engine = load_engine_checked(engine_path)
-    except Exception as e:  # noqa: BLE001 - report why layer info is unavailable, keep the manifest
-        out["layers_skipped"] = str(e)
-        return out
-    insp = engine.create_engine_inspector()
-    info = json.loads(insp.get_engine_information(trt.LayerInformationFormat.JSON))
-    out["layers"] = info.get("Layers", info)
-    return out

@@ -51,7 +51,7 @@ def _runs_here(engine_path: Path) -> bool:
     """Whether this machine's library and GPU can run the engine (no GPU: validation reports it as not judged)."""
     import torch
 
-    from .build import EngineManifest, check_compatible
+    from .runtime import EngineManifest, check_compatible
 
     if not torch.cuda.is_available():
         return True
@@ -93,8 +93,8 @@ def _accuracy(ckpt: Path, out: Path, onnx32: str, onnx16: str, engine: Path | No
     on the test images training evaluated on: ``rn-deploy eval``."""
     import torch
 
-    from .build import EngineManifest
     from .evaluate import format_table, run_eval
+    from .runtime import EngineManifest
 
     engines = []
     if engine is not None and torch.cuda.is_available():

@@ -295,7 +295,7 @@ class EvalFailed(RnDeployError):
 
 def onnx_precision(path: str | Path) -> str:
     """``fp32``, ``fp16`` or ``int8`` of an ONNX file: its ``rn_deploy.precision`` metadata, else its weights and Q/DQ nodes."""
-    from .export import check_onnx_file, weights_fp16
+    from .onnxfile import check_onnx_file, weights_fp16
 
     m = check_onnx_file(path)
     if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul") for n in m.graph.node):
@@ -355,8 +355,8 @@ def plan_artifacts(checkpoint: str | Path, config: ModelConfig, onnx: Sequence[s
     ``backends`` (any of :data:`BACKENDS`) picks explicitly: each ONNX runs on every listed ``ort-*``
     backend, engines only when ``trt`` is listed, and ``torch-fp16`` adds the checkpoint in FP16 (CUDA).
     """
-    from .build import EngineManifest
-    from .export import read_onnx_config
+    from .onnxfile import read_onnx_config
+    from .runtime import EngineManifest
 
     for b in backends or ():
         if b not in BACKENDS:

@@ -140,7 +140,7 @@ def environment() -> dict[str, Any]:
     """Host, date, GPU and the versions of every tool and runtime a report's numbers depend on."""
     from importlib import metadata
 
-    from . import __version__
+    from .version import __version__
 
     env: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "rn_deploy": __version__,
                            "torch": torch.__version__, "numpy": np.__version__,
@@ -320,7 +320,7 @@ def describe_artifact(path: Path, role: str) -> dict[str, Any]:
         if data.exists():
             d["external_data"] = {"path": str(data), "sha256": sha256_file(data)}
     if role == "engine":
-        from .build import EngineManifest
+        from .runtime import EngineManifest
 
         m = EngineManifest.load(path)
         d.update({"backend": m.backend, "library_version": m.library_version, "targets": m.targets, "build_gpu": m.build_gpu,
@@ -372,9 +372,9 @@ def run_validation(
     An artifact named by ``onnx_path``/``engine_path`` that no runner could judge here makes the
     report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way.
     """
-    from .build import fmt_shape as fmt
     from .checkpoint import load_checkpoint
     from .runners import TorchRunner
+    from .runtime import fmt_shape as fmt
 
     checkpoint = Path(checkpoint)
     onnx_p = Path(onnx_path) if onnx_path else None
@@ -392,7 +392,7 @@ def run_validation(
     skipped: dict[str, str] = {}
     profiles: list[Any] = []
     if engine_p is not None:
-        from .build import EngineManifest
+        from .runtime import EngineManifest
 
         profiles = EngineManifest.load(engine_p).input_profiles
     if sizes and profiles:
