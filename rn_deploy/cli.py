@@ -1,4 +1,8 @@
-"""The ``rn-deploy`` command line: thin click commands over the library functions."""
+"""The ``rn-deploy`` command line: thin click commands over the library functions.
+
+Long on purpose: one place lists every command and its options (click declarations are most of it); each
+command body is a few lines over a library function. Training commands live in rn_deploy.train.cli.
+"""
 
 from __future__ import annotations
 

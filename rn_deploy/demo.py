@@ -11,16 +11,15 @@ latency.png, parity.png, eval.json, eval.md, confusion.png and delta-*.png, and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .build import Profile, build_engine, import_backend, rtx_runs_on
 from .errors import RnDeployError
 from .export import export_onnx
+from .log import Log
 from .validate import run_validation
 
-Log = Callable[[str], None]
 RTX_TARGETS = ["sm86", "sm89", "sm120"]
 
 

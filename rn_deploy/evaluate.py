@@ -9,12 +9,15 @@ The library half of ``rn-deploy eval``:
   in batches, preprocessed by :func:`rn_deploy.preprocess.eval_batch` (the function training
   evaluation uses), and keeps only top-5 indices per image;
 - :func:`accuracy`, :func:`agreement` and :func:`confusion` turn predictions into numbers.
+
+Over 400 lines: data loading, the per-artifact runners, the table and the plot of one verdict; splitting the
+report writing into its own module is a follow-up (issue 16).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +27,12 @@ import torch
 
 from .checkpoint import ModelConfig
 from .errors import DataError, RnDeployError
+from .log import Log
 from .preprocess import eval_batch
 
 if TYPE_CHECKING:
     from rn_deploy.train.data import ImageSet
 
-Log = Callable[[str], None]
 DATASET_CHOICES = ("fashion-mnist", "mnist", "imagefolder")
 _ALIASES = {"mnist-png": "mnist", "imagenette": "imagefolder"}
 

@@ -6,6 +6,9 @@ objects, keeps ``AdaptiveAvgPool2d(1)`` as a global reduction, but silently bake
 ``AdaptiveAvgPool2d(k>1)`` into a fixed AveragePool. So every export is linted first (modules
 that freeze the spatial size are refused) and verified afterwards with ONNX Runtime at sizes
 other than the trace size.
+
+Over 400 lines: the exporter and its proofs (dynamic lint, minimum size, verification at untraced sizes)
+share private state; ONNX reading already lives in rn_deploy.onnxfile.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from . import names
 from ._io import sha256_file
 from .checkpoint import FORMAT, ModelConfig, load_checkpoint
 from .errors import ExportError, MissingDependencyError
+from .log import Log
 from .metrics import Parity, parity
 from .onnxfile import check_onnx_file as check_onnx_file
 from .onnxfile import onnx_config as onnx_config
@@ -51,7 +55,6 @@ DEFAULT_FP16_TOOL = "converter"
 AUTOCAST_INSTALL = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy ml_dtypes lief  (or rn-deploy[fp16-autocast]; "
                     "not nvidia-modelopt[onnx], which swaps the CPU onnxruntime for onnxruntime-gpu)")
 
-Log = Callable[[str], None]
 
 
 @dataclass

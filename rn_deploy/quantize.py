@@ -12,6 +12,9 @@ Runtime (CPU) on the held-out split against the FP32 ONNX (:mod:`rn_deploy.evalu
 top-1 drop exceeds ``max_drop`` points it walks a ladder (another calibration method, more
 calibration images, first/last layers kept in higher precision) and keeps the first rung that
 passes; if none does, nothing is written unless ``force``.
+
+Over 400 lines: calibration, the recipe ladder and the accuracy gate are one workflow; Q/DQ detection
+lives in rn_deploy.onnxfile.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ import onnx
 
 from ._io import atomic_path, atomic_write_text
 from .errors import MissingDependencyError, RnDeployError
+from .log import Log
 from .onnxfile import QDQ_TYPES
 from .onnxfile import qdq_precision as qdq_precision
 
-Log = Callable[[str], None]
 METHODS = ("minmax", "entropy", "percentile")
 PRECISIONS = ("int8", "fp8")
 QUANTIZERS = ("modelopt", "ort")

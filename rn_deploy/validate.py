@@ -7,6 +7,8 @@ its own, warm-up, device-synchronised iterations, p50/p90/p99, img/s), then
 per-precision tolerances. A runner that is the reference itself (same framework, device and
 precision) is timed but is not a parity cell, and a report passes only when at least one
 independent backend ran and was compared.
+
+Just over 400 lines: the grid, the composition of compare + benchmark and the artifact judgement.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,12 @@ import torch
 from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
 from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
+from .log import Log
 from .runners import Runner, RunnerUnavailable
 
 __all__ = ["DEFAULT_TOLERANCES", "Cell", "Latency", "ValidationReport", "check", "run_validation", "validate"]
 
 REPORT_FORMAT = "rn-deploy-report/2"
-Log = Callable[[str], None]
 NOTHING_COMPARED = ("nothing was compared: every backend that ran is the PyTorch FP32 reference itself; pass --onnx MODEL.onnx "
                     "(ONNX Runtime CPU runs anywhere), --engine MODEL.engine on a machine with a GPU, or install "
                     "onnxruntime-gpu on a GPU machine for ort-cuda")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Layer of each module (the longest matching prefix wins); a module may import its own layer or below.
 LAYERS = ["foundation", "model", "artifacts", "runtime", "verdicts", "service", "surface"]
 LAYER_OF = {
-    "rn_deploy.errors": "foundation", "rn_deploy.names": "foundation", "rn_deploy._io": "foundation",
+    "rn_deploy.errors": "foundation", "rn_deploy.names": "foundation", "rn_deploy._io": "foundation", "rn_deploy.log": "foundation",
     "rn_deploy.version": "foundation", "rn_deploy.filekind": "foundation", "rn_deploy.preprocess": "foundation",
     "rn_deploy.strictjson": "foundation", "rn_deploy.metrics": "foundation", "rn_deploy.summary": "foundation",
     "rn_deploy.models": "model", "rn_deploy.checkpoint": "model", "rn_deploy.train": "model",
