@@ -137,14 +137,13 @@ def _modelopt() -> Any:
         from modelopt.onnx.quantization import quantize as mo_quantize
     except ImportError as e:
         raise MissingDependencyError(f"quantize needs NVIDIA ModelOpt ({e}); install it: {MODELOPT_INSTALL}") from None
-    import importlib.util
-
     from modelopt.onnx import trt_utils
 
     # tensorrt-stubs leaves an importable, empty `tensorrt` namespace; ModelOpt then takes TensorRT for
     # installed and fails on trt.Logger. Its TensorRT use here (custom-op discovery) is optional.
-    spec = importlib.util.find_spec("tensorrt")
-    if spec is not None and not hasattr(importlib.import_module("tensorrt"), "Logger"):
+    from .runtime.manifest import backend_installed
+
+    if not backend_installed("tensorrt"):
         trt_utils.TRT_PYTHON_AVAILABLE = False
     return mo_quantize
 

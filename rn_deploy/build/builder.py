@@ -24,6 +24,7 @@ from ..runtime.manifest import (
     host_platform,
     import_backend,
     manifest_path,
+    sm_name,
 )
 
 if TYPE_CHECKING:
@@ -208,14 +209,14 @@ def build_engine(
         elif build_gpu is None:
             raise BuildError("no CUDA GPU visible: TensorRT-RTX needs --target (e.g. --target sm86,sm89,sm120) to build ahead of time")
         else:
-            target_names = [f"sm{build_gpu['compute_capability'].replace('.', '')}"]
+            target_names = [sm_name(build_gpu['compute_capability'])]
     elif targets:
         raise BuildError("--target is a TensorRT-RTX option; full TensorRT builds for the GPU it runs on")
     elif build_gpu is None:
         raise BuildError("no CUDA GPU visible: full TensorRT builds on the GPU it targets; use --backend tensorrt-rtx --target smXX "
                          "to build ahead of time")
     if precision == "fp8" and build_gpu is not None and not targets:
-        check_fp8_targets([f"sm{build_gpu['compute_capability'].replace('.', '')}"])
+        check_fp8_targets([sm_name(build_gpu['compute_capability'])])
     if backend == "tensorrt":
         check_build_gpu_for_compat(hardware_compat, build_gpu)
         apply_portability(config, trt.HardwareCompatibilityLevel, trt.BuilderFlag, hardware_compat, version_compatible,

@@ -46,6 +46,16 @@ def import_backend(backend: str) -> Any:
     return mod
 
 
+def backend_installed(backend: str) -> bool:
+    """Whether ``backend``'s TensorRT module is installed and really TensorRT (the one presence check):
+    a failed ``pip install tensorrt`` or ``tensorrt-stubs`` can leave an importable, empty namespace."""
+    try:
+        import_backend(backend)
+    except MissingDependencyError:
+        return False
+    return True
+
+
 # TensorRT-RTX's targets when its bindings are not installed (tensorrt-rtx 1.7: ComputeCapability lists these).
 _RTX_TARGETS_FALLBACK = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 
