@@ -28,3 +28,19 @@ def test_top_level_help_lists_the_lazy_training_commands():
     for name in ("train", "lr-find", "show-batch", "export", "build"):
         assert f"  {name} " in out, name
     assert "HEAVY=\n" in out + "\n"
+
+
+# rn_deploy.train is this repository's train/ folder (an editable install may map it elsewhere): load it from here.
+TRAIN_FROM_REPO = ("import importlib.util, sys\nimport rn_deploy\n"
+                   "spec = importlib.util.spec_from_file_location('rn_deploy.train', 'train/__init__.py', "
+                   "submodule_search_locations=['train'])\n"
+                   "m = importlib.util.module_from_spec(spec); sys.modules['rn_deploy.train'] = m; spec.loader.exec_module(m)\n")
+
+
+@pytest.mark.parametrize("cmd", ["train", "lr-find", "show-batch"])
+def test_training_command_help_imports_no_torch(cmd: str):
+    out = subprocess.run([sys.executable, "-c", TRAIN_FROM_REPO + PROBE, cmd, "--help"], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert "--dataset" in out and "fashion-mnist" in out
+    heavy = out.strip().splitlines()[-1]
+    assert heavy == "HEAVY=", f"rn-deploy {cmd} --help imported {heavy[6:]}"

@@ -35,10 +35,11 @@ from rn_deploy.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rn_deploy.errors import DataError
 from rn_deploy.preprocess import convert_pil, eval_batch, fit_uint8, normalize
 
+from .datasets import DATASETS
+
 FASHION_MNIST_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-DATASETS = ("fashion-mnist", "mnist-png", "imagefolder")
 
 
 @dataclass
