@@ -1,4 +1,8 @@
-"""The ``rn-deploy`` command line: thin click commands over the library functions."""
+"""The ``rn-deploy`` command line: thin click commands over the library functions.
+
+Long on purpose: one place lists every command and its options (click declarations are most of it); each
+command body is a few lines over a library function. Training commands live in rn_deploy.train.cli.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,20 @@ from typing import Any
 
 import click
 
-from . import __version__
 from .errors import RnDeployError
+from .version import __version__
+
+# Training commands live in rn_deploy.train (which imports torch): loaded only when one of them is run or asked
+# for its --help, so `rn-deploy --help` and the other commands start without torch. name -> (attribute, short help).
+LAZY_COMMANDS = {
+    "train": ("train_command", "Train a ResNet with a one-cycle schedule and write OUT/model.pt."),
+    "lr-find": ("lr_find_command", "Learning-rate range test: loss against an exponentially growing LR, with a suggested LR."),
+    "show-batch": ("show_batch_command", "Save a grid of augmented training images with their labels (denormalised) as a PNG."),
+}
 
 
 class _Group(click.Group):
-    """Prints our errors as one line on stderr (no traceback) and exits 1."""
+    """Prints our errors as one line on stderr (no traceback) and exits 1; loads training commands lazily."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -21,6 +33,33 @@ class _Group(click.Group):
         except RnDeployError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            self.add_command(getattr(importlib.import_module("rn_deploy.train.cli"), LAZY_COMMANDS[cmd_name][0]))
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from click.utils import make_default_short_help
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name in LAZY_COMMANDS and name not in self.commands:
+                rows.append((name, make_default_short_help(LAZY_COMMANDS[name][1], limit)))
+                continue
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def echo_json(obj: Any) -> None:
@@ -205,14 +244,6 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
                f"({res.precision}, opset {res.opset}, {res.seconds:.1f}s)")
 
 
-def _add_train() -> None:
-    from rn_deploy.train.cli import lr_find_command, show_batch_command, train_command
-
-    for cmd in (train_command, lr_find_command, show_batch_command):
-        main.add_command(cmd)
-
-
-_add_train()
 
 def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], sizes_from: Path | None,
                     bands: int, batch: tuple[int, int, int], channels: int) -> list[Any]:
@@ -276,7 +307,7 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
     """
     from .build import build_engine, onnx_info
 
-    cfg = onnx_info(onnx_path)[1] if onnx_path.exists() else None
+    cfg = onnx_info(onnx_path).config if onnx_path.exists() else None
     channels = int(cfg["in_channels"]) if cfg else 3
     profiles = _parse_profiles(min_, opt, max_, profile, sizes_from, bands, batch, channels)
     if gpu_fallback and dla_core is None:
@@ -356,8 +387,8 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
 
     Given a checkpoint (model.pt): its config and the evaluation training recorded in it.
     """
-    from .build import inspect_engine
     from .filekind import expect
+    from .runtime import inspect_engine
 
     kind = expect(engine, "engine", "checkpoint").kind  # by content: a misnamed file still gets the right words
     if kind == "checkpoint" or (kind == "unknown" and engine.suffix in (".pt", ".pth", ".ckpt")):

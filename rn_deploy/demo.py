@@ -11,16 +11,15 @@ latency.png, parity.png, eval.json, eval.md, confusion.png and delta-*.png, and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .build import Profile, build_engine, import_backend, rtx_runs_on
 from .errors import RnDeployError
 from .export import export_onnx
+from .log import Log
 from .validate import run_validation
 
-Log = Callable[[str], None]
 RTX_TARGETS = ["sm86", "sm89", "sm120"]
 
 
@@ -51,7 +50,7 @@ def _runs_here(engine_path: Path) -> bool:
     """Whether this machine's library and GPU can run the engine (no GPU: validation reports it as not judged)."""
     import torch
 
-    from .build import EngineManifest, check_compatible
+    from .runtime import EngineManifest, check_compatible
 
     if not torch.cuda.is_available():
         return True
@@ -93,8 +92,8 @@ def _accuracy(ckpt: Path, out: Path, onnx32: str, onnx16: str, engine: Path | No
     on the test images training evaluated on: ``rn-deploy eval``."""
     import torch
 
-    from .build import EngineManifest
     from .evaluate import format_table, run_eval
+    from .runtime import EngineManifest
 
     engines = []
     if engine is not None and torch.cuda.is_available():

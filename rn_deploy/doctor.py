@@ -172,7 +172,7 @@ def jetson_info(root: Path = Path("/"), run: Run = run_quiet) -> dict[str, Any] 
 
 def environment(run: Run = run_quiet) -> dict[str, Any]:
     """This machine in one JSON-able block: record it beside every measured number (validate, bench)."""
-    from . import __version__
+    from .version import __version__
 
     return {
         "rn_deploy": __version__,
@@ -218,7 +218,7 @@ def _engine_fix(m: Any, env: dict[str, Any]) -> str:
 
 
 def check_engine(path: Path, env: dict[str, Any]) -> ArtifactCheck:
-    from .build import BACKENDS, EngineManifest, check_compatible, check_engine_file, deserialize_checked
+    from .runtime import BACKENDS, EngineManifest, check_compatible, check_engine_file, deserialize_checked
 
     try:
         m = EngineManifest.load(path)
@@ -247,7 +247,7 @@ def check_engine(path: Path, env: dict[str, Any]) -> ArtifactCheck:
 
 
 def check_onnx(path: Path, env: dict[str, Any]) -> ArtifactCheck:
-    from .export import check_onnx_file, weights_fp16
+    from .onnxfile import check_onnx_file, weights_fp16
 
     try:
         graph = check_onnx_file(path)

@@ -106,7 +106,7 @@ class Engine:
             raise RnDeployError(f"{path}: no such file")
         kind = expect(path, "onnx", "engine").kind
         if kind == "onnx" or (kind == "unknown" and path.suffix == ".onnx"):
-            from .export import read_onnx_config
+            from .onnxfile import read_onnx_config
 
             cfg = read_onnx_config(path)
             if cfg is None:

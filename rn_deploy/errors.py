@@ -28,6 +28,10 @@ class BuildError(RnDeployError):
     """An engine could not be built (parser errors, invalid profiles, builder failure)."""
 
 
+class ManifestError(RnDeployError):
+    """An engine's manifest (ENGINE.json) is missing, unreadable or of another format."""
+
+
 class MissingDependencyError(RnDeployError, ImportError):
     """An optional library (TensorRT, ONNX Runtime GPU, ...) is not installed."""
 

@@ -9,12 +9,15 @@ The library half of ``rn-deploy eval``:
   in batches, preprocessed by :func:`rn_deploy.preprocess.eval_batch` (the function training
   evaluation uses), and keeps only top-5 indices per image;
 - :func:`accuracy`, :func:`agreement` and :func:`confusion` turn predictions into numbers.
+
+Over 400 lines: data loading, the per-artifact runners, the table and the plot of one verdict; splitting the
+report writing into its own module is a follow-up (issue 16).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +27,12 @@ import torch
 
 from .checkpoint import ModelConfig
 from .errors import DataError, RnDeployError
+from .log import Log
 from .preprocess import eval_batch
 
 if TYPE_CHECKING:
     from rn_deploy.train.data import ImageSet
 
-Log = Callable[[str], None]
 DATASET_CHOICES = ("fashion-mnist", "mnist", "imagefolder")
 _ALIASES = {"mnist-png": "mnist", "imagenette": "imagefolder"}
 
@@ -295,7 +298,7 @@ class EvalFailed(RnDeployError):
 
 def onnx_precision(path: str | Path) -> str:
     """``fp32``, ``fp16`` or ``int8`` of an ONNX file: its ``rn_deploy.precision`` metadata, else its weights and Q/DQ nodes."""
-    from .export import check_onnx_file, weights_fp16
+    from .onnxfile import check_onnx_file, weights_fp16
 
     m = check_onnx_file(path)
     if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul") for n in m.graph.node):
@@ -355,8 +358,8 @@ def plan_artifacts(checkpoint: str | Path, config: ModelConfig, onnx: Sequence[s
     ``backends`` (any of :data:`BACKENDS`) picks explicitly: each ONNX runs on every listed ``ort-*``
     backend, engines only when ``trt`` is listed, and ``torch-fp16`` adds the checkpoint in FP16 (CUDA).
     """
-    from .build import EngineManifest
-    from .export import read_onnx_config
+    from .onnxfile import read_onnx_config
+    from .runtime import EngineManifest
 
     for b in backends or ():
         if b not in BACKENDS:

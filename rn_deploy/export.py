@@ -6,6 +6,9 @@ objects, keeps ``AdaptiveAvgPool2d(1)`` as a global reduction, but silently bake
 ``AdaptiveAvgPool2d(k>1)`` into a fixed AveragePool. So every export is linted first (modules
 that freeze the spatial size are refused) and verified afterwards with ONNX Runtime at sizes
 other than the trace size.
+
+Over 400 lines: the exporter and its proofs (dynamic lint, minimum size, verification at untraced sizes)
+share private state; ONNX reading already lives in rn_deploy.onnxfile.
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ from torch import nn
 from . import names
 from ._io import sha256_file
 from .checkpoint import FORMAT, ModelConfig, load_checkpoint
-from .errors import ExportError, MissingDependencyError, RnDeployError
-from .filekind import expect
+from .errors import ExportError, MissingDependencyError
+from .log import Log
 from .metrics import Parity, parity
+from .onnxfile import check_onnx_file as check_onnx_file
+from .onnxfile import onnx_config as onnx_config
+from .onnxfile import read_onnx_config as read_onnx_config
+from .onnxfile import weights_fp16 as weights_fp16
 
 FP32_REL_L2 = 1e-4
 FP16_REL_L2 = 1e-2
@@ -48,7 +55,6 @@ DEFAULT_FP16_TOOL = "converter"
 AUTOCAST_INSTALL = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy ml_dtypes lief  (or rn-deploy[fp16-autocast]; "
                     "not nvidia-modelopt[onnx], which swaps the CPU onnxruntime for onnxruntime-gpu)")
 
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -257,52 +263,6 @@ def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int,
         "in_channels": str(config.in_channels),
         "image_size": json.dumps(config.image_size),
     }
-
-
-def check_onnx_file(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX graph (weights left on disk) and check its external data files exist.
-
-    Raises:
-        RnDeployError: missing or unreadable file, or an external data file missing beside it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise RnDeployError(f"{path}: no such ONNX file; export one with `rn-deploy export`")
-    expect(path, "onnx")
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file
-        raise RnDeployError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
-    for t in m.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            if not (path.parent / loc).exists():
-                raise RnDeployError(f"{path}: its external data file {loc!r} is missing; the .onnx and {loc} travel together, "
-                                    "copy both (or re-export)")
-    return m
-
-
-def onnx_config(m: onnx.ModelProto) -> ModelConfig | None:
-    """The ModelConfig stored in an ONNX model's metadata, or None for a foreign ONNX."""
-    props = {p.key: p.value for p in m.metadata_props}
-    if "rn_deploy.config" not in props:
-        return None
-    return ModelConfig.from_dict(json.loads(props["rn_deploy.config"]))
-
-
-def read_onnx_config(path: str | Path) -> ModelConfig | None:
-    """:func:`onnx_config` of an ONNX file (checked with :func:`check_onnx_file`)."""
-    return onnx_config(check_onnx_file(path))
-
-
-def weights_fp16(m: onnx.ModelProto) -> bool:
-    """Whether this is an FP16 export (for strongly typed builders): every floating-point weight is FP16, or
-    rn-deploy wrote it as FP16 (AutoCast keeps the weights of the ops it leaves in FP32 in FP32).
-    """
-    kinds = {t.data_type for t in m.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
-    if onnx.TensorProto.FLOAT16 in kinds and any(p.key == "rn_deploy.precision" and p.value == "fp16" for p in m.metadata_props):
-        return True
-    return kinds == {onnx.TensorProto.FLOAT16}
 
 
 def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, opset: int | None, dynamic: bool, min_size: int) -> str:
@@ -571,7 +531,7 @@ def export_onnx(
     del proto.metadata_props[:]
     for k, v in _metadata(config, precision, dynamic, lo, runtimes).items():
         proto.metadata_props.add(key=k, value=v)
-    from . import __version__
+    from .version import __version__
 
     proto.producer_name, proto.producer_version = "rn-deploy", __version__
     if fp16:

@@ -12,6 +12,9 @@ Runtime (CPU) on the held-out split against the FP32 ONNX (:mod:`rn_deploy.evalu
 top-1 drop exceeds ``max_drop`` points it walks a ladder (another calibration method, more
 calibration images, first/last layers kept in higher precision) and keeps the first rung that
 passes; if none does, nothing is written unless ``force``.
+
+Over 400 lines: calibration, the recipe ladder and the accuracy gate are one workflow; Q/DQ detection
+lives in rn_deploy.onnxfile.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import onnx
 
 from ._io import atomic_path, atomic_write_text
 from .errors import MissingDependencyError, RnDeployError
+from .log import Log
+from .onnxfile import QDQ_TYPES
+from .onnxfile import qdq_precision as qdq_precision
 
-Log = Callable[[str], None]
 METHODS = ("minmax", "entropy", "percentile")
 PRECISIONS = ("int8", "fp8")
 QUANTIZERS = ("modelopt", "ort")
@@ -43,7 +48,6 @@ PERCENTILE = 99.99
 LADDER_CALIB_FACTOR = 4
 MODELOPT_INSTALL = ('pip install --no-deps "nvidia-modelopt==0.47.0" && pip install "rn-deploy[quant]"  '
                     "(plain `pip install nvidia-modelopt[onnx]` replaces the CPU onnxruntime with onnxruntime-gpu)")
-_QDQ_TYPES: dict[int, str] = {int(onnx.TensorProto.INT8): "int8", int(onnx.TensorProto.FLOAT8E4M3FN): "fp8"}
 
 
 class QuantizeError(RnDeployError):
@@ -63,19 +67,6 @@ class GateFailed(QuantizeError):
 # --------------------------------------------------------------------------------------------
 
 
-def qdq_precision(m: onnx.ModelProto) -> str | None:
-    """``"int8"`` / ``"fp8"`` for an explicitly quantized (Q/DQ) model, None when it has no QuantizeLinear."""
-    inits: dict[str, int] = {t.name: int(t.data_type) for t in m.graph.initializer}
-    kinds: set[str] = set()
-    for n in m.graph.node:
-        if n.op_type == "QuantizeLinear":
-            zp = inits.get(n.input[2], 0) if len(n.input) > 2 and n.input[2] else int(onnx.TensorProto.UINT8)
-            kinds.add(_QDQ_TYPES.get(zp) or onnx.TensorProto.DataType.Name(zp).lower())
-    if not kinds:
-        return None
-    return "fp8" if "fp8" in kinds else "int8" if kinds == {"int8"} else ",".join(sorted(kinds))
-
-
 def check_trt_form(m: onnx.ModelProto, where: str) -> dict[str, int]:
     """Raise :class:`QuantizeError` unless ``m`` is in the Q/DQ form TensorRT takes; return node counts.
 
@@ -92,7 +83,7 @@ def check_trt_form(m: onnx.ModelProto, where: str) -> dict[str, int]:
         n_q += n.op_type == "QuantizeLinear"
         n_dq += n.op_type == "DequantizeLinear"
         zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-        if zp is None or zp.data_type not in _QDQ_TYPES:
+        if zp is None or zp.data_type not in QDQ_TYPES:
             kind = onnx.TensorProto.DataType.Name(zp.data_type) if zp is not None else "none (uint8 by default)"
             raise QuantizeError(f"{where}: {n.op_type} {n.name!r} has zero point type {kind}; TensorRT takes INT8/FP8 with zero point 0")
         if np.any(onnx.numpy_helper.to_array(zp).astype(np.float32) != 0):
@@ -146,14 +137,13 @@ def _modelopt() -> Any:
         from modelopt.onnx.quantization import quantize as mo_quantize
     except ImportError as e:
         raise MissingDependencyError(f"quantize needs NVIDIA ModelOpt ({e}); install it: {MODELOPT_INSTALL}") from None
-    import importlib.util
-
     from modelopt.onnx import trt_utils
 
     # tensorrt-stubs leaves an importable, empty `tensorrt` namespace; ModelOpt then takes TensorRT for
     # installed and fails on trt.Logger. Its TensorRT use here (custom-op discovery) is optional.
-    spec = importlib.util.find_spec("tensorrt")
-    if spec is not None and not hasattr(importlib.import_module("tensorrt"), "Logger"):
+    from .runtime.manifest import backend_installed
+
+    if not backend_installed("tensorrt"):
         trt_utils.TRT_PYTHON_AVAILABLE = False
     return mo_quantize
 
@@ -413,7 +403,7 @@ def _ladder(first: Recipe, train_size: int, tried: list[Rung]) -> list[tuple[str
 def _source_config(source: Path) -> Any:
     """The ModelConfig of a checkpoint or an FP32 rn-deploy ONNX, with the checks that need no export."""
     from .checkpoint import ModelConfig, read_checkpoint
-    from .export import check_onnx_file, onnx_config, weights_fp16
+    from .onnxfile import check_onnx_file, onnx_config, weights_fp16
 
     if not source.exists():
         raise QuantizeError(f"{source}: no such file; pass a checkpoint (model.pt) or an FP32 ONNX from `rn-deploy export`")
@@ -489,7 +479,7 @@ def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any
 
 
 def _config(m: onnx.ModelProto) -> Any:
-    from .export import onnx_config
+    from .onnxfile import onnx_config
 
     return onnx_config(m)
 

@@ -60,7 +60,7 @@ def _model_info(path: Path, is_onnx: bool) -> dict[str, Any]:
 
 
 def _from_engine(path: Path) -> dict[str, Any]:
-    from .build import EngineManifest
+    from .runtime.manifest import EngineManifest
 
     m = EngineManifest.load(path)
     if m.backend != "tensorrt":
@@ -82,7 +82,7 @@ def _from_engine(path: Path) -> dict[str, Any]:
 
 
 def _from_onnx(path: Path) -> dict[str, Any]:
-    from .export import check_onnx_file
+    from .onnxfile import check_onnx_file
 
     m = check_onnx_file(path)
     ins = {i.name: i for i in m.graph.input}

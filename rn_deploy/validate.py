@@ -7,6 +7,8 @@ its own, warm-up, device-synchronised iterations, p50/p90/p99, img/s), then
 per-precision tolerances. A runner that is the reference itself (same framework, device and
 precision) is timed but is not a parity cell, and a report passes only when at least one
 independent backend ran and was compared.
+
+Just over 400 lines: the grid, the composition of compare + benchmark and the artifact judgement.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,12 @@ import torch
 from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
 from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
+from .log import Log
 from .runners import Runner, RunnerUnavailable
 
 __all__ = ["DEFAULT_TOLERANCES", "Cell", "Latency", "ValidationReport", "check", "run_validation", "validate"]
 
 REPORT_FORMAT = "rn-deploy-report/2"
-Log = Callable[[str], None]
 NOTHING_COMPARED = ("nothing was compared: every backend that ran is the PyTorch FP32 reference itself; pass --onnx MODEL.onnx "
                     "(ONNX Runtime CPU runs anywhere), --engine MODEL.engine on a machine with a GPU, or install "
                     "onnxruntime-gpu on a GPU machine for ort-cuda")
@@ -140,7 +142,7 @@ def environment() -> dict[str, Any]:
     """Host, date, GPU and the versions of every tool and runtime a report's numbers depend on."""
     from importlib import metadata
 
-    from . import __version__
+    from .version import __version__
 
     env: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "rn_deploy": __version__,
                            "torch": torch.__version__, "numpy": np.__version__,
@@ -320,7 +322,7 @@ def describe_artifact(path: Path, role: str) -> dict[str, Any]:
         if data.exists():
             d["external_data"] = {"path": str(data), "sha256": sha256_file(data)}
     if role == "engine":
-        from .build import EngineManifest
+        from .runtime import EngineManifest
 
         m = EngineManifest.load(path)
         d.update({"backend": m.backend, "library_version": m.library_version, "targets": m.targets, "build_gpu": m.build_gpu,
@@ -372,9 +374,9 @@ def run_validation(
     An artifact named by ``onnx_path``/``engine_path`` that no runner could judge here makes the
     report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way.
     """
-    from .build import fmt_shape as fmt
     from .checkpoint import load_checkpoint
     from .runners import TorchRunner
+    from .runtime import fmt_shape as fmt
 
     checkpoint = Path(checkpoint)
     onnx_p = Path(onnx_path) if onnx_path else None
@@ -392,7 +394,7 @@ def run_validation(
     skipped: dict[str, str] = {}
     profiles: list[Any] = []
     if engine_p is not None:
-        from .build import EngineManifest
+        from .runtime import EngineManifest
 
         profiles = EngineManifest.load(engine_p).input_profiles
     if sizes and profiles:

@@ -6,7 +6,6 @@ only "no GPU" and "no full TensorRT" may skip; every other skip fails.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
 from rn_deploy.models import create_model
+from rn_deploy.runtime.manifest import backend_installed
 
 from .strict import pytest_collection_modifyitems, pytest_make_collect_report, pytest_runtest_makereport, requires, skip
 
@@ -23,18 +23,8 @@ __all__ = ["pytest_collection_modifyitems", "pytest_make_collect_report", "pytes
 FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 
-def _has_trt_api(module: str) -> bool:
-    """Importable and really TensorRT (a failed `pip install tensorrt` can leave an empty namespace package)."""
-    if importlib.util.find_spec(module) is None:
-        return False
-    try:
-        return hasattr(importlib.import_module(module), "Builder")
-    except ImportError:
-        return False
-
-
-HAS_TRT_RTX = _has_trt_api("tensorrt_rtx_bindings")
-HAS_TRT = _has_trt_api("tensorrt")
+HAS_TRT_RTX = backend_installed("tensorrt-rtx")
+HAS_TRT = backend_installed("tensorrt")
 HAS_CUDA = torch.cuda.is_available()
 
 HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()

@@ -12,8 +12,6 @@ from rn_deploy.build import (
     EngineManifest,
     Profile,
     build_engine,
-    check_compatible,
-    inspect_engine,
     manifest_path,
     profiles_from_sizes,
     read_sizes,
@@ -22,6 +20,7 @@ from rn_deploy.build import (
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError, MissingDependencyError, RnDeployError
 from rn_deploy.export import export_onnx
+from rn_deploy.runtime import check_compatible, inspect_engine
 
 from .conftest import HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_gpu, needs_rtx, requires
 

@@ -16,13 +16,13 @@ from rn_deploy.build import (
     EngineManifest,
     Profile,
     build_engine,
-    check_compatible,
     host_platform,
     manifest_path,
 )
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError
 from rn_deploy.export import export_onnx
+from rn_deploy.runtime import check_compatible
 
 from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx, requires
 
@@ -168,7 +168,7 @@ def test_rtx_plain_build_records_portability_in_manifest(mnist_onnx: Path, tmp_p
 def test_full_tensorrt_ampere_plus_version_compatible_builds_and_loads(mnist_onnx: Path, tmp_path: Path):
     import torch
 
-    from rn_deploy.build import load_engine_checked
+    from rn_deploy.runtime import load_engine_checked
 
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("ampere-plus needs a build GPU of compute capability >= 8.0")

@@ -10,7 +10,7 @@ import click
 from rn_deploy.errors import RnDeployError
 from rn_deploy.strictjson import dumps
 
-from .data import DATASETS
+from .datasets import DATASETS
 
 
 def data_options(f: Any) -> Any:

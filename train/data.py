@@ -31,15 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from rn_deploy._io import atomic_path
+from rn_deploy.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rn_deploy.errors import DataError
 from rn_deploy.preprocess import convert_pil, eval_batch, fit_uint8, normalize
 
+from .datasets import DATASETS
+
 FASHION_MNIST_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-DATASETS = ("fashion-mnist", "mnist-png", "imagefolder")
 
 
 @dataclass
@@ -257,7 +257,7 @@ def load_image_folder(root: str | Path, split: str, *, presize: int, channels: i
         raise DataError(f"{root}: no such folder; expected ROOT/train/<class>/ and ROOT/val/<class>/")
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     imgs, labels, names, bad = _load_folder_split(root, split, class_names, presize, channels, workers, max_bad, cache)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ([0.5], [0.5])
+    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3 else ([0.5], [0.5])
     return ImageSet(imgs, labels, names, mean, std, Augment(min_scale=0.5, flip=True), bad, presize)
 
 

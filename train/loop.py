@@ -156,7 +156,12 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def _pick_device(name: str, local_rank: int) -> torch.device:
+def pick_device(name: str, local_rank: int) -> torch.device:
+    """The torch device for ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); under DDP ``cuda`` is this rank's GPU.
+
+    Raises:
+        RnDeployError: CUDA asked for without a GPU, or an unknown device name.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -255,7 +260,7 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
     """
     rank, local_rank, world = _dist_info()
     say = (log or (lambda _s: None)) if rank == 0 else (lambda _s: None)
-    dev = _pick_device(cfg.device, local_rank)
+    dev = pick_device(cfg.device, local_rank)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda":

@@ -135,9 +135,9 @@ def run_lr_find(cfg: Any, *, start: float = 1e-7, end: float = 10.0, iters: int 
     from rn_deploy.checkpoint import ModelConfig
 
     from .data import DeviceLoader, load_dataset
-    from .loop import _pick_device
+    from .loop import pick_device
 
-    dev = _pick_device(cfg.device, 0)
+    dev = pick_device(cfg.device, 0)
     train_set, _ = load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, cfg.size), workers=cfg.workers)
     train_set = train_set.subset(cfg.limit, cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import BaseRunner, RunnerUnavailable
+from .base import BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -63,7 +63,7 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                  nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES):
-        from ..export import check_onnx_file, weights_fp16
+        from ..onnxfile import check_onnx_file, weights_fp16
 
         ort = _ort()
         self.path, self.nhwc, self.threads = Path(onnx_path), nhwc, threads

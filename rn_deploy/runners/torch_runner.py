@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import BaseRunner, RunnerUnavailable
+from .base import BaseRunner, RunnerUnavailable
 
 
 class TorchRunner(BaseRunner):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import EngineCompatibilityError, RnDeployError
-from . import BaseRunner, RunnerUnavailable
+from .base import BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
 _DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32, "INT64": torch.int64,
@@ -74,8 +74,8 @@ class TrtRunner(BaseRunner):
     framework = "tensorrt"
 
     def __init__(self, engine_path: str | Path, cuda_graph: bool = False, max_graphs: int = DEFAULT_MAX_SHAPES):
-        from ..build import check_engine_file, deserialize_checked
         from ..errors import MissingDependencyError
+        from ..runtime import check_engine_file, deserialize_checked
 
         # A wrong or stale engine is an error; a machine without the library or a GPU is a skip.
         try:
@@ -87,7 +87,7 @@ class TrtRunner(BaseRunner):
         self._setup(manifest, trt, deserialize_checked(manifest, trt, data), cuda_graph, max_graphs)
 
     def _setup(self, manifest: Any, trt: Any, engine: Any, cuda_graph: bool, max_graphs: int) -> None:
-        from ..build import Profile
+        from ..runtime import Profile
 
         self.manifest, self.trt, self.engine = manifest, trt, engine
         self.artifact = str(manifest.engine_path)

@@ -1,0 +1,95 @@
+"""Precision decisions before a build: what the ONNX holds (:class:`OnnxInfo`) and the FP16 copy that strongly
+typed builders need."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from .. import names
+from .._io import atomic_path, sha256_file
+from ..errors import BuildError
+from ..log import Log
+
+if TYPE_CHECKING:
+    pass  # TensorRT 10.x API from tensorrt-stubs
+
+
+# metadata key of the FP16 copy: sha256 of the FP32 ONNX it was converted from
+FP16_SOURCE_KEY = "rn_deploy.fp16_source_sha256"
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the builder needs from an ONNX file, read once."""
+
+    fp16: bool  # the weights are FP16 (an FP16 export for strongly typed builders)
+    config: dict[str, Any] | None  # the rn-deploy ModelConfig as a dict, None for a foreign ONNX
+    min_size: int | None  # the model's minimum H/W (metadata rn_deploy.min_size), None when not recorded
+    dims: list[int | str]  # the input's dims: ints or symbolic names
+
+
+def onnx_info(path: Path) -> OnnxInfo:
+    """:class:`OnnxInfo` of the ONNX at ``path``, from one read.
+
+    Raises:
+        BuildError: a foreign ONNX, whose tensors are not one ``input`` and one ``logits``: the runners,
+            Engine, validate and Triton export address them by those names, so it is refused here.
+    """
+    from ..onnxfile import check_onnx_file, weights_fp16
+
+    m = check_onnx_file(path)
+    if not m.graph.input:
+        raise BuildError(f"{path}: the graph has no inputs")
+    inits = {t.name for t in m.graph.initializer}
+    ins = [i.name for i in m.graph.input if i.name not in inits]
+    outs = [o.name for o in m.graph.output]
+    if ins != [names.INPUT] or outs != [names.OUTPUT]:
+        raise BuildError(f"{path}: a foreign ONNX (inputs {ins}, outputs {outs}); rn-deploy builds models with one input "
+                         f"{names.INPUT!r} and one output {names.OUTPUT!r}: export the checkpoint with `rn-deploy export`, "
+                         "or rename the tensors (onnx.compose / onnx-modifier)")
+    props = {p.key: p.value for p in m.metadata_props}
+    cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
+    min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
+    dims: list[int | str] = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    return OnnxInfo(fp16=weights_fp16(m), config=cfg, min_size=min_size, dims=dims)
+
+
+def fp16_source_digest(path: Path) -> str | None:
+    """The sha256 of the FP32 ONNX an FP16 copy was converted from (its metadata), or None."""
+    from ..onnxfile import check_onnx_file
+
+    try:
+        m = check_onnx_file(path)
+    except Exception:  # noqa: BLE001 - unreadable: not a usable cache entry
+        return None
+    return next((p.value for p in m.metadata_props if p.key == FP16_SOURCE_KEY), None)
+
+
+def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None) -> Path:
+    """An FP16 (weights and compute, FP32 I/O) copy of an FP32 ONNX, for strongly typed builders.
+
+    The copy ``NAME.fp16.onnx`` records the source's sha256 in its metadata; it is reused only when
+    that digest matches (never by modification time: a copy of another model is converted afresh).
+    """
+    from ..export import convert_fp16
+
+    digest = source_sha256 or sha256_file(onnx_path)
+    out = onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx")
+    if out.exists() and fp16_source_digest(out) == digest:
+        log(f"fp16: using {out} (converted from this ONNX, sha256 {digest[:12]})")
+        return out
+    log(f"fp16: strongly typed builder; writing FP16 ONNX {out} (onnxconverter-common, FP32 I/O)")
+    model = onnx.load(str(onnx_path))
+    for p in model.metadata_props:
+        if p.key == "rn_deploy.precision":
+            p.value = "fp16"
+    model.metadata_props.add(key=FP16_SOURCE_KEY, value=digest)
+    half = convert_fp16(model, keep_io_fp32=True, tool="converter")
+    with atomic_path(out) as tmp:
+        onnx.save_model(half, str(tmp))
+    return out

@@ -1,0 +1,179 @@
+"""The layers of docs/architecture.md, enforced: no import cycles, no import up the layers.
+
+Every module of rn_deploy (and train/, installed as rn_deploy.train) is parsed with ``ast``; every
+import it makes (module level and inside functions, relative and absolute) is an edge. Imports inside
+``if TYPE_CHECKING:`` never run and are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Layer of each module (the longest matching prefix wins); a module may import its own layer or below.
+LAYERS = ["foundation", "model", "artifacts", "runtime", "verdicts", "service", "surface"]
+LAYER_OF = {
+    "rn_deploy.errors": "foundation", "rn_deploy.names": "foundation", "rn_deploy._io": "foundation", "rn_deploy.log": "foundation",
+    "rn_deploy.version": "foundation", "rn_deploy.filekind": "foundation", "rn_deploy.preprocess": "foundation",
+    "rn_deploy.strictjson": "foundation", "rn_deploy.metrics": "foundation", "rn_deploy.summary": "foundation",
+    "rn_deploy.models": "model", "rn_deploy.checkpoint": "model", "rn_deploy.train": "model",
+    "rn_deploy.onnxfile": "artifacts", "rn_deploy.export": "artifacts", "rn_deploy.build": "artifacts",
+    "rn_deploy.quantize": "artifacts", "rn_deploy.triton": "artifacts",
+    # The manifest format and profiles: written by build, read by the runtime checks; a description of an artifact.
+    "rn_deploy.runtime.manifest": "artifacts",
+    "rn_deploy.runtime": "runtime", "rn_deploy.runners": "runtime", "rn_deploy.engine": "runtime",
+    "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts",
+    "rn_deploy.validate": "verdicts", "rn_deploy.report": "verdicts", "rn_deploy.doctor": "verdicts",
+    "rn_deploy.serve": "service", "rn_deploy.client": "service",
+    "rn_deploy.cli": "surface", "rn_deploy.demo": "surface", "rn_deploy.__main__": "surface", "rn_deploy": "surface",
+}
+# Known upward imports still to untangle, each with its reason (the list may only shrink).
+ALLOWED_UP = {
+    # quantize's accuracy gate evaluates the quantized model on real data (lazy import inside quantize()).
+    ("rn_deploy.quantize", "rn_deploy.evaluate"),
+    ("rn_deploy.quantize", "rn_deploy.runners.ort"),
+}
+
+
+def _modules() -> dict[str, Path]:
+    mods: dict[str, Path] = {}
+    for base, prefix in (("rn_deploy", "rn_deploy"), ("train", "rn_deploy.train")):
+        for f in sorted((ROOT / base).rglob("*.py")):
+            parts = list(f.relative_to(ROOT / base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join([prefix, *parts])] = f
+    return mods
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def _edges() -> dict[str, dict[str, bool]]:
+    """module -> {imported module: imported at module level}."""
+    mods = _modules()
+    edges: dict[str, dict[str, bool]] = {}
+    for mod, f in mods.items():
+        tree = ast.parse(f.read_text(), str(f))
+        skip = _type_checking_nodes(tree)
+        top = {id(n) for stmt in tree.body if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+               for n in ast.walk(stmt)}
+        deps: dict[str, bool] = {}
+        for node in ast.walk(tree):
+            if id(node) in skip or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                if node.level:
+                    base = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    tgt = ".".join(base) + ("." + node.module if node.module else "")
+                else:
+                    tgt = node.module or ""
+                subs = [f"{tgt}.{a.name}" for a in node.names if f"{tgt}.{a.name}" in mods]
+                targets = subs + ([tgt] if len(subs) < len(node.names) else [])
+            for t in targets:
+                t = t.replace("rn_deploy.train", "rn_deploy.train", 1)
+                while t and t not in mods:  # `import a.b.c` of a name inside a module: the module
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    deps[t] = deps.get(t, False) or id(node) in top
+        edges[mod] = deps
+    return edges
+
+
+def _sccs(edges: dict[str, dict[str, bool]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            out.append(sorted(comp))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _layer(mod: str) -> str:
+    best = max((k for k in LAYER_OF if mod == k or mod.startswith(k + ".")), key=len, default=None)
+    assert best is not None, f"{mod}: no layer in LAYER_OF; add it (and to docs/architecture.md)"
+    return LAYER_OF[best]
+
+
+def test_the_import_graph_is_what_the_walker_sees():
+    edges = _edges()
+    # The walker finds what it must: relative, absolute, function-level imports.
+    assert "rn_deploy.errors" in edges["rn_deploy.runners.base"]
+    assert edges["rn_deploy.runners.trt"]["rn_deploy.runtime"] is False  # imported inside a function
+    assert "rn_deploy.train.data" in edges["rn_deploy.evaluate"]
+    assert len(edges) > 30
+
+
+def test_no_import_cycles():
+    cycles = [c for c in _sccs(_edges()) if len(c) > 1]
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_imports_go_down_the_layers_only():
+    up = []
+    for mod, deps in _edges().items():
+        for dep in deps:
+            if LAYERS.index(_layer(dep)) > LAYERS.index(_layer(mod)) and (mod, dep) not in ALLOWED_UP:
+                up.append(f"{mod} ({_layer(mod)}) -> {dep} ({_layer(dep)})")
+    assert not up, "imports up the layers:\n" + "\n".join(sorted(up))
+
+
+def test_train_is_imported_lazily_by_rn_deploy():
+    eager = [f"{m} -> {d}" for m, deps in _edges().items() if not m.startswith("rn_deploy.train")
+             for d, top in deps.items() if d.startswith("rn_deploy.train") and top]
+    assert not eager, f"rn_deploy imports train at module level: {eager}"
+
+
+def test_runtime_never_imports_build_time_code():
+    build_time = ("rn_deploy.build", "rn_deploy.export", "rn_deploy.quantize", "rn_deploy.train")
+    bad = [f"{m} -> {d}" for m, deps in _edges().items() if m.startswith(("rn_deploy.runtime", "rn_deploy.runners"))
+           for d in deps if d.startswith(build_time)]
+    assert not bad, f"runtime imports build-time code: {bad}"
+
+
+def test_importing_the_package_is_light():
+    code = ("import sys, rn_deploy; assert rn_deploy.__version__; "
+            "print(sorted(m for m in ('torch', 'onnx', 'rn_deploy.engine') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    # The public names still resolve, lazily.
+    code = "import rn_deploy; print(rn_deploy.Engine.__module__, rn_deploy.ModelConfig.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["rn_deploy.engine", "rn_deploy.checkpoint"], out.stderr
