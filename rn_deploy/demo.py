@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .build import Profile, build_engine, import_backend, rtx_runs_on
+from .build import Profile, build_engine
 from .errors import RnDeployError
 from .export import export_onnx
 from .log import Log
+from .runtime import import_backend, rtx_runs_on
 from .validate import run_validation
 
 RTX_TARGETS = ["sm86", "sm89", "sm120"]

@@ -8,19 +8,11 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from rn_deploy.build import (
-    EngineManifest,
-    Profile,
-    build_engine,
-    manifest_path,
-    profiles_from_sizes,
-    read_sizes,
-    rtx_runs_on,
-)
+from rn_deploy.build import Profile, build_engine, profiles_from_sizes, read_sizes
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError, MissingDependencyError, RnDeployError
 from rn_deploy.export import export_onnx
-from rn_deploy.runtime import check_compatible, inspect_engine
+from rn_deploy.runtime import EngineManifest, check_compatible, inspect_engine, manifest_path, rtx_runs_on
 
 from .conftest import HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_gpu, needs_rtx, requires
 
@@ -330,7 +322,7 @@ def test_sizes_from_file_build_logs_its_coverage(mnist_onnx: Path, tmp_path: Pat
 
 
 def test_the_tensorrt_rtx_gpu_family_rule_lives_in_one_place():
-    from rn_deploy.build import rtx_targets
+    from rn_deploy.runtime import rtx_targets
 
     targets = rtx_targets()
     assert {"sm75", "sm80", "sm86", "sm89", "sm120"} <= set(targets)

@@ -11,18 +11,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from rn_deploy.build import (
-    LEAN_RUNTIME_ENV,
-    EngineManifest,
-    Profile,
-    build_engine,
-    host_platform,
-    manifest_path,
-)
+from rn_deploy.build import Profile, build_engine
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError
 from rn_deploy.export import export_onnx
-from rn_deploy.runtime import check_compatible
+from rn_deploy.runtime import EngineManifest, check_compatible, manifest_path
+from rn_deploy.runtime.manifest import LEAN_RUNTIME_ENV, host_platform
 
 from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx, requires
 

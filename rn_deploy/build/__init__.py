@@ -19,63 +19,30 @@ builder, config, network and parser objects against it.
 
 One concern per module: ``profiles`` (sizes -> profiles), ``precision`` (what the ONNX holds, the FP16 copy),
 ``options`` (targets, DLA, portability), ``builder`` (build_engine, which writes the engine and its manifest).
-The manifest format itself is :mod:`rn_deploy.runtime.manifest` (re-exported here for callers of build).
+The manifest format itself is :mod:`rn_deploy.runtime.manifest`; only its ``Profile``/``parse_shape`` are re-exported here.
 """
 
 from __future__ import annotations
 
-from ..runtime.manifest import (
-    BACKENDS,
-    LEAN_RUNTIME_ENV,
-    MANIFEST_FORMAT,
-    EngineManifest,
-    Profile,
-    Shape,
-    cc_tuple,
-    fmt_shape,
-    gpu_info,
-    host_platform,
-    import_backend,
-    manifest_path,
-    parse_shape,
-    rtx_runs_on,
-    rtx_targets,
-    sm_name,
-    version_tuple,
-)
+from ..runtime.manifest import Profile, parse_shape  # the profile vocabulary of `build`; the rest lives in rn_deploy.runtime
 from .builder import Log, build_engine
 from .options import HARDWARE_COMPAT, check_fp8_targets, check_portability_options
 from .precision import OnnxInfo, ensure_fp16_onnx, fp16_source_digest, onnx_info
 from .profiles import profiles_from_sizes, read_sizes, sizes_coverage
 
 __all__ = [
-    "BACKENDS",
-    "EngineManifest",
     "HARDWARE_COMPAT",
-    "LEAN_RUNTIME_ENV",
     "Log",
-    "MANIFEST_FORMAT",
     "OnnxInfo",
     "Profile",
-    "Shape",
     "build_engine",
-    "cc_tuple",
     "check_fp8_targets",
     "check_portability_options",
     "ensure_fp16_onnx",
-    "fmt_shape",
     "fp16_source_digest",
-    "gpu_info",
-    "host_platform",
-    "import_backend",
-    "manifest_path",
     "onnx_info",
     "parse_shape",
     "profiles_from_sizes",
     "read_sizes",
-    "rtx_runs_on",
-    "rtx_targets",
     "sizes_coverage",
-    "sm_name",
-    "version_tuple",
 ]

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from rn_deploy.build import Profile, build_engine, import_backend
+from rn_deploy.build import Profile, build_engine
 from rn_deploy.checkpoint import FORMAT, ModelConfig, save_checkpoint
 from rn_deploy.errors import MissingDependencyError
 from rn_deploy.export import export_onnx
 from rn_deploy.models import create_model
+from rn_deploy.runtime import import_backend
 
 MARKER = "PWNED"  # the file the malicious pickles would create
 ENGINE_CASES = ("rtx.engine", "newer.engine", "other_backend.engine", "tampered.engine")
