@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ._io import atomic_path
 from .errors import CheckpointError, ModelError
 from .filekind import expect
 from .models import create_model
+from .strictjson import ToDict
 
 FORMAT = "rn-deploy/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ToDict):
     """Everything needed to rebuild a model and feed it correctly.
 
     Attributes:
@@ -73,9 +74,6 @@ class ModelConfig:
             raise ModelError(f"mean/std need {self.in_channels} values (in_channels), got {len(self.mean)}/{len(self.std)}")
         if len(self.image_size) != 2:
             raise ModelError(f"image_size must be (height, width), got {self.image_size!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 from ._io import atomic_path, atomic_write_text
 from .errors import DataError, MissingDependencyError, RnDeployError
 from .serve import DEFAULT_MODEL, IMAGE, INDEX, LABEL, PROBS, SCORE, SERVE_EXTRA
+from .strictjson import ToDict
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -130,7 +131,7 @@ class LoadLevel:
 
 
 @dataclass
-class LoadReport:
+class LoadReport(ToDict):
     url: str
     model: str
     protocol: str
@@ -139,9 +140,6 @@ class LoadReport:
     duration_s: float
     levels: list[LoadLevel] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def folder_images(folder: str | Path, limit: int = 1000) -> list[bytes]:

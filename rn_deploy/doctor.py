@@ -20,11 +20,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import MissingDependencyError, RnDeployError
+from .strictjson import ToDict
 
 Run = Callable[[Sequence[str]], str | None]
 
@@ -195,7 +196,7 @@ def environment(run: Run = run_quiet) -> dict[str, Any]:
 
 
 @dataclass
-class ArtifactCheck:
+class ArtifactCheck(ToDict):
     """Will ``path`` load here: the answer, and when not, why and how to fix it."""
 
     path: str
@@ -203,9 +204,6 @@ class ArtifactCheck:
     loadable: bool
     detail: str  # what it is / what loaded it, or the exact reason it cannot load
     fix: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _engine_fix(m: Any, env: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from dataclasses import asdict
+from typing import Any, cast
 
 
 def to_strict(obj: Any) -> Any:
@@ -35,3 +36,10 @@ def loads_strict(text: str) -> Any:
         raise ValueError(f"non-standard JSON constant {name}")
 
     return json.loads(text, parse_constant=refuse)
+
+
+class ToDict:
+    """Dataclass mixin: ``to_dict()`` is ``dataclasses.asdict(self)``, the form ``--json`` prints."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast(Any, self))

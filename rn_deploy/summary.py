@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from .strictjson import ToDict
 
 
 @dataclass
@@ -20,15 +22,12 @@ class LayerRow:
 
 
 @dataclass
-class Summary:
+class Summary(ToDict):
     rows: list[LayerRow]
     input_shape: list[int]
     total_params: int
     trainable_params: int
     macs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def table(self) -> str:
         w = max([len(r.name) for r in self.rows] + [5])

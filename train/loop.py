@@ -25,6 +25,7 @@ from torch import nn
 from rn_deploy.checkpoint import ModelConfig, read_checkpoint, save_checkpoint
 from rn_deploy.errors import CheckpointError, RnDeployError
 from rn_deploy.models import get_model_spec
+from rn_deploy.strictjson import ToDict
 
 from .data import DeviceLoader, ImageSet, load_dataset
 
@@ -114,7 +115,7 @@ def parse_size_schedule(text: str) -> tuple[int, list[tuple[int, int]] | None]:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(ToDict):
     checkpoint: str
     arch: str
     dataset: str
@@ -131,9 +132,6 @@ class TrainResult:
     n_val: int
     history: list[dict[str, float]]
     nothing_to_do: bool = False  # --resume of a run that had already trained every epoch
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

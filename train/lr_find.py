@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,16 @@ import torch
 from torch import nn
 
 from rn_deploy.errors import RnDeployError
+from rn_deploy.strictjson import ToDict
 
 
 @dataclass
-class LRFindResult:
+class LRFindResult(ToDict):
     lrs: list[float]
     losses: list[float]
     suggestion: float
     min_loss_lr: float
     stopped_early: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _cycle(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -10,13 +10,14 @@ import importlib
 import json
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import names
 from ..errors import BuildError, ManifestError, MissingDependencyError
 from ..filekind import expect
+from ..strictjson import ToDict
 
 if TYPE_CHECKING:
     pass  # TensorRT 10.x API from tensorrt-stubs
@@ -157,7 +158,7 @@ def fmt_shape(s: Sequence[int]) -> str:
 
 
 @dataclass
-class EngineManifest:
+class EngineManifest(ToDict):
     """``ENGINE.json``: what an engine is, what built it and for which GPUs."""
 
     backend: str
@@ -188,9 +189,6 @@ class EngineManifest:
     version_compatible: bool = False
     lean_runtime: str | None = None  # "embedded" or "excluded" for version-compatible engines
     build_platform: str | None = None  # e.g. "Linux-x86_64": full TensorRT engines never cross OS/CPU platforms
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def input_profiles(self) -> list[Profile]:
