@@ -13,7 +13,6 @@ Just over 400 lines: the grid, the composition of compare + benchmark and the ar
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._io import sha256_file
 from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
 from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
@@ -304,14 +304,6 @@ def _make_runner(name: str, checkpoint: Path, onnx_path: Path | None, engine_pat
     if engine_path is None:
         raise RunnerUnavailable(f"{name}: no --engine given")
     return TrtRunner(engine_path, cuda_graph=name.endswith("graph"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_artifact(path: Path, role: str) -> dict[str, Any]:
