@@ -1,4 +1,4 @@
-"""Atomic file writes: artifacts appear whole or not at all."""
+"""Atomic file writes: artifacts appear whole or not at all; outputs checked before the work, folders made only when used."""
 
 from __future__ import annotations
 
@@ -10,6 +10,52 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import RnDeployError
+
+WRITTEN: list[str] = []
+"""Every file :func:`atomic_path` completed in this process, in order: what an interrupted command kept."""
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool = False, option: str = "--out") -> None:
+    """Refuse an output that cannot be written, before any work; creates nothing.
+
+    Args:
+        path: the output file (its folder is checked) or, with ``folder``, the output folder.
+        folder: ``path`` is a folder.
+        option: the option that names it, for the fix.
+
+    The nearest folder that exists on the way is probed by creating (and removing) a file in it: root
+    ignores permission bits, but not a read-only mount, an immutable folder or a regular file in the way.
+    """
+    target = Path(path) if folder else Path(path).parent
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RnDeployError(f"{target}: cannot create the output folder ({probe} is a file); choose another {option}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".rn-deploy-probe.", dir=probe)
+    except OSError as e:
+        raise RnDeployError(f"{target}: cannot write here ({e.strerror or e}); choose another {option}") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+@contextlib.contextmanager
+def made_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``path`` (and missing parents) for the work inside; on failure remove the ones made here if still empty."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnDeployError(f"{path}: cannot create the output folder ({e.strerror or e}); choose another output path") from None
+    try:
+        yield path
+    except BaseException:
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -32,6 +78,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, dest)
+        WRITTEN.append(str(dest))
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RnDeployError(f"{dest}: write failed ({e.strerror or e}); check free space and permissions") from e

@@ -6,6 +6,7 @@ command body is a few lines over a library function. Training commands live in r
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,51 @@ LAZY_COMMANDS = {
 }
 
 
+# Where each command writes: its output parameter, whether that names a "file" or a "folder", and the input
+# parameter beside which it writes when the output is not given. Checked before any work (see _guard).
+OUTPUTS = {
+    "export": ("out", "file", "checkpoint"), "build": ("out", "file", "onnx_path"), "quantize": ("out", "file", "source"),
+    "validate": ("out", "folder", "checkpoint"), "eval": ("out", "folder", "checkpoint"), "train": ("out", "folder", None),
+    "lr-find": ("out", "folder", None), "show-batch": ("out", "file", None), "demo": ("out", "folder", None),
+    "loadtest": ("out", "folder", None),
+}
+
+
+def _guard(cmd: click.Command) -> click.Command:
+    """Wrap ``cmd``'s body once: refuse an unwritable output before the work, and with ``--json`` keep stdout
+    for the one document (:func:`rn_deploy.strictjson.json_stdout`)."""
+    body = cmd.callback
+    if body is None or getattr(body, "_guarded", False):
+        return cmd
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from ._io import check_writable
+        from .strictjson import json_stdout
+
+        name, kind, beside = OUTPUTS.get(cmd.name or "", (None, "", None))
+        given = kwargs.get(name) if name else None
+        if given is not None:
+            check_writable(given, folder=kind == "folder", option=_option_name(cmd, name))
+        elif beside and kwargs.get(beside) is not None:
+            check_writable(kwargs[beside], option=_option_name(cmd, name))  # its folder
+        if not kwargs.get("as_json"):
+            return body(*args, **kwargs)
+        with json_stdout():
+            return body(*args, **kwargs)
+
+    run._guarded = True  # type: ignore[attr-defined]
+    cmd.callback = functools.update_wrapper(run, body)
+    return cmd
+
+
+def _option_name(cmd: click.Command, param: str | None) -> str:
+    opts = next((p.opts for p in cmd.params if p.name == param), [])
+    return max(opts, key=len, default="--out")
+
+
 class _Group(click.Group):
-    """Prints our errors as one line on stderr (no traceback) and exits 1; loads training commands lazily."""
+    """Prints our errors as one line on stderr (no traceback) and exits 1; Ctrl-C exits 130 saying what was kept;
+    loads training commands lazily."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -33,6 +77,12 @@ class _Group(click.Group):
         except RnDeployError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:
+            from ._io import WRITTEN
+
+            kept = f"kept {len(WRITTEN)} complete file(s) written before it: {', '.join(WRITTEN)}" if WRITTEN else "nothing was written"
+            click.echo(f"\ninterrupted: {kept}; no partial file is left", err=True)
+            ctx.exit(130)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -42,7 +92,8 @@ class _Group(click.Group):
             import importlib
 
             self.add_command(getattr(importlib.import_module("rn_deploy.train.cli"), LAZY_COMMANDS[cmd_name][0]))
-        return super().get_command(ctx, cmd_name)
+        cmd = super().get_command(ctx, cmd_name)
+        return _guard(cmd) if cmd is not None else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         from click.utils import make_default_short_help
@@ -64,9 +115,9 @@ class _Group(click.Group):
 
 def echo_json(obj: Any) -> None:
     """Print ``obj`` as strict JSON on stdout: NaN and infinities become null (see :mod:`rn_deploy.strictjson`)."""
-    from .strictjson import dumps
+    from .strictjson import print_json
 
-    click.echo(dumps(obj))
+    print_json(obj)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,15 +134,20 @@ def main() -> None:
 @click.option("--in-channels", default=None, type=int, help="Input channels (default: each model's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of a table.")
 def models_cmd(n_classes: int, in_channels: int | None, as_json: bool) -> None:
-    """List registered architectures with their parameter counts."""
+    """List registered architectures with their parameter counts and the smallest H/W each runs at.
+
+    The minimum is measured as export measures the one it declares in the ONNX (rn_deploy.min_size).
+    """
+    from .export import torch_min_size
     from .models import count_parameters, create_model, get_model_spec, list_models
 
     rows: list[dict[str, Any]] = []
     for name in list_models():
         spec = get_model_spec(name)
         ch = in_channels or spec.default_in_channels
-        n = count_parameters(create_model(name, n_classes=n_classes, in_channels=ch))
-        rows.append({"name": name, "params": n, "in_channels": ch, "min_size": spec.min_size, "description": spec.description})
+        model = create_model(name, n_classes=n_classes, in_channels=ch).eval()
+        rows.append({"name": name, "params": count_parameters(model), "in_channels": ch, "min_size": torch_min_size(model, ch, cap=224),
+                     "description": spec.description})
     if as_json:
         echo_json(rows)
         return
@@ -583,7 +639,7 @@ def doctor_cmd(artifacts: tuple[Path, ...], as_json: bool) -> None:
 
     report = doctor(artifacts)
     if as_json:
-        click.echo(json.dumps(report, indent=2, allow_nan=False, default=str))
+        echo_json(report)
     else:
         click.echo(format_doctor(report))
     if not report["ok"]:
@@ -637,11 +693,11 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
     probs (docs/formats.md). Stops on SIGTERM/Ctrl-C after answering the requests in flight.
     """
     from .serve import ServeOptions, serve
-    from .strictjson import dumps
+    from .strictjson import print_json
 
     serve(ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels),
-          log=stderr_log, on_ready=(lambda info: click.echo(dumps(info, indent=None))) if as_json else None)
+          log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
 
 
 @main.command("classify")
@@ -695,7 +751,7 @@ def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int,
         if not as_json:
             click.echo(f"report: {', '.join(files.values())}")
     if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2, allow_nan=False))
+        echo_json(rep.to_dict())
 
 
 @main.command("demo")
@@ -713,18 +769,13 @@ def demo_cmd(out: Path, arch: str, epochs: int, limit: int, device: str, data: s
     Builds with full TensorRT where it and a GPU exist, else TensorRT-RTX ahead of time for
     sm86/sm89/sm120 (it builds without a GPU), else skips the build and says why.
     """
-    from .demo import run_demo
+    from .demo import format_summary, run_demo
 
     summary = run_demo(out, arch=arch, epochs=epochs, limit=limit, device=device, data=data, log=stderr_log)
     if as_json:
         echo_json(summary)
     else:
-        for name, b in summary["backends"].items():
-            click.echo(f"{name:>22}: " + ("ran" if b["ran"] else f"skipped ({b['reason']})"))
-        click.echo(summary["accuracy_table"])
-        click.echo(f"accuracy {summary['accuracy']:.4f}; engine: {summary['engine'] or 'none'} ({summary['engine_note']})")
-        click.echo(f"report: {summary['report'].get('markdown')} (+ latency.png, parity.png)")
-        click.echo(summary["verdict"])
+        click.echo("\n".join(format_summary(summary)))
 
 
 if __name__ == "__main__":

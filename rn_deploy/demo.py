@@ -3,10 +3,10 @@
 ``rn-deploy demo`` trains a small ResNet on real Fashion-MNIST, exports FP32 and FP16 ONNX,
 builds an engine with the TensorRT flavour available (full TensorRT on an NVIDIA GPU, else
 TensorRT-RTX ahead of time for Ampere/Ada/Blackwell targets, else says why not), and validates
-every backend that can run here on real test images, then measures top-1 of each artifact on the
+every backend that can run here on real test images (each ONNX file, the engine where it runs), then measures top-1 of each artifact on the
 test images training evaluated on (``rn-deploy eval``). It leaves ``OUT/`` with model.pt,
 model.onnx, model.fp16.onnx, the engine + manifest, samples/, report.json, report.md,
-latency.png, parity.png, eval.json, eval.md, confusion.png and delta-*.png, and returns a summary.
+latency.png, parity.png (fp16/ holds the FP16 ONNX's), eval.json, eval.md, confusion.png and delta-*.png, and returns a summary.
 """
 
 from __future__ import annotations
@@ -64,13 +64,18 @@ def _runs_here(engine_path: Path) -> bool:
     return True
 
 
-def verdict_line(rep: Any, built: list[str]) -> str:
-    """The demo's last line: which artifacts were judged (by which backends) and which were only built."""
-    judged = [f"{Path(a['path']).name} ({', '.join(a['by'])})" for a in rep.artifacts if a["judged"] is True]
-    only_built = [f"{Path(a['path']).name} ({a.get('reason', 'not run')})" for a in rep.artifacts if a["judged"] is False]
-    named = {Path(a["path"]) for a in rep.artifacts}
+def verdict_line(reps: Any, built: list[str]) -> str:
+    """The demo's last line: which artifacts were judged (by which backends) and which were only built.
+
+    ``reps``: one validation report or a list of them (the demo validates each ONNX file).
+    """
+    reps = list(reps) if isinstance(reps, (list, tuple)) else [reps]
+    rep, arts = reps[0], [a for r in reps for a in r.artifacts]
+    judged = [f"{Path(a['path']).name} ({', '.join(a['by'])})" for a in arts if a["judged"] is True]
+    only_built = [f"{Path(a['path']).name} ({a.get('reason', 'not run')})" for a in arts if a["judged"] is False]
+    named = {Path(a["path"]) for a in arts}
     only_built += [f"{Path(b).name} (cannot run on this machine)" for b in built if Path(b) not in named]
-    head = f"validation {'passed' if rep.passed else 'FAILED'} against {rep.reference}"
+    head = f"validation {'passed' if all(r.passed for r in reps) else 'FAILED'} against {rep.reference}"
     return (f"{head}; judged: {', '.join(judged) or 'nothing'}; only built, not judged: {', '.join(only_built) or 'nothing'}; "
             f"latency figures from {rep.timing.get('iters')} timed calls are smoke figures")
 
@@ -139,15 +144,35 @@ def run_demo(out: str | Path = "exports/demo", *, arch: str = "resnet18", epochs
         say(f"validate: the engine cannot run on this machine ({why}); validating PyTorch and ONNX Runtime")
     say("[4/4] validate on real Fashion-MNIST test images")
     samples = _write_samples(out / "samples", 16, data)
-    rep, files = run_validation(ckpt, onnx_path=out / "model.fp16.onnx", engine_path=engine_path if runs_here else None,
-                                backends=None, sizes=[(size, size), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=out,
-                                iters=5, allow_skip=True, log=say)
+    # Every artifact that runs here is judged: the FP32 ONNX with the engine built from it (report in OUT), the FP16
+    # ONNX on its own (report in OUT/fp16; its tolerances are FP16's).
+    reports = []
+    for onnx_path, engine, folder in ((e32.onnx_path, engine_path if runs_here else None, out), (e16.onnx_path, None, out / "fp16")):
+        say(f"validate: {Path(onnx_path).name}" + (f" and {engine.name}" if engine else ""))
+        reports.append(run_validation(ckpt, onnx_path=onnx_path, engine_path=engine, backends=None,
+                                      sizes=[(size, size), (64, 64), (97, 211)], batches=[1, 8], images=samples, out_dir=folder,
+                                      iters=5, allow_skip=True, log=say))
+    rep, files = reports[0]
     built = [str(engine_path)] if engine_path is not None else []
     acc_report = _accuracy(ckpt, out, e32.onnx_path, e16.onnx_path, engine_path if runs_here else None, limit, data, say)
+    backends = {**reports[1][0].backends, **rep.backends}  # the FP16 ONNX adds its ort-*-fp16 runs; the rest is rep's
     summary = {"accuracy": res.accuracy, "accuracy_table": acc_report["table"], "accuracy_passed": acc_report["passed"],
                "eval": acc_report["files"], "checkpoint": str(ckpt), "onnx": e32.onnx_path, "onnx_fp16": e16.onnx_path,
-               "engine": str(engine_path) if engine_path else None, "engine_note": why, "report": files, "passed": rep.passed,
-               "backends": rep.backends, "verdict": verdict_line(rep, built)}
-    if not rep.passed:
-        raise RnDeployError(f"{files.get('markdown')}: validation failed ({rep.failure()}); see the report")
+               "engine": str(engine_path) if engine_path else None, "engine_note": why, "report": files,
+               "report_fp16": reports[1][1], "passed": all(r.passed for r, _f in reports), "backends": backends,
+               "verdict": verdict_line([r for r, _f in reports], built)}
+    for r, f in reports:
+        if not r.passed:
+            raise RnDeployError(f"{f.get('markdown')}: validation failed ({r.failure()}); see the report")
     return summary
+
+
+def format_summary(summary: dict[str, Any]) -> list[str]:
+    """The demo's summary for people: backends, the accuracy table, one accuracy figure (in the table's %), the verdict."""
+    lines = [f"{name:>22}: " + ("ran" if b["ran"] else f"skipped ({b['reason']})") for name, b in summary["backends"].items()]
+    lines += [summary["accuracy_table"],
+              f"training's top-1 {100 * summary['accuracy']:.2f} %; engine: {summary['engine'] or 'none'} ({summary['engine_note']})",
+              f"report: {summary['report'].get('markdown')} (+ latency.png, parity.png); FP16 ONNX: "
+              f"{summary['report_fp16'].get('markdown')}",
+              summary["verdict"]]
+    return lines

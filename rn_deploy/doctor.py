@@ -206,13 +206,22 @@ class ArtifactCheck(ToDict):
     fix: str | None = None
 
 
+TARGET_PLACEHOLDER = "smXX"
+"""The one value a printed rebuild command leaves to fill in, when no GPU here says which: the target GPU's compute capability."""
+
+
 def _engine_fix(m: Any, env: dict[str, Any]) -> str:
-    """The command that makes an engine for this machine from the engine's own ONNX."""
-    cmd = f"rn-deploy build {m.onnx_path} -o {m.engine_path} --backend {m.backend}"
+    """The command that makes an engine for this machine from the engine's own ONNX: the manifest's precision,
+    profiles and options (:func:`rn_deploy.runtime.rebuild_command`), so it runs as printed."""
+    from .runtime import rebuild_command
+
     if m.backend == "tensorrt-rtx":
         cc = env["gpus"][0]["compute_capability"] if env["gpus"] else None
-        return f"{cmd} --target sm{cc.replace('.', '')}" if cc else f"{cmd} --target smXX"
-    return cmd + ("" if env["gpus"] else "  (on the GPU that will run it)")
+        if cc:
+            return rebuild_command(m, targets=[f"sm{cc.replace('.', '')}"])
+        return (f"{rebuild_command(m, targets=[])} --target {TARGET_PLACEHOLDER}  ({TARGET_PLACEHOLDER}: fill in the compute "
+                "capability of the GPU that will run it, e.g. sm89)")
+    return rebuild_command(m) + ("" if env["gpus"] else "  (on the GPU that will run it)")
 
 
 def check_engine(path: Path, env: dict[str, Any]) -> ArtifactCheck:

@@ -351,6 +351,13 @@ def _gpu_ort() -> bool:
     return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def cannot_run_here(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine, known without loading anything (no GPU); None when it may."""
+    if backend in ("trt", "ort-cuda", "torch-fp16") and not torch.cuda.is_available():
+        return f"{backend}: no CUDA GPU visible"
+    return None
+
+
 def plan_artifacts(checkpoint: str | Path, config: ModelConfig, onnx: Sequence[str | Path] = (), engines: Sequence[str | Path] = (),
                    backends: Sequence[str] | None = None) -> list[Artifact]:
     """Which (artifact, backend) pairs to run: ONNX on ort-cuda where it runs, else ort-cpu; engines on trt.
@@ -445,6 +452,11 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
         if a.config.in_channels != config.in_channels or a.config.n_classes != config.n_classes:
             raise RnDeployError(f"{a.path}: takes {a.config.in_channels} channel(s) and has {a.config.n_classes} outputs, the "
                                 f"checkpoint {config.in_channels} and {config.n_classes}; was it exported from another model?")
+    blocked = [(a, why) for a in artifacts if (why := cannot_run_here(a.backend))]
+    if blocked and not allow_skip:  # say so before the data loads, not after minutes of the reference
+        a, why = blocked[0]
+        raise RnDeployError(f"{a.path}: cannot run here ({why}); run where it can, or pass --allow-skip to evaluate the rest "
+                            "and report it as skipped")
     images = load_split(dataset, data, split, limit=limit, seed=seed,
                         presize=config.presize or max(config.image_size), channels=config.in_channels,
                         class_names=config.class_names if dataset == "imagefolder" and not _default_names(config) else None)

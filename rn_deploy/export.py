@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import names
-from ._io import sha256_file
+from ._io import check_writable, made_folder, sha256_file
 from .checkpoint import FORMAT, ModelConfig, load_checkpoint
 from .errors import ExportError, MissingDependencyError
 from .log import Log
@@ -493,17 +493,12 @@ def export_onnx(
     if dynamic and _lint:
         say("lint: checking the model is size-agnostic")
         lint_dynamic(model, config.in_channels, [sample_size, (sample_size[0] + 37, sample_size[1] + 5)])
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"{out.parent}: cannot create the output folder ({e.strerror or e}); choose another -o path") from None
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"{out.parent}: folder is not writable; choose another -o path")
+    check_writable(out, option="-o")  # before the work; the folder itself is made only for the files below
 
     say(f"export: tracing {config.arch} at 2x{config.in_channels}x{sample_size[0]}x{sample_size[1]} "
         f"({'dynamic batch/height/width' if dynamic else f'static {static_size[0]}x{static_size[1]}' if static_size else ''})")
     sample = torch.randn(2, config.in_channels, *sample_size)
-    with tempfile.TemporaryDirectory(prefix=".rn-export.", dir=out.parent) as td:
+    with made_folder(out.parent), tempfile.TemporaryDirectory(prefix=".rn-export.", dir=out.parent) as td:
         raw_path = Path(td) / "raw.onnx"
         exporter = _torch_export(model, sample, raw_path, opset, dynamic, lo)
         if dynamic and verify:

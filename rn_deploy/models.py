@@ -229,7 +229,8 @@ class ModelSpec:
     Attributes:
         name: registry name (the checkpoint's ``arch``).
         builder: ``builder(n_classes=..., in_channels=...) -> nn.Module``.
-        min_size: smallest input height/width the net is meant for.
+        min_size: a small training size for the net (tests train at it); the smallest H/W it runs at is
+            measured (:func:`rn_deploy.export.torch_min_size`) and declared in its ONNX.
         default_in_channels: channels of the data the net was designed for.
         description: one line for ``rn-deploy models``.
     """

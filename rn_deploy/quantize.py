@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_path, atomic_write_text, check_writable
 from .errors import MissingDependencyError, RnDeployError
 from .log import Log
 from .onnxfile import QDQ_TYPES
@@ -499,10 +499,7 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
     source, out = Path(source), Path(out)
     if out.suffix != ".onnx":
         raise QuantizeError(f"-o {out}: the output is an ONNX file; name it e.g. model.{opts.precision}.onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise QuantizeError(f"{out.parent}: cannot create the output folder ({e.strerror or e}); choose another -o path") from None
+    check_writable(out, option="-o")  # before calibration; the folder is made when the result is written
     if opts.quantizer == "modelopt":
         _modelopt()  # fail before any work when it is missing
     with tempfile.TemporaryDirectory(prefix="rn-quant.") as td:

@@ -404,6 +404,13 @@ def run_validation(
             if backends:  # asked for by name: it must run
                 raise RnDeployError(f"backend {name} was asked for but cannot run here: {e}") from None
             skipped[name] = str(e)
+    unjudged = [(flag, p) for flag, p in (("--onnx", onnx_p), ("--engine", engine_p))
+                if p is not None and not any(r.artifact is not None and Path(r.artifact) == p for r in runners)]
+    if unjudged and not allow_skip:  # say so now, not after minutes of the other backends
+        flag, p = unjudged[0]
+        why = "; ".join(r for n, r in skipped.items() if n.startswith("ort-" if flag == "--onnx" else "trt"))
+        raise RnDeployError(f"{flag} {p} was named but not judged ({why or 'no backend for it was asked for (--backends)'}); "
+                            "run where it can run, or pass --allow-skip to accept a report without it")
     if sizes:
         grid = [(b, h, w) for h, w in sizes for b in batches]
     else:

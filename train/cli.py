@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from rn_deploy.errors import RnDeployError
-from rn_deploy.strictjson import dumps
+from rn_deploy.strictjson import print_json
 
 from .datasets import DATASETS
 
@@ -69,7 +69,7 @@ class SizeScheduleType(click.ParamType):
 @click.option("--size", type=SizeScheduleType(), default="28", show_default=True,
               help="Training image size (square), or progressive phases SIZE:EPOCHS,... e.g. 64:4,128:4,224:2 "
                    "(one one-cycle schedule spans all phases; --epochs is then their sum).")
-@click.option("--out", default="exports/model", show_default=True, help="Output folder for model.pt.")
+@click.option("--out", type=click.Path(file_okay=False), default="exports/model", show_default=True, help="Output folder for model.pt.")
 @click.option("--wd", "weight_decay", type=float, default=1e-2, show_default=True, help="AdamW weight decay.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Cross-entropy label smoothing (0: off; 0.1 is common).")
@@ -108,7 +108,7 @@ def train_command(compile_: bool, as_json: bool, quiet: bool, **opts: Any) -> No
     if not rank0:
         return
     if as_json:
-        click.echo(dumps(res.to_dict()))
+        print_json(res.to_dict())
     elif res.nothing_to_do:
         click.echo(f"{res.checkpoint}: already trained {res.epochs}/{res.epochs} epochs; nothing to do")
     else:
@@ -134,7 +134,7 @@ def lr_find_command(start: float, end: float, iters: int, out: str, as_json: boo
 
     res, png = run_lr_find(TrainConfig(**opts), start=start, end=end, iters=iters, out=out)
     if as_json:
-        click.echo(dumps({**res.to_dict(), "plot": str(png)}))
+        print_json({**res.to_dict(), "plot": str(png)})
     else:
         click.echo(f"suggested lr {res.suggestion:.3g} (loss minimum at {res.min_loss_lr:.3g}; {len(res.lrs)} steps); plot: {png}")
 
@@ -153,6 +153,6 @@ def show_batch_command(size: int, n: int, out: str, as_json: bool, **opts: Any) 
     ds, _ = load_dataset(opts["dataset"], opts["data"], presize=max(opts["presize"], size), workers=opts["workers"])
     rows, cols = show_batch(ds.subset(opts["limit"], opts["seed"]), out, n=n, size=size, seed=opts["seed"])
     if as_json:
-        click.echo(dumps({"png": out, "rows": rows, "cols": cols, "size": size}))
+        print_json({"png": out, "rows": rows, "cols": cols, "size": size})
     else:
         click.echo(f"wrote {out} ({rows}x{cols} grid)")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rn_deploy._io import check_writable
 from rn_deploy.checkpoint import ModelConfig, read_checkpoint, save_checkpoint
 from rn_deploy.errors import CheckpointError, RnDeployError
 from rn_deploy.models import get_model_spec
@@ -283,10 +284,11 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
 def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
          data: tuple[ImageSet, ImageSet] | None, show: bool, saved: dict[str, Any]) -> TrainResult:
     get_model_spec(cfg.arch)  # unknown arch fails before the data loads
-    try:  # and an unwritable output folder fails before any training
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RnDeployError(f"{cfg.out}: cannot create the output folder ({e.strerror or e}); choose another --out") from None
+    # An unwritable output folder fails before any training; the folder itself appears with the first checkpoint.
+    check_writable(cfg.out, folder=True, option="--out")
+    if cfg.resume and (done := _finished_run(Path(cfg.out) / "model.pt", cfg, dev, world)) is not None:
+        saved.update(epochs=done.epochs, checkpoint=done.checkpoint)
+        return done  # checked before the data loads: a finished run has nothing to do
     train_set, val_set = data or load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, *cfg.epoch_sizes()),
                                                  workers=cfg.workers)
     train_set, val_set = train_set.subset(cfg.limit, cfg.seed), val_set.subset(cfg.limit, cfg.seed)
@@ -372,7 +374,8 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             history.append(row)
             record = _eval_record(cfg, model, val_dl, metrics, amp_dtype, last=epoch + 1 == cfg.epochs)
             if rank == 0:
-                train_meta = {"epochs": epoch + 1, "dataset": cfg.dataset, **metrics, "train_loss": train_loss,
+                train_meta = {"epochs": epoch + 1, "dataset": cfg.dataset, "n_train": len(train_set), "n_val": len(val_set), **metrics,
+                              "train_loss": train_loss,
                               "history": history, "options": _options(cfg), "eval": record}
                 save_checkpoint(ckpt_path, model, config, train_meta,
                                 resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
@@ -438,7 +441,8 @@ def _options(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
-def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: OneCycle, cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+def _resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint to resume and its optimiser state, refused when it was started with other options."""
     raw = read_checkpoint(path)
     state = raw.get("resume")
     if not isinstance(state, dict):
@@ -447,6 +451,25 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: One
     for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule"):
         if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(getattr(cfg, key))):
             raise CheckpointError(f"{path}: cannot resume with {key}={getattr(cfg, key)!r}; the run was started with {saved[key]!r}")
+    return raw, state
+
+
+def _finished_run(path: Path, cfg: TrainConfig, dev: torch.device, world: int) -> TrainResult | None:
+    """``--resume`` of a run that already trained every epoch, answered from its checkpoint alone (no data load).
+
+    None when there is more to train, or the checkpoint predates the recorded image counts (the data then tells them).
+    """
+    if not path.exists():
+        return None
+    raw, state = _resume_state(path, cfg)
+    train = raw.get("train") or {}
+    if int(state["epoch"]) < cfg.epochs or "n_train" not in train or "n_val" not in train:
+        return None
+    return _finished_result(cfg, path, list(train.get("history", [])), dev, world, int(train["n_train"]), int(train["n_val"]))
+
+
+def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: OneCycle, cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+    raw, state = _resume_state(path, cfg)
     model.load_state_dict(raw["state_dict"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
