@@ -59,8 +59,11 @@ def test_readme_demo_runs_the_whole_pipeline(tmp_path: Path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(main, ["demo", "--out", str(out), "--limit", "1024", "--epochs", "2", "--json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    summary = json.loads(res.stdout)  # the whole stdout is the one document
     assert summary["passed"] and summary["accuracy"] > 0.2
+    # every backend that runs judges every artifact it can: both ONNX files, in their own reports
+    assert re.search(r"judged: .*model\.onnx \(ort-cpu-fp32.*model\.fp16\.onnx \(ort-cpu-fp16", summary["verdict"]), summary["verdict"]
+    assert json.loads((out / "fp16" / "report.json").read_text())["passed"] is True
     for f in ("model.pt", "model.onnx", "model.fp16.onnx", "report.json", "report.md", "latency.png", "parity.png"):
         assert (out / f).stat().st_size > 0, f
     if HAS_TRT_RTX:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ def test_engine_for_another_gpu_cannot_load_here_exit_1(artifacts: dict[str, Pat
     assert not rep["ok"] and onnx_check["loadable"] and eng_check["kind"] == "engine" and not eng_check["loadable"]
     if HAS_CUDA:
         assert f"engine targets {target}, this GPU is sm" in eng_check["detail"]
-        assert eng_check["fix"].startswith(f"rn-deploy build {artifacts['onnx']} -o {eng} --backend tensorrt-rtx --target sm")
+        assert eng_check["fix"].startswith(f"rn-deploy build {artifacts['onnx']} -o {eng} --backend tensorrt-rtx --fp32 --min ")
+        assert re.search(r" --target sm\d+$", eng_check["fix"]), eng_check["fix"]
     else:
         assert eng_check["detail"].startswith(f"no CUDA GPU visible here; this tensorrt-rtx {rep['environment']['tensorrt_rtx']['version']}")
         assert f"runs on a GPU ({target})" in eng_check["detail"]
