@@ -404,8 +404,8 @@ def run_validation(
             if backends:  # asked for by name: it must run
                 raise RnDeployError(f"backend {name} was asked for but cannot run here: {e}") from None
             skipped[name] = str(e)
-    unjudged = [(flag, p) for flag, p in (("--onnx", onnx_p), ("--engine", engine_p))
-                if p is not None and not any(r.artifact is not None and Path(r.artifact) == p for r in runners)]
+    runs = {Path(a) for r in runners if (a := getattr(r, "artifact", None))}
+    unjudged = [(flag, p) for flag, p in (("--onnx", onnx_p), ("--engine", engine_p)) if p is not None and p not in runs]
     if unjudged and not allow_skip:  # say so now, not after minutes of the other backends
         flag, p = unjudged[0]
         why = "; ".join(r for n, r in skipped.items() if n.startswith("ort-" if flag == "--onnx" else "trt"))
