@@ -377,7 +377,8 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
                 save_checkpoint(ckpt_path, model, config, train_meta,
                                 resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
             saved.update(epochs=epoch + 1, checkpoint=str(ckpt_path))
-            say(f"epoch {epoch + 1}/{cfg.epochs}" + (f" at {sizes[epoch]}px" if cfg.schedule else "") + ": train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
+            say(f"epoch {epoch + 1}/{cfg.epochs}" + (f" at {sizes[epoch]}px" if cfg.schedule else "")
+                + f": train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
                 f"accuracy {metrics['accuracy']:.4f}" + (f" top5 {metrics['top5']:.4f}" if "top5" in metrics else "")
                 + f" ({row['img_per_s']:,.0f} img/s)")
     return TrainResult(
