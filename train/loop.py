@@ -38,7 +38,7 @@ class TrainConfig:
 
     Attributes:
         arch: registered model name.
-        dataset: ``fashion-mnist``, ``mnist-png`` or ``imagefolder``.
+        dataset: ``fashion-mnist``, ``mnist`` or ``imagefolder`` (``mnist-png``, ``imagenette``: older names, recorded as these).
         data: dataset folder (None: the dataset's default, where it has one).
         epochs: total epochs (the sum of the phases when ``sizes`` is a schedule).
         batch_size: per-process batch size.
@@ -87,6 +87,9 @@ class TrainConfig:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        from .datasets import ALIASES
+
+        self.dataset = ALIASES.get(self.dataset, self.dataset)  # one name everywhere: the checkpoint records this one
         if self.size < 8:
             raise RnDeployError(f"--size {self.size}: images must be at least 8 pixels")
         if self.schedule:
@@ -410,7 +413,7 @@ def _eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metri
         elif amp_dtype is not None:
             precision = "bf16-autocast"
     n = len(val_dl.ds)
-    return {"dataset": cfg.dataset, "data": cfg.data, "split": "val" if cfg.dataset in ("imagefolder", "imagenette") else "test",
+    return {"dataset": cfg.dataset, "data": cfg.data, "split": "val" if cfg.dataset == "imagefolder" else "test",
             "count": n, "limit": cfg.limit, "seed": cfg.seed, "image_size": list(val_dl.size), "top1": metrics["accuracy"],
             "correct": round(metrics["accuracy"] * n), "top5": metrics.get("top5"), "device": str(val_dl.device),
             "precision": precision}
@@ -445,6 +448,10 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: One
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: has no optimiser state to resume from (it was not written by a training run)")
     saved = (raw.get("train") or {}).get("options", {})
+    if "dataset" in saved:  # a run started under an older dataset name resumes under the current one
+        from .datasets import ALIASES
+
+        saved = {**saved, "dataset": ALIASES.get(saved["dataset"], saved["dataset"])}
     for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule"):
         if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(getattr(cfg, key))):
             raise CheckpointError(f"{path}: cannot resume with {key}={getattr(cfg, key)!r}; the run was started with {saved[key]!r}")
