@@ -303,3 +303,94 @@ def test_validate_refuses_an_artifact_of_another_checkpoint_before_any_work(two_
     ok = CliRunner().invoke(main, [*args[:4], str(two_runs["foreign"]), *args[5:], "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["artifacts"][1]["source"] == "unknown"
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 2: a reference that does not reproduce training fails the verdict
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mnist_cnn trained one epoch on 600 Fashion-MNIST images (CPU, ~50%): a checkpoint that records its evaluation."""
+    from rn_deploy.train import TrainConfig, fit
+
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
+    out = tmp_path_factory.mktemp("small")
+    return Path(fit(TrainConfig(arch="mnist_cnn", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=32,
+                                lr=1e-2, size=28, device="cpu", out=str(out), limit=600), progress=False).checkpoint)
+
+
+@needs_fashion
+def test_eval_fails_when_the_reference_does_not_reproduce_training(small_run: Path, tmp_path: Path):
+    """Before the fix eval logged "NOT reproduced" and still passed (exit 0): a preprocessing regression that moves the
+    reference and the artifacts together could never fail. Planted here as a changed normalisation mean."""
+    args = ["eval", "--checkpoint", "CKPT", "--limit", "600", "--out", str(tmp_path), "--json"]
+    r = CliRunner().invoke(main, [a.replace("CKPT", str(small_run)) for a in args])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["reproduces_training"] is True
+    ck = load_checkpoint(small_run)
+    ck.config.mean = [m + 0.25 for m in ck.config.mean]  # same weights, same images: only the preprocessing moved
+    moved = save_checkpoint(tmp_path / "moved.pt", ck.model, ck.config, ck.train)
+    r = CliRunner().invoke(main, [a.replace("CKPT", str(moved)) for a in args])
+    rep = json.loads(r.stdout)
+    assert rep["artifacts"][0]["correct"] != rep["recorded"]["correct"]  # the plant took effect
+    assert r.exit_code == 1 and rep["reproduces_training"] is False and not rep["passed"]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "--allow-unreproduced" in errors[0] and "same images" in errors[0]
+    assert "does NOT reproduce it (exact, same device type)" in (tmp_path / "eval.md").read_text()
+    waived = CliRunner().invoke(main, [a.replace("CKPT", str(moved)) for a in args] + ["--allow-unreproduced"])
+    assert waived.exit_code == 0 and json.loads(waived.stdout)["allow_unreproduced"] is True
+
+
+def test_reproduction_rule_exact_on_the_training_device_type_else_a_few_images():
+    from rn_deploy.evaluate import _reproduces
+
+    rec = {"correct": 700, "device": "cpu", "precision": "fp32"}
+    assert _reproduces(rec, 700, "cpu", 1000) == (True, "exact, same device type")
+    assert _reproduces(rec, 699, "cpu", 1000)[0] is False
+    assert _reproduces({**rec, "device": "cuda:0"}, 699, "cpu", 1000)[0] is True  # 0.1% of 1000: one image may flip
+    assert _reproduces({**rec, "device": "cuda:0"}, 698, "cpu", 1000)[0] is False
+    assert _reproduces({**rec, "precision": "bf16-autocast"}, 1, "cpu", 1000)[0] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 3: the recorded dataset by default, another one refused by name; one name everywhere
+# ------------------------------------------------------------------------------------------------
+
+
+@needs_fashion
+def test_eval_and_quantize_refuse_a_dataset_other_than_the_recorded_one(small_run: Path, two_runs: dict[str, Path], tmp_path: Path):
+    """Before the fix quantize used Fashion-MNIST for any checkpoint (it never read the recorded dataset), and a model
+    with class names "0".."9" fitted any 10-class dataset."""
+    msg = _one_line_error(["eval", "--checkpoint", str(small_run), "--dataset", "mnist", "--data", str(tmp_path),
+                           "--out", str(tmp_path)])
+    assert "trained on fashion-mnist, not mnist" in msg and str(small_run) in msg
+    msg = _one_line_error(["quantize", str(two_runs["a32"]), "--calib", "mnist", "--data", str(tmp_path), "--quantizer", "ort",
+                           "-o", str(tmp_path / "q.onnx")])
+    assert "trained on fashion-mnist, not mnist" in msg and "omit --calib" in msg
+    # default: the dataset the ONNX recorded (here mnist, whose folder is not given: the error names it)
+    m = onnx.load(str(two_runs["a32"]))
+    next(p for p in m.metadata_props if p.key == DATASET_KEY).value = "mnist"
+    onnx.save(m, str(tmp_path / "model.onnx"))
+    msg = _one_line_error(["quantize", str(tmp_path / "model.onnx"), "--quantizer", "ort", "-o", str(tmp_path / "q.onnx")])
+    assert "'mnist' needs --data" in msg
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_one_dataset_name_everywhere_and_the_old_ones_accepted():
+    from rn_deploy.train import TrainConfig
+    from rn_deploy.train.datasets import ALIASES, DATASETS
+
+    from rn_deploy.cli import DATASET_NAMES
+    from rn_deploy.evaluate import canonical_dataset
+    from rn_deploy.quantize import calib_dataset
+
+    assert DATASETS == ("fashion-mnist", "mnist", "imagefolder") and DATASET_NAMES == [*DATASETS, *ALIASES]
+    assert TrainConfig(dataset="mnist-png").dataset == "mnist" and TrainConfig(dataset="imagenette").dataset == "imagefolder"
+    assert canonical_dataset("mnist-png") == "mnist"
+    assert calib_dataset(Path("m.pt"), None, "mnist-png") == "mnist" == calib_dataset(Path("m.pt"), "mnist", "mnist-png")
+    for cmd in ("train", "eval", "quantize"):
+        r = CliRunner().invoke(main, [cmd, "--help"])
+        assert "mnist-png" in r.output and "[fashion-mnist|mnist|imagefolder|mnist-png|imagenette]" in r.output.replace("\n", "")
