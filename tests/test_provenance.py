@@ -331,15 +331,15 @@ def test_eval_fails_when_the_reference_does_not_reproduce_training(small_run: Pa
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["reproduces_training"] is True
     ck = load_checkpoint(small_run)
-    ck.config.mean = [m + 0.25 for m in ck.config.mean]  # same weights, same images: only the preprocessing moved
+    ck.config.mean = [m + 0.5 for m in ck.config.mean]  # same weights, same images: only the preprocessing moved
     moved = save_checkpoint(tmp_path / "moved.pt", ck.model, ck.config, ck.train)
     r = CliRunner().invoke(main, [a.replace("CKPT", str(moved)) for a in args])
     rep = json.loads(r.stdout)
-    assert rep["artifacts"][0]["correct"] != rep["recorded"]["correct"]  # the plant took effect
+    assert abs(rep["artifacts"][0]["correct"] - rep["recorded"]["correct"]) > 1  # the plant took effect (beyond any allowance)
     assert r.exit_code == 1 and rep["reproduces_training"] is False and not rep["passed"]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "--allow-unreproduced" in errors[0] and "same images" in errors[0]
-    assert "does NOT reproduce it (exact, same device type)" in (tmp_path / "eval.md").read_text()
+    assert "does NOT reproduce it (" in (tmp_path / "eval.md").read_text()
     waived = CliRunner().invoke(main, [a.replace("CKPT", str(moved)) for a in args] + ["--allow-unreproduced"])
     assert waived.exit_code == 0 and json.loads(waived.stdout)["allow_unreproduced"] is True
 
