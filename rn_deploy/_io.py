@@ -74,7 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise RnDeployError(f"{dest}: cannot write here ({e.strerror or e}); choose a writable output path") from e
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts should get the usual mode
+    set_default_mode(tmp)  # mkstemp makes 0600; artifacts should get the usual mode
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -91,6 +91,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def set_default_mode(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would (0666 less the umask), whatever wrote it."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -10,8 +10,10 @@ enough to rebuild the model through the registry (nanoGPT's habit).
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,34 @@ class ModelConfig(ToDict):
 
     def build(self) -> nn.Module:
         return create_model(self.arch, n_classes=self.n_classes, in_channels=self.in_channels)
+
+
+def weights_sha256(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """The digest of a model's weights: sha256 over each state_dict entry (sorted by name) as name, dtype, shape, bytes.
+
+    It names the checkpoint an artifact came from (ONNX metadata ``rn_deploy.source_sha256``, the engine
+    manifest's ``source_sha256``) and, unlike the file's sha256, stays the same when a checkpoint is re-saved
+    with other training notes.
+    """
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def recorded_eval(train: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluation training recorded in a checkpoint's ``train`` dict (``{}`` when none)."""
+    rec = train.get("eval")
+    return rec if isinstance(rec, dict) else {}
+
+
+def recorded_dataset(train: Mapping[str, Any]) -> str | None:
+    """The dataset name training recorded (as written then: older runs say ``mnist-png``), None when none."""
+    name = recorded_eval(train).get("dataset") or train.get("dataset")
+    return str(name) if name else None
 
 
 @dataclass

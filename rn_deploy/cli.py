@@ -247,6 +247,8 @@ PROFILE = LibraryValueType("MIN:OPT:MAX", _profile)
 BATCH_TRIPLE = LibraryValueType("MIN,OPT,MAX", _batch_triple)
 HW_LIST = LibraryValueType("H|HxW,...", _hw_list)
 BACKEND_LIST = LibraryValueType("BACKEND,...", _backend_list)
+# rn_deploy.train.datasets' names, then its older aliases (train/ loads lazily: the CLI starts without it)
+DATASET_NAMES = ["fashion-mnist", "mnist", "imagefolder", "mnist-png", "imagenette"]
 
 
 def stderr_log(msg: str) -> None:
@@ -384,9 +386,11 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 @click.argument("source", metavar="CKPT|MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Q/DQ ONNX to write [default: model.<precision>.onnx beside SOURCE].")
-@click.option("--calib", type=click.Choice(["fashion-mnist", "mnist", "imagefolder"]), default="fashion-mnist", show_default=True,
-              help="Calibration dataset (its TRAINING split); the gate evaluates on its held-out split.")
-@click.option("--data", type=click.Path(file_okay=False), default=None, help="Dataset folder [fashion-mnist: the system copy].")
+@click.option("--calib", type=click.Choice(DATASET_NAMES), default=None,
+              help="Calibration dataset (its TRAINING split); the gate evaluates on its held-out split [default: the dataset "
+                   "the checkpoint/ONNX recorded; another one is refused].")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Dataset folder [default: the recorded one; fashion-mnist: the system copy].")
 @click.option("--calib-size", type=click.IntRange(min=1), default=512, show_default=True, help="Calibration images.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True,
               help="Activation range calibration.")
@@ -402,7 +406,7 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="Gate on at most N held-out images [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/evaluation subsets.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def quantize_cmd(source: Path, out: Path | None, calib: str, data: str | None, calib_size: int, method: str, precision: str,
+def quantize_cmd(source: Path, out: Path | None, calib: str | None, data: str | None, calib_size: int, method: str, precision: str,
                  exclude: tuple[str, ...], max_drop: float, ladder: bool, force: bool, quantizer: str, eval_limit: int | None,
                  seed: int, as_json: bool) -> None:
     """Post-training quantization of CKPT|MODEL.onnx to an explicit Q/DQ ONNX (TensorRT form), behind an accuracy gate.
@@ -527,11 +531,13 @@ def _split_ints(value: str, what: str) -> list[int]:
 @click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per cell.")
 @click.option("--allow-skip", is_flag=True,
               help="Accept a report in which an artifact named by --onnx/--engine could not run here (listed as not judged).")
+@click.option("--allow-other-source", is_flag=True,
+              help="Compare an --onnx/--engine whose recorded checkpoint digest is not this checkpoint's (refused by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, backends: list[str] | None,
                  sizes: list[tuple[int, int]] | None,
                  batches: str, images: Path | None, out: Path | None, tol: tuple[str, ...], warmup: int, iters: int,
-                 allow_skip: bool, as_json: bool) -> None:
+                 allow_skip: bool, allow_other_source: bool, as_json: bool) -> None:
     """Check parity (vs PyTorch FP32) and latency of torch / ONNX Runtime / TensorRT across sizes and batches.
 
     Exit code 0 only if at least one backend independent of the reference (another framework,
@@ -555,6 +561,7 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
         checkpoint, onnx_path=onnx_path, engine_path=engine, backends=backends, sizes=sizes,
         batches=_split_ints(batches, "--batch"), images=images, out_dir=out or checkpoint.parent,
         tolerances=tolerances, warmup=warmup, iters=iters, allow_skip=allow_skip, log=stderr_log,
+        allow_other_source=allow_other_source,
     )
     if as_json:
         echo_json(rep.to_dict())
@@ -570,8 +577,8 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model.pt: the FP32 reference.")
 @click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX model (repeatable).")
 @click.option("--engine", "engines", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine (repeatable).")
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "imagefolder"]), default=None,
-              help="Dataset [default: the one training recorded in the checkpoint].")
+@click.option("--dataset", type=click.Choice(DATASET_NAMES), default=None,
+              help="Dataset [default: the one training recorded in the checkpoint; another one is refused].")
 @click.option("--data", default=None, help="Dataset folder [default: the recorded one; Fashion-MNIST: /usr/share/datasets/fashion-mnist].")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default=None,
               help="Split [default: test for Fashion-MNIST/MNIST, val for image folders].")
@@ -580,28 +587,45 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Images per inference call.")
 @click.option("--backends", default=None, help="Comma list of ort-cpu,ort-cuda,trt,torch-fp16 [default: ort-cuda or ort-cpu, trt].")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
-              help="Allowed top-1 drop in points vs the reference [default: 0.3 fp16, 1.0 int8; fp32: >= 99.9% agreement].")
+              help="Allowed top-1 drop in points vs the reference [default: 0.3 fp16, 1.0 int8].")
+@click.option("--min-agreement", multiple=True,
+              help="Least fraction of images on which an artifact picks the reference's class: FRACTION for every precision "
+                   "or PREC=FRACTION (repeatable) [default: fp32 0.999, fp16 0.99, int8 0.95, fp8 0.95].")
 @click.option("--allow-skip", is_flag=True, help="An artifact that cannot run here (no GPU) is not a failure.")
+@click.option("--allow-other-source", is_flag=True,
+              help="Judge artifacts whose recorded checkpoint digest is not this checkpoint's (refused by default).")
+@click.option("--allow-unreproduced", is_flag=True,
+              help="Do not fail when the reference misses the accuracy training recorded on the same images.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
 def eval_cmd(checkpoint: Path, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
              split: str | None, limit: int | None, seed: int | None, batch: int, backends: str | None, max_drop: float | None,
-             allow_skip: bool, out: Path | None, as_json: bool) -> None:
+             min_agreement: tuple[str, ...], allow_skip: bool, allow_other_source: bool, allow_unreproduced: bool, out: Path | None,
+             as_json: bool) -> None:
     """Top-1/top-5 accuracy on a real dataset split for the checkpoint and each ONNX / engine.
 
     Writes eval.json, eval.md, confusion.png (reference) and delta-*.png (per-class change per
-    artifact). Exit 1 when an artifact drops more than allowed below the reference.
+    artifact). Exit 1 when an artifact drops more than allowed below the reference or agrees with it on
+    too few images, or when the reference does not reproduce the accuracy training recorded.
+    Artifacts made from another checkpoint (their recorded digest) are refused unless --allow-other-source.
     """
-    from .evaluate import EvalFailed, format_table, run_eval
+    from .evaluate import EvalFailed, format_table, parse_min_agreement, run_eval
 
+    try:
+        agreement = parse_min_agreement(min_agreement)
+    except RnDeployError as e:
+        raise click.BadParameter(str(e), param_hint="--min-agreement") from None
     rep, files = run_eval(checkpoint, onnx=onnx_paths, engines=engines, dataset=dataset, data=data, split=split, limit=limit,
                           seed=seed, batch=batch, backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
-                          max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log)
+                          max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log, min_agreement=agreement,
+                          allow_other_source=allow_other_source, allow_unreproduced=allow_unreproduced)
     if as_json:
         echo_json(rep)
     else:
         click.echo(format_table(rep))
         click.echo(f"report: {', '.join(files.values())}")
+    if rep["failures"]:
+        raise EvalFailed(rep["failures"][0])
     bad = [a for a in rep["artifacts"] if not a["passed"]]
     if bad:
         raise EvalFailed(f"{len(bad)} artifact(s) failed: {bad[0]['name']}: {'; '.join(bad[0]['failures'])}")

@@ -33,16 +33,11 @@ from .preprocess import eval_batch
 if TYPE_CHECKING:
     from rn_deploy.train.data import ImageSet
 
-DATASET_CHOICES = ("fashion-mnist", "mnist", "imagefolder")
-_ALIASES = {"mnist-png": "mnist", "imagenette": "imagefolder"}
-
-
 def canonical_dataset(name: str) -> str:
-    """``mnist-png`` -> ``mnist``, ``imagenette`` -> ``imagefolder``; unknown names are an error."""
-    name = _ALIASES.get(name, name)
-    if name not in DATASET_CHOICES:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_CHOICES)}")
-    return name
+    """``mnist-png`` -> ``mnist``, ``imagenette`` -> ``imagefolder`` (one name everywhere); unknown names are an error."""
+    from rn_deploy.train.datasets import canonical_dataset as canonical
+
+    return canonical(name)
 
 
 def default_split(dataset: str) -> str:
@@ -287,7 +282,11 @@ def confusion(pred: SplitPredictions, n_classes: int) -> np.ndarray:
 
 FORMAT = "rn-deploy-eval/1"
 DEFAULT_MAX_DROP = {"fp16": 0.3, "int8": 1.0}  # top-1 points below the reference
-FP32_MIN_AGREEMENT = 0.999  # an FP32 artifact must pick the reference's class on >= 99.9% of images
+# Every artifact must also pick the reference's class on at least this fraction of images: accuracy alone can pass an
+# artifact of another model that happens to score as well (issue 24: 72.5% agreement, higher top-1, passed).
+DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "fp8": 0.95}
+FP32_MIN_AGREEMENT = DEFAULT_MIN_AGREEMENT["fp32"]
+OTHER_PRECISION_MIN_AGREEMENT = 0.95  # a precision not listed above
 MAX_LISTED = 1000  # disagreeing indices listed per artifact in eval.json
 BACKENDS = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "trt")
 
@@ -309,11 +308,60 @@ def onnx_precision(path: str | Path) -> str:
     return "fp16" if weights_fp16(m) else "fp32"
 
 
-def limits_for(precision: str, max_drop: float | None) -> dict[str, float | None]:
-    """The pass rule of an artifact: ``max_drop`` points of top-1 (explicit, or the precision's default) and,
-    for FP32, the minimum top-1 agreement with the reference."""
+def limits_for(precision: str, max_drop: float | None, min_agreement: dict[str, float] | None = None) -> dict[str, float | None]:
+    """The pass rule of an artifact: ``max_drop`` points of top-1 (explicit, or the precision's default) and the
+    minimum top-1 agreement with the reference (``min_agreement[precision]``, else :data:`DEFAULT_MIN_AGREEMENT`)."""
     drop = max_drop if max_drop is not None else DEFAULT_MAX_DROP.get(precision)
-    return {"max_drop_points": drop, "min_agreement": FP32_MIN_AGREEMENT if precision == "fp32" else None}
+    agree = {**DEFAULT_MIN_AGREEMENT, **(min_agreement or {})}.get(precision, OTHER_PRECISION_MIN_AGREEMENT)
+    return {"max_drop_points": drop, "min_agreement": agree}
+
+
+def parse_min_agreement(items: Sequence[str]) -> dict[str, float]:
+    """``["0.98"]`` (every precision) or ``["fp16=0.995", "int8=0.9"]`` -> fractions per precision."""
+    out: dict[str, float] = {}
+    for item in items:
+        prec, _, value = item.rpartition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = -1.0
+        if not 0.0 <= v <= 1.0 or (prec and prec not in DEFAULT_MIN_AGREEMENT):
+            raise RnDeployError(f"--min-agreement {item!r}: use [fp32=|fp16=|int8=|fp8=]FRACTION with a fraction in 0..1 "
+                                "(e.g. fp16=0.995)")
+        for p in [prec] if prec else list(DEFAULT_MIN_AGREEMENT):
+            out[p] = v
+    return out
+
+
+def artifact_source(kind: str, path: Path) -> str | None:
+    """The weights digest of the checkpoint an ONNX (metadata) or engine (manifest) was made from; None if not recorded."""
+    if kind == "onnx":
+        from .onnxfile import SOURCE_KEY, check_onnx_file, metadata_value
+
+        return metadata_value(check_onnx_file(path), SOURCE_KEY)
+    if kind == "engine":
+        from .runtime import EngineManifest
+
+        return EngineManifest.load(path).source_sha256
+    return None
+
+
+def source_status(path: Path, source: str | None, reference: str, checkpoint: str | Path, allow_other_source: bool) -> str:
+    """``same``, ``unknown`` (nothing recorded: a foreign or older file) or ``other`` (allowed) for one artifact.
+
+    Raises:
+        RnDeployError: the artifact records another checkpoint's digest and ``allow_other_source`` is off. Only a
+            known digest that differs is refused: a missing one is reported as ``unknown``, not guessed at.
+    """
+    if source is None:
+        return "unknown"
+    if source == reference:
+        return "same"
+    if not allow_other_source:
+        raise RnDeployError(f"{path}: made from another checkpoint (weights sha256 {source[:12]}), not {checkpoint} "
+                            f"({reference[:12]}); judge the artifacts exported from this checkpoint, or pass "
+                            "--allow-other-source to compare them anyway")
+    return "other"
 
 
 @dataclass
@@ -325,6 +373,7 @@ class Artifact:
     backend: str  # ort-cpu | ort-cuda | trt | torch-fp16
     precision: str
     config: ModelConfig
+    source: str | None = None  # weights digest of the checkpoint it came from, None when not recorded
 
     @property
     def label(self) -> str:
@@ -376,16 +425,17 @@ def plan_artifacts(checkpoint: str | Path, config: ModelConfig, onnx: Sequence[s
     for p in map(Path, onnx):
         prec = onnx_precision(p)
         cfg = read_onnx_config(p) or config
-        out += [Artifact("onnx", p, b, prec, cfg) for b in ort_backends]
+        src = artifact_source("onnx", p)
+        out += [Artifact("onnx", p, b, prec, cfg, src) for b in ort_backends]
     if backends is None or "trt" in backends:
         for p in map(Path, engines):
             if not p.exists():
                 raise RnDeployError(f"{p}: no such engine file; build one with `rn-deploy build`")
             m = EngineManifest.load(p)
             cfg = ModelConfig.from_dict(m.config) if m.config else config
-            out.append(Artifact("engine", p, "trt", m.precision, cfg))
+            out.append(Artifact("engine", p, "trt", m.precision, cfg, m.source_sha256))
     if backends and "torch-fp16" in backends:
-        out.append(Artifact("checkpoint", Path(checkpoint), "torch-fp16", "fp16", config))
+        out.append(Artifact("checkpoint", Path(checkpoint), "torch-fp16", "fp16", config, None))
     return out
 
 
@@ -424,13 +474,17 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
              dataset: str | None = None, data: str | Path | None = None, split: str | None = None, limit: int | None = None,
              seed: int | None = None, batch: int = 256, backends: Sequence[str] | None = None, max_drop: float | None = None,
              allow_skip: bool = False, out_dir: str | Path | None = None, log: Log | None = None,
-             progress: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+             progress: bool = True, min_agreement: dict[str, float] | None = None, allow_other_source: bool = False,
+             allow_unreproduced: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """Evaluate the checkpoint (the FP32 reference) and every artifact on one split; write the report.
 
-    ``dataset``/``data``/``seed`` default to what training recorded in the checkpoint. Returns the
-    report (the ``eval.json`` dict) and the written files; ``report["passed"]`` is the verdict.
+    ``dataset``/``data``/``seed`` default to what training recorded in the checkpoint; another dataset than the
+    recorded one is refused. An artifact that records another checkpoint's weights digest is refused unless
+    ``allow_other_source``. The verdict fails when the reference does not reproduce the accuracy training recorded
+    on the same images (unless ``allow_unreproduced``) or any artifact fails its limits (:func:`limits_for`).
+    Returns the report (the ``eval.json`` dict) and the written files; ``report["passed"]`` is the verdict.
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, weights_sha256
     from .runners import RunnerUnavailable, TorchRunner
 
     say = log or (lambda _s: None)
@@ -438,20 +492,18 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
     config = ckpt.config
     raw_rec = ckpt.train.get("eval")
     rec: dict[str, Any] = raw_rec if isinstance(raw_rec, dict) else {}
-    if dataset is None:
-        if not rec.get("dataset"):
-            raise DataError(f"{checkpoint}: records no training dataset; pass --dataset fashion-mnist|mnist|imagefolder")
-        dataset = str(rec["dataset"])
-    dataset = canonical_dataset(dataset)
-    if data is None and rec.get("data") and canonical_dataset(str(rec.get("dataset"))) == dataset:
-        data = str(rec["data"])
+    dataset, data = _recorded_dataset(checkpoint, ckpt.train, dataset, data)
     split = split or default_split(dataset)
     seed = int(rec.get("seed", 0)) if seed is None else seed
     artifacts = plan_artifacts(checkpoint, config, onnx, engines, backends)
+    reference_digest = weights_sha256(ckpt.model)
+    sources = {}
     for a in artifacts:
         if a.config.in_channels != config.in_channels or a.config.n_classes != config.n_classes:
             raise RnDeployError(f"{a.path}: takes {a.config.in_channels} channel(s) and has {a.config.n_classes} outputs, the "
                                 f"checkpoint {config.in_channels} and {config.n_classes}; was it exported from another model?")
+        sources[a.label] = "same" if a.kind == "checkpoint" else source_status(a.path, a.source, reference_digest, checkpoint,
+                                                                                allow_other_source)
     blocked = [(a, why) for a in artifacts if (why := cannot_run_here(a.backend))]
     if blocked and not allow_skip:  # say so before the data loads, not after minutes of the reference
         a, why = blocked[0]
@@ -469,21 +521,28 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
     ref_acc = accuracy(ref, config.class_names)
     recorded = _recorded(ckpt.train, dataset, split, limit, seed, images)
     reproduces = None
+    failures: list[str] = []
     if recorded and recorded["same_images"]:
-        reproduces = int(recorded.get("correct", -1)) == ref_acc["correct"]
+        reproduces, rule = _reproduces(recorded, ref_acc["correct"], ref_device, len(images))
+        recorded["rule"] = rule
         say(f"reference top-1 {100 * ref_acc['top1']:.2f}%; training recorded {100 * float(recorded['top1']):.2f}% on the same "
-            f"images: {'reproduced' if reproduces else 'NOT reproduced'}")
+            f"images: {'reproduced' if reproduces else 'NOT reproduced' if reproduces is False else 'not comparable'} ({rule})")
+        if reproduces is False and not allow_unreproduced:
+            failures.append(f"the reference gets {ref_acc['correct']}/{len(images)} right where training recorded "
+                            f"{recorded.get('correct')}/{len(images)} on the same images ({rule}): data or preprocessing changed "
+                            "since training; fix that, or pass --allow-unreproduced to judge the artifacts anyway")
     elif recorded:
         say(f"training evaluated on other images ({recorded.get('split')}, count {recorded.get('count')}, limit "
             f"{recorded.get('limit')}, seed {recorded.get('seed')}); pass --limit/--seed to compare")
     rows: list[dict[str, Any]] = [{
         "name": "reference", "kind": "checkpoint", "path": str(checkpoint), "backend": ref.name, "precision": "fp32", "ran": True,
         "reason": None, **_acc_fields(ref, ref_acc), "agreement": 1.0, "disagree_count": 0, "disagree": [], "drop_points": 0.0,
-        "limits": None, "passed": True, "failures": []}]
+        "limits": None, "passed": True, "failures": [], "source": "same"}]
     preds: dict[str, SplitPredictions] = {}
     for a in artifacts:
-        row: dict[str, Any] = {"name": a.label, "kind": a.kind, "path": str(a.path), "backend": a.backend, "precision": a.precision}
-        limits = limits_for(a.precision, max_drop)
+        row: dict[str, Any] = {"name": a.label, "kind": a.kind, "path": str(a.path), "backend": a.backend, "precision": a.precision,
+                               "source": sources[a.label]}
+        limits = limits_for(a.precision, max_drop, min_agreement)
         try:
             with _make_runner(a) as runner:
                 pred = predict_split(runner, images, a.config, batch=batch, log=say, progress=progress)
@@ -511,13 +570,50 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
             + ("ok" if not fails else "FAIL: " + "; ".join(fails)))
         rows.append(row)
     report = {
-        "format": FORMAT, "passed": all(r["passed"] for r in rows), "checkpoint": str(checkpoint), "dataset": dataset,
+        "format": FORMAT, "passed": not failures and all(r["passed"] for r in rows), "failures": failures,
+        "checkpoint": str(checkpoint), "source_sha256": reference_digest,
+        "min_agreement": {**DEFAULT_MIN_AGREEMENT, **(min_agreement or {})}, "allow_other_source": allow_other_source,
+        "allow_unreproduced": allow_unreproduced, "dataset": dataset,
         "data": str(data) if data is not None else None, "split": split, "limit": limit, "seed": seed, "count": len(images),
         "image_size": list(config.image_size), "class_names": list(config.class_names), "batch": batch,
         "recorded": recorded, "reproduces_training": reproduces, "artifacts": rows, "environment": _environment(),
     }
     files = write_eval_report(report, confusion(ref, config.n_classes), out_dir or Path(checkpoint).parent)
     return report, files
+
+
+def _recorded_dataset(checkpoint: str | Path, train: dict[str, Any], dataset: str | None, data: str | Path | None
+                      ) -> tuple[str, str | Path | None]:
+    """The dataset (and folder) to judge on: the one training recorded by default; another one is refused by name."""
+    from .checkpoint import recorded_dataset, recorded_eval
+
+    rec = recorded_eval(train)
+    recorded = recorded_dataset(train)
+    if dataset is None:
+        if not recorded:
+            raise DataError(f"{checkpoint}: records no training dataset; pass --dataset fashion-mnist|mnist|imagefolder")
+        dataset = recorded
+    dataset = canonical_dataset(dataset)
+    if recorded and canonical_dataset(recorded) != dataset:
+        raise DataError(f"{checkpoint}: trained on {canonical_dataset(recorded)}, not {dataset}: its accuracy on another "
+                        f"dataset says nothing; omit --dataset (or pass --dataset {canonical_dataset(recorded)})")
+    if data is None and rec.get("data"):
+        data = str(rec["data"])
+    return dataset, data
+
+
+def _reproduces(recorded: dict[str, Any], correct: int, device: str, count: int) -> tuple[bool | None, str]:
+    """Whether the reference's ``correct`` count reproduces training's on the same images, and the rule applied.
+
+    Exact on the device type training evaluated on; on another (CPU vs CUDA kernels) up to 0.1% of the images (at least
+    one) may flip; not comparable (None) when training recorded a reduced-precision evaluation.
+    """
+    if recorded.get("precision", "fp32") != "fp32":
+        return None, f"training recorded a {recorded.get('precision')} evaluation"
+    same_device = str(recorded.get("device", "")).split(":")[0] == device
+    allowed = 0 if same_device else max(1, round(0.001 * count))
+    rule = "exact, same device type" if same_device else f"within {allowed} image(s): training ran on {recorded.get('device')}"
+    return abs(int(recorded.get("correct", -1)) - correct) <= allowed, rule
 
 
 def _acc_fields(pred: SplitPredictions, acc: dict[str, Any]) -> dict[str, Any]:
@@ -582,8 +678,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['image_size'][0]}x{report['image_size'][1]} px; reference `{report['checkpoint']}`.", ""]
     rec = report.get("recorded")
     if rec and rec.get("same_images"):
-        lines += [f"Training recorded top-1 {_pct(rec.get('top1'))}% on these images; the reference "
-                  f"{'reproduces it exactly' if report['reproduces_training'] else 'does NOT reproduce it'}.", ""]
+        verdict = {True: "reproduces it exactly" if rec.get("rule", "").startswith("exact") else "reproduces it",
+                   False: "does NOT reproduce it", None: "cannot be compared with it"}[report["reproduces_training"]]
+        lines += [f"Training recorded top-1 {_pct(rec.get('top1'))}% on these images; the reference {verdict} "
+                  f"({rec.get('rule')}).", ""]
+    for f in report.get("failures", []):
+        lines += [f"FAIL: {f}", ""]
     lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows[1:]]
     ran = [r for r in report["artifacts"] if r["ran"]]
@@ -596,8 +696,15 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"{r['name']}: top-1 differs from the reference on {r['disagree_count']} image(s) "
                           f"(split indices {shown}{', ...' if r['disagree_count'] > 20 else ''})."]
     limits = ", ".join(f"{k} {v:g} pts" for k, v in DEFAULT_MAX_DROP.items())
-    lines += ["", f"Rules: FP32 artifacts agree with the reference on >= {100 * FP32_MIN_AGREEMENT:.1f}% of images; "
-                  f"top-1 may drop at most {limits} (or --max-drop).", ""]
+    agree = ", ".join(f"{k} {100 * v:g}%" for k, v in report.get("min_agreement", DEFAULT_MIN_AGREEMENT).items())
+    unknown = [r["name"] for r in report["artifacts"] if r.get("source") == "unknown"]
+    other = [r["name"] for r in report["artifacts"] if r.get("source") == "other"]
+    lines += ["", f"Rules: every artifact picks the reference's top-1 class on at least {agree} of images (--min-agreement); "
+                  f"top-1 may drop at most {limits} (or --max-drop); the reference must reproduce the accuracy training "
+                  f"recorded on the same images{' (waived: --allow-unreproduced)' if report.get('allow_unreproduced') else ''}.",
+              f"Sources: artifacts must come from this checkpoint (weights sha256 {str(report.get('source_sha256'))[:12]})"
+              + (f"; unknown source (no digest recorded): {', '.join(unknown)}" if unknown else "")
+              + (f"; from another checkpoint (--allow-other-source): {', '.join(other)}" if other else "") + ".", ""]
     return "\n".join(lines)
 
 

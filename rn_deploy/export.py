@@ -32,14 +32,17 @@ import torch
 from torch import nn
 
 from . import names
-from ._io import check_writable, made_folder, sha256_file
-from .checkpoint import FORMAT, ModelConfig, load_checkpoint
+from ._io import check_writable, made_folder, set_default_mode, sha256_file
+from .checkpoint import FORMAT, ModelConfig, load_checkpoint, recorded_dataset, weights_sha256
 from .errors import ExportError, MissingDependencyError
 from .log import Log
 from .metrics import Parity, parity
+from .onnxfile import ORT_FOR_IR as ORT_FOR_IR
+from .onnxfile import ORT_FOR_OPSET as ORT_FOR_OPSET
 from .onnxfile import check_onnx_file as check_onnx_file
 from .onnxfile import onnx_config as onnx_config
 from .onnxfile import read_onnx_config as read_onnx_config
+from .onnxfile import runtimes_note as runtimes_note
 from .onnxfile import weights_fp16 as weights_fp16
 
 FP32_REL_L2 = 1e-4
@@ -176,12 +179,26 @@ def lint_dynamic(model: nn.Module, in_channels: int, sizes: list[tuple[int, int]
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_source(source: str | Path | tuple[nn.Module, ModelConfig]) -> tuple[nn.Module, ModelConfig]:
+def _resolve_source(source: str | Path | tuple[nn.Module, ModelConfig]) -> tuple[nn.Module, ModelConfig, dict[str, str]]:
+    """The model, its config and the provenance keys its artifacts carry (:func:`provenance`)."""
     if isinstance(source, tuple):
         model, config = source
-        return model, config
+        return model, config, provenance(model, {})
     ck = load_checkpoint(source)
-    return ck.model, ck.config
+    return ck.model, ck.config, provenance(ck.model, ck.train)
+
+
+def provenance(model: nn.Module, train: dict[str, Any]) -> dict[str, str]:
+    """The metadata that ties an artifact to its checkpoint: the weights' digest and, when recorded, the dataset."""
+    from .onnxfile import DATASET_KEY, SOURCE_KEY
+
+    keys = {SOURCE_KEY: weights_sha256(model)}
+    dataset = recorded_dataset(train)
+    if dataset:
+        from rn_deploy.train.datasets import ALIASES
+
+        keys[DATASET_KEY] = ALIASES.get(dataset, dataset)
+    return keys
 
 
 def torch_min_size(model: nn.Module, in_channels: int, cap: int) -> int:
@@ -226,9 +243,6 @@ def verification_shapes(sample: tuple[int, int], static: tuple[int, int] | None,
     return [(b, max(h, lo), max(w, lo)) for b, h, w in cands if (h, w) != sample]
 
 
-# Which ONNX Runtime first loads a model stamped with an opset / an IR version (its compatibility table).
-ORT_FOR_OPSET = {17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18"}
-ORT_FOR_IR = {7: "1.5", 8: "1.10", 9: "1.15", 10: "1.18"}
 MIN_OPSET = 18  # the dynamo exporter writes nothing older (its down-conversion fails on ReduceMean's axes input)
 
 
@@ -237,18 +251,10 @@ def lowest_ir(opset: int) -> int:
     return next((ir for _rel, ir, op, *_ in onnx.helper.VERSION_TABLE if op >= opset), onnx.IR_VERSION)
 
 
-def runtimes_note(opset: int, ir: int) -> str:
-    """Which runtimes load a model of this opset and IR version, in one line (also stored in the metadata)."""
-    ort_opset, ort_ir = ORT_FOR_OPSET.get(opset), ORT_FOR_IR.get(ir)
-    if ort_opset is None or ort_ir is None:
-        return f"ONNX IR {ir}, opset {opset}: needs an ONNX Runtime that implements opset {opset} (see its compatibility table)"
-    need = max(ort_opset, ort_ir, key=lambda v: tuple(int(p) for p in v.split(".")))
-    return (f"ONNX IR {ir}, opset {opset}: ONNX Runtime >= {need} (and Triton releases whose onnxruntime backend is >= {need}); "
-            f"TensorRT's ONNX parser reads it; older runtimes: export with a lower --opset")
-
-
-def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int, runtimes: str) -> dict[str, str]:
+def _metadata(config: ModelConfig, precision: str, dynamic: bool, min_size: int, runtimes: str,
+              source: dict[str, str]) -> dict[str, str]:
     return {
+        **source,
         "rn_deploy.format": FORMAT,
         "rn_deploy.config": json.dumps(config.to_dict()),
         "rn_deploy.precision": precision,
@@ -387,6 +393,7 @@ def _staged_onnx(model: onnx.ModelProto, dest: Path, external: bool | None) -> I
         yield tmp_onnx, external
         # Data first: the .onnx never points at a data file that is not there yet.
         if external:
+            set_default_mode(tmpdir / data_name)  # onnx writes it 0600; it travels with the .onnx, so same mode
             os.replace(tmpdir / data_name, dest.parent / data_name)
         else:
             (dest.parent / data_name).unlink(missing_ok=True)  # stale data from an earlier export
@@ -472,7 +479,7 @@ def export_onnx(
     t0 = time.perf_counter()
     say = log or (lambda _s: None)
     out = Path(out_path)
-    model, config = _resolve_source(source)
+    model, config, source_keys = _resolve_source(source)
     model = model.eval().float().cpu()
     if static_size is not None:
         dynamic = False
@@ -524,7 +531,7 @@ def export_onnx(
             del node.metadata_props[:]
     runtimes = runtimes_note(opset_used, proto.ir_version)
     del proto.metadata_props[:]
-    for k, v in _metadata(config, precision, dynamic, lo, runtimes).items():
+    for k, v in _metadata(config, precision, dynamic, lo, runtimes, source_keys).items():
         proto.metadata_props.add(key=k, value=v)
     from .version import __version__
 

@@ -6,6 +6,7 @@ ONNX files through these functions; this module imports no torch and nothing abo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,15 @@ import onnx
 from .checkpoint import ModelConfig
 from .errors import RnDeployError
 from .filekind import expect
+
+# Provenance keys in an artifact's metadata_props (export writes them; fp16 copies and Q/DQ models carry them over).
+SOURCE_KEY = "rn_deploy.source_sha256"  # checkpoint.weights_sha256 of the checkpoint the artifact came from
+DATASET_KEY = "rn_deploy.dataset"  # the dataset that checkpoint recorded training on (canonical name)
+RUNTIMES_KEY = "rn_deploy.runtimes"  # which runtimes load the file: computed from the file itself (loaders_note)
+
+# Which ONNX Runtime first loads a model stamped with an opset / an IR version (its compatibility table).
+ORT_FOR_OPSET = {17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18"}
+ORT_FOR_IR = {7: "1.5", 8: "1.10", 9: "1.15", 10: "1.18"}
 
 # zero-point element type of a QuantizeLinear -> the precision it quantizes to
 QDQ_TYPES: dict[int, str] = {int(onnx.TensorProto.INT8): "int8", int(onnx.TensorProto.FLOAT8E4M3FN): "fp8"}
@@ -76,3 +86,51 @@ def qdq_precision(m: onnx.ModelProto) -> str | None:
     if not kinds:
         return None
     return "fp8" if "fp8" in kinds else "int8" if kinds == {"int8"} else ",".join(sorted(kinds))
+
+
+def runtimes_note(opset: int, ir: int) -> str:
+    """Which runtimes load a model of this opset and IR version, in one line (also stored in the metadata)."""
+    ort_opset, ort_ir = ORT_FOR_OPSET.get(opset), ORT_FOR_IR.get(ir)
+    if ort_opset is None or ort_ir is None:
+        return f"ONNX IR {ir}, opset {opset}: needs an ONNX Runtime that implements opset {opset} (see its compatibility table)"
+    need = max(ort_opset, ort_ir, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return (f"ONNX IR {ir}, opset {opset}: ONNX Runtime >= {need} (and Triton releases whose onnxruntime backend is >= {need}); "
+            f"TensorRT's ONNX parser reads it; older runtimes: export with a lower --opset")
+
+
+def loaders_note(m: onnx.ModelProto) -> str:
+    """:func:`runtimes_note` of this model's own IR version and default-domain opset (not its source's)."""
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), -1)
+    return runtimes_note(opset, m.ir_version)
+
+
+def stamp_loaders(m: onnx.ModelProto) -> str:
+    """Set ``rn_deploy.runtimes`` from ``m`` itself (a converted or quantized copy may have another IR/opset)."""
+    note = loaders_note(m)
+    for p in m.metadata_props:
+        if p.key == RUNTIMES_KEY:
+            p.value = note
+            return note
+    m.metadata_props.add(key=RUNTIMES_KEY, value=note)
+    return note
+
+
+def metadata_value(m: onnx.ModelProto, key: str) -> str | None:
+    return next((p.value for p in m.metadata_props if p.key == key), None)
+
+
+def onnx_sha256(path: str | Path) -> str:
+    """The digest of an ONNX model with its weights wherever they are: the ``.onnx`` bytes, then each external data
+    file (by location, sorted). Equal to the file's plain sha256 when every weight is inside the ``.onnx``."""
+    path = Path(path)
+    m = onnx.load(str(path), load_external_data=False)
+    locations = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                        for e in t.external_data if e.key == "location"})
+    h = hashlib.sha256()
+    for name, f in [("", path), *((loc, path.parent / loc) for loc in locations)]:
+        if name:
+            h.update(b"\0external:" + name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

@@ -360,8 +360,8 @@ def _per_class(ref: dict[str, Any], q: dict[str, Any]) -> list[dict[str, Any]]:
 class QuantizeOptions:
     """What ``rn-deploy quantize`` asks for (see :func:`quantize`)."""
 
-    calib: str = "fashion-mnist"
-    data: str | None = None
+    calib: str | None = None  # None: the dataset the checkpoint / ONNX recorded
+    data: str | None = None  # None: the folder training recorded (checkpoints), else the dataset's default
     calib_size: int = 512
     method: str = "entropy"
     precision: str = "int8"
@@ -400,15 +400,19 @@ def _ladder(first: Recipe, train_size: int, tried: list[Rung]) -> list[tuple[str
             ("first/last layers in higher precision", replace(best, exclude=keep))]
 
 
-def _source_config(source: Path) -> Any:
-    """The ModelConfig of a checkpoint or an FP32 rn-deploy ONNX, with the checks that need no export."""
-    from .checkpoint import ModelConfig, read_checkpoint
-    from .onnxfile import check_onnx_file, onnx_config, weights_fp16
+def _source_config(source: Path) -> tuple[Any, str | None, str | None]:
+    """The ModelConfig of a checkpoint or an FP32 rn-deploy ONNX, with the checks that need no export, and the
+    dataset (name, folder) it recorded training on (None where not recorded)."""
+    from .checkpoint import ModelConfig, read_checkpoint, recorded_dataset, recorded_eval
+    from .onnxfile import DATASET_KEY, check_onnx_file, metadata_value, onnx_config, weights_fp16
 
     if not source.exists():
         raise QuantizeError(f"{source}: no such file; pass a checkpoint (model.pt) or an FP32 ONNX from `rn-deploy export`")
     if source.suffix != ".onnx":
-        return ModelConfig.from_dict(read_checkpoint(source)["config"])
+        raw = read_checkpoint(source)
+        train = raw.get("train") or {}
+        data = recorded_eval(train).get("data")
+        return ModelConfig.from_dict(raw["config"]), recorded_dataset(train), str(data) if data else None
     m = check_onnx_file(source)
     cfg = onnx_config(m)
     if cfg is None:
@@ -417,7 +421,22 @@ def _source_config(source: Path) -> Any:
         raise QuantizeError(f"{source}: already quantized ({qdq_precision(m)}); pass the FP32 ONNX or the checkpoint")
     if weights_fp16(m):
         raise QuantizeError(f"{source}: FP16 weights; quantize from the FP32 ONNX (export without --fp16) or the checkpoint")
-    return cfg
+    return cfg, metadata_value(m, DATASET_KEY), None
+
+
+def calib_dataset(source: Path, asked: str | None, recorded: str | None) -> str:
+    """The calibration/gate dataset: the recorded one by default; another one asked for is refused by name."""
+    from .evaluate import canonical_dataset
+
+    if asked is None:
+        if recorded is None:
+            raise QuantizeError(f"{source}: records no training dataset; pass --calib fashion-mnist|mnist|imagefolder")
+        return canonical_dataset(recorded)
+    asked = canonical_dataset(asked)
+    if recorded is not None and canonical_dataset(recorded) != asked:
+        raise QuantizeError(f"{source}: trained on {canonical_dataset(recorded)}, not {asked}: calibrating and gating on another "
+                            f"dataset says nothing about this model; omit --calib (or pass --calib {canonical_dataset(recorded)})")
+    return asked
 
 
 def _finish_model(path: Path, src: onnx.ModelProto, precision: str, recipe: Recipe, excluded: list[str], calib: str) -> dict[str, int]:
@@ -430,6 +449,9 @@ def _finish_model(path: Path, src: onnx.ModelProto, precision: str, recipe: Reci
     del q.metadata_props[:]
     for k, v in meta.items():
         q.metadata_props.add(key=k, value=v)
+    from .onnxfile import stamp_loaders
+
+    stamp_loaders(q)  # the quantizer writes its own IR/opset: say what loads this file, not what loaded the source
     counts = check_trt_form(q, str(path))
     onnx.save_model(q, str(path))
     return counts
@@ -468,7 +490,7 @@ def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any
     excluded = resolve_exclude(src_model, recipe.exclude, str(fp32))
     quantize_file(fp32, dst, calibration_array(calib_pool, recipe.calib_size, cfg, opts.seed), method=recipe.method,
                   precision=opts.precision, exclude_nodes=excluded, quantizer=recipe.quantizer)
-    counts = _finish_model(dst, src_model, opts.precision, recipe, excluded, opts.calib)
+    counts = _finish_model(dst, src_model, opts.precision, recipe, excluded, opts.calib or "")
     acc, hit = evaluate_onnx(dst, test, cfg, opts.batch)
     ref_acc, ref_hit = ref
     drop = round((ref_acc["top1"] - acc["top1"]) * 100, 4)
@@ -504,19 +526,21 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
         _modelopt()  # fail before any work when it is missing
     with tempfile.TemporaryDirectory(prefix="rn-quant.") as td:
         work = Path(td)
-        cfg = _source_config(source)
+        cfg, recorded, recorded_data = _source_config(source)
+        calib = calib_dataset(source, opts.calib, recorded)
+        opts = replace(opts, calib=calib, data=opts.data if opts.data is not None else recorded_data)
         first = Recipe(opts.method, opts.calib_size, tuple(opts.exclude), opts.quantizer)
         if source.suffix == ".onnx":  # refuse unknown node names before any work
             resolve_exclude(onnx.load(str(source), load_external_data=False), first.exclude, str(source))
-        eval_split = default_split(opts.calib)
-        where = f"--calib {opts.calib}"
-        calib_pool = load_split(opts.calib, opts.data, "train", limit=opts.calib_size * (LADDER_CALIB_FACTOR if opts.ladder else 1),
+        eval_split = default_split(calib)
+        where = f"--calib {calib}"
+        calib_pool = load_split(calib, opts.data, "train", limit=opts.calib_size * (LADDER_CALIB_FACTOR if opts.ladder else 1),
                                 seed=opts.seed, presize=cfg.presize, channels=cfg.in_channels, class_names=cfg.class_names)
         check_data_fits(calib_pool, cfg, where)
-        test = load_split(opts.calib, opts.data, eval_split, limit=opts.eval_limit, seed=opts.seed, presize=cfg.presize,
+        test = load_split(calib, opts.data, eval_split, limit=opts.eval_limit, seed=opts.seed, presize=cfg.presize,
                           channels=cfg.in_channels, class_names=cfg.class_names)
         check_data_fits(test, cfg, f"{where} ({eval_split} split)")
-        say(f"calibration: {opts.calib} train split ({len(calib_pool)} images available); gate: {len(test)} {eval_split} images")
+        say(f"calibration: {calib} train split ({len(calib_pool)} images available); gate: {len(test)} {eval_split} images")
         fp32 = source
         if source.suffix != ".onnx":
             from .export import export_onnx
@@ -528,7 +552,7 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
         ref = evaluate_onnx(fp32, test, cfg, opts.batch)
         say(f"reference: FP32 ONNX top-1 {ref[0]['top1'] * 100:.2f}%")
         report = QuantizeReport(source=str(source), output=None, precision=opts.precision, max_drop=opts.max_drop,
-                                calib_dataset=opts.calib, calib_split="train", eval_split=eval_split, eval_images=len(test),
+                                calib_dataset=calib, calib_split="train", eval_split=eval_split, eval_images=len(test),
                                 reference=ref[0], forced=opts.force)
         plan: list[tuple[str, Recipe]] = [("requested", first)]
         files: list[Path] = []

@@ -345,6 +345,18 @@ def judge_artifacts(rep: ValidationReport, explicit: Sequence[tuple[str, str, Pa
     rep.allow_skip = allow_skip
 
 
+def _sources(model: Any, checkpoint: Path, onnx_p: Path | None, engine_p: Path | None, allow_other: bool) -> dict[str, str]:
+    """``{path: same|unknown|other}`` of the named artifacts; raises for another checkpoint's unless ``allow_other``."""
+    from .checkpoint import weights_sha256
+    from .evaluate import artifact_source, source_status
+
+    named = [(kind, p) for kind, p in (("onnx", onnx_p), ("engine", engine_p)) if p is not None]
+    if not named:
+        return {}
+    digest = weights_sha256(model)
+    return {str(p): source_status(p, artifact_source(kind, p), digest, checkpoint, allow_other) for kind, p in named}
+
+
 def run_validation(
     checkpoint: str | Path,
     *,
@@ -360,11 +372,14 @@ def run_validation(
     iters: int = 10,
     allow_skip: bool = False,
     log: Log | None = None,
+    allow_other_source: bool = False,
 ) -> tuple[ValidationReport, dict[str, str]]:
     """What ``rn-deploy validate`` does: make the runners, pick the grid, validate, write the report files.
 
     An artifact named by ``onnx_path``/``engine_path`` that no runner could judge here makes the
-    report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way.
+    report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way, with its
+    ``source`` (``same``/``unknown``/``other``). One that records another checkpoint's weights digest is refused
+    before any work unless ``allow_other_source`` (:func:`rn_deploy.evaluate.source_status`).
     """
     from .checkpoint import load_checkpoint
     from .runners import TorchRunner
@@ -378,6 +393,7 @@ def run_validation(
             raise RnDeployError(f"{p}: no such file ({what})")
     ck = load_checkpoint(checkpoint)
     cfg = ck.config
+    sources = _sources(ck.model, checkpoint, onnx_p, engine_p, allow_other_source)
     wanted = list(backends) if backends else ["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"]
     unknown = [b for b in wanted if b not in BACKEND_NAMES]
     if unknown:
@@ -427,6 +443,8 @@ def run_validation(
             r.__exit__(None, None, None)
     explicit = [(role, flag, p) for role, flag, p in (("onnx", "--onnx", onnx_p), ("engine", "--engine", engine_p)) if p is not None]
     judge_artifacts(rep, explicit, ("checkpoint", checkpoint), skipped, allow_skip)
+    for d in rep.artifacts:
+        d["source"] = sources.get(d["path"], "same")
     from .report import write_report
 
     files = write_report(rep, out_dir) if out_dir is not None else {}

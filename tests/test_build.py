@@ -45,7 +45,7 @@ def test_rtx_builds_fp32_and_fp16_with_several_profiles_and_targets(onnx32: Path
     assert m32.precision == "fp32" and m16.precision == "fp16"
     # FP16 weights really are half precision: the engine is clearly smaller.
     assert m16.engine_size < 0.7 * m32.engine_size
-    assert Path(m16.built_from).name == "model.fp16.onnx" and "converted" in m16.notes[0]
+    assert Path(m16.built_from).name == "model.build-fp16.onnx" and "converted" in m16.notes[0]
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -254,7 +254,7 @@ def test_manifest_provenance_fp16_cache_by_digest_and_absolute_paths(tmp_path: P
     export_onnx(make_checkpoint(tmp_path / "a.pt", arch="mnist_cnn", n_classes=10, in_channels=1, size=28, seed=1),
                 tmp_path / "model.onnx", verify=False)
     m1 = build_engine("model.onnx", "e.engine", backend="tensorrt-rtx", precision="fp16", profiles=[Q], targets=["sm89"])
-    half = tmp_path / "model.fp16.onnx"
+    half = tmp_path / "model.build-fp16.onnx"
     assert m1.onnx_path == str(tmp_path / "model.onnx") and m1.engine_path == str(tmp_path / "e.engine")
     assert m1.built_from == str(half) and Path(m1.built_from).is_absolute()
     assert m1.onnx_sha256 == sha(tmp_path / "model.onnx") and m1.built_from_sha256 == sha(half) != m1.onnx_sha256

@@ -124,10 +124,11 @@ def test_precision_of_artifacts_and_default_limits(trained: dict[str, Path], tmp
         [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")])
     onnx.save(helper.make_model(q), str(tmp_path / "q.onnx"))
     assert onnx_precision(tmp_path / "q.onnx") == "int8"
-    assert limits_for("fp16", None) == {"max_drop_points": 0.3, "min_agreement": None}
-    assert limits_for("int8", None) == {"max_drop_points": 1.0, "min_agreement": None}
+    assert limits_for("fp16", None) == {"max_drop_points": 0.3, "min_agreement": 0.99}
+    assert limits_for("int8", None) == {"max_drop_points": 1.0, "min_agreement": 0.95}
     assert limits_for("fp32", None) == {"max_drop_points": None, "min_agreement": 0.999}
     assert limits_for("fp16", 2.0)["max_drop_points"] == 2.0
+    assert limits_for("fp16", None, {"fp16": 0.5})["min_agreement"] == 0.5
 
 
 @needs_rtx

@@ -239,3 +239,57 @@ def test_ddp_uneven_batches_same_steps_and_whole_validation_set(tmp_path: Path):
     alone = evaluate(ck.model, DeviceLoader(val, 64, (28, 28), torch.device("cpu"), train=False), None)
     assert alone["val_images"] == 300
     assert abs(alone["accuracy"] - results[0]["accuracy"]) < 1e-9 and abs(alone["val_loss"] - results[0]["val_loss"]) < 1e-4
+
+
+@needs_fashion
+def test_every_progress_and_summary_line_of_training_reads_as_written(tmp_path: Path):
+    """Issue 24 item 9: the epoch line printed ``train_loss {train_loss:.4f}`` literally (a missing ``f``).
+
+    Every line a user reads in a run (data, epoch, resume, the final summary, nothing-to-do) is compared whole
+    with the numbers saved in the checkpoint's history, formatted here; no line keeps a ``{`` placeholder.
+    Planted: dropping the ``f`` again fails the epoch-line assertions.
+    """
+    import re
+
+    from click.testing import CliRunner
+
+    from rn_deploy.cli import main
+
+    out = tmp_path / "run"
+    args = ["--arch", "mnist_cnn", "--dataset", "fashion-mnist", "--data", str(FASHION_DIR), "--limit", "128", "--epochs", "2",
+            "--batch-size", "64", "--size", "28", "--device", "cpu", "--out", str(out), "--quiet"]
+    lines: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def log(msg: str) -> None:
+        lines.append(msg)
+        if msg.startswith("epoch 1/2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(TrainConfig(arch="mnist_cnn", dataset="fashion-mnist", data=str(FASHION_DIR), limit=128, epochs=2, batch_size=64,
+                        size=28, device="cpu", out=str(out)), log=log, progress=False)
+
+    def epoch_line(n: int, h: dict) -> str:
+        return (f"epoch {n}/2: train_loss {h['train_loss']:.4f} val_loss {h['val_loss']:.4f} accuracy {h['accuracy']:.4f} "
+                f"top5 {h['top5']:.4f} (")
+
+    h1 = load_checkpoint(out / "model.pt").train["history"][0]
+    assert lines[0] == "data: fashion-mnist 128 train / 128 val images, 10 classes, device cpu"
+    assert lines[1].startswith(epoch_line(1, h1)) and re.fullmatch(r".*\(\d[\d,]* img/s\)", lines[1]), lines[1]
+
+    r = CliRunner().invoke(main, ["train", *args, "--resume"])
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(out / "model.pt").train
+    err = r.stderr.splitlines()
+    assert err[0] == lines[0]
+    assert err[1] == f"resume: {out / 'model.pt'} after 1 epoch"
+    assert err[2].startswith(epoch_line(2, ck["history"][1])) and re.fullmatch(r".*\(\d[\d,]* img/s\)", err[2]), err[2]
+    assert re.fullmatch(rf"wrote {re.escape(str(out / 'model.pt'))}: accuracy {ck['accuracy']:.4f} after 2 epochs \(\d+\.\ds\)\n",
+                        r.stdout), r.stdout
+    again = CliRunner().invoke(main, ["train", *args, "--resume"])
+    assert again.exit_code == 0 and again.stdout == f"{out / 'model.pt'}: already trained 2/2 epochs; nothing to do\n"
+    for text in [*lines, *err, r.stdout, again.stdout, again.stderr]:
+        assert "{" not in text and "}" not in text, text

@@ -83,8 +83,10 @@ def test_cli_validate_writes_report_and_exit_codes(art: dict[str, Path], tmp_pat
         assert (out / f).stat().st_size > 200
     assert Image.open(out / "latency.png").size[0] > 400
     assert "| `ort-cpu-fp32` | 2x97x211 |" in (out / "report.md").read_text()
+    # another checkpoint's ONNX is refused up front; allowed, it is compared and fails on parity
     bad = CliRunner().invoke(main, ["validate", "--checkpoint", str(art["ck"]), "--onnx", str(art["wrong"]), "--backends", "ort-cpu",
-                                    "--sizes", "48", "--batch", "1", "--iters", "1", "--out", str(tmp_path / "bad")])
+                                    "--sizes", "48", "--batch", "1", "--iters", "1", "--out", str(tmp_path / "bad"),
+                                    "--allow-other-source"])
     assert bad.exit_code == 1 and "cells out of tolerance" in bad.output
     assert json.loads((tmp_path / "bad" / "report.json").read_text())["passed"] is False
 

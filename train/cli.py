@@ -10,14 +10,15 @@ import click
 from rn_deploy.errors import RnDeployError
 from rn_deploy.strictjson import print_json
 
-from .datasets import DATASETS
+from .datasets import ALIASES, DATASETS
 
 
 def data_options(f: Any) -> Any:
     """Options shared by train, lr-find and show-batch: which data, decoded how."""
     for opt in reversed([
-        click.option("--dataset", type=click.Choice([*DATASETS, "imagenette"]), default="fashion-mnist", show_default=True,
-                     help="Fashion-MNIST IDX files, MNIST PNG folders, or an ImageFolder tree (train/ + val/)."),
+        click.option("--dataset", type=click.Choice([*DATASETS, *ALIASES]), default="fashion-mnist", show_default=True,
+                     help="Fashion-MNIST IDX files, MNIST PNG folders, or an ImageFolder tree (train/ + val/); "
+                          "mnist-png and imagenette are older names of mnist and imagefolder."),
         click.option("--data", type=click.Path(file_okay=False), default=None,
                      help="Dataset folder [fashion-mnist default: /usr/share/datasets/fashion-mnist]."),
         click.option("--presize", type=click.IntRange(min=8), default=160, show_default=True, help="Decode size for image folders."),

@@ -9,7 +9,7 @@ worker processes, and its result is cached as ``.npy`` (memory-mapped) next to t
 Layouts:
 - ``fashion-mnist``: IDX files (``train-images-idx3-ubyte.gz`` ...), default
   ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
-- ``mnist-png``: ``ROOT/training/<digit>/*.png`` and ``ROOT/testing/<digit>/*.png``.
+- ``mnist`` (formerly ``mnist-png``): ``ROOT/training/<digit>/*.png`` and ``ROOT/testing/<digit>/*.png``.
 - ``imagefolder`` (Imagenette): ``ROOT/train/<class>/*.JPEG`` and ``ROOT/val/<class>/*``; the
   split is the grandparent folder, the label the parent folder.
 """
@@ -35,7 +35,7 @@ from rn_deploy.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rn_deploy.errors import DataError
 from rn_deploy.preprocess import convert_pil, eval_batch, fit_uint8, normalize
 
-from .datasets import DATASETS
+from .datasets import canonical_dataset
 
 FASHION_MNIST_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -274,18 +274,17 @@ def load_mnist_png(root: str | Path, split: str, *, workers: int | None = None, 
 
 
 def load_dataset(name: str, data: str | Path | None, *, presize: int = 160, workers: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """Train and validation :class:`ImageSet` for a dataset name (see ``DATASETS``)."""
+    """Train and validation :class:`ImageSet` for a dataset name (see ``DATASETS``; older names accepted)."""
+    name = canonical_dataset(name)
     if name == "fashion-mnist":
         return load_fashion_mnist(data, "train"), load_fashion_mnist(data, "test")
     if data is None:
         raise DataError(f"dataset {name!r} needs --data DIR")
-    if name == "mnist-png":
+    if name == "mnist":
         tr = load_mnist_png(data, "train", workers=workers)
         return tr, load_mnist_png(data, "test", workers=workers)
-    if name in ("imagefolder", "imagenette"):
-        tr = load_image_folder(data, "train", presize=presize, workers=workers)
-        return tr, load_image_folder(data, "val", presize=presize, class_names=tr.class_names, workers=workers)
-    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    tr = load_image_folder(data, "train", presize=presize, workers=workers)
+    return tr, load_image_folder(data, "val", presize=presize, class_names=tr.class_names, workers=workers)
 
 
 # --------------------------------------------------------------------------------------------

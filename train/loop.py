@@ -39,7 +39,7 @@ class TrainConfig:
 
     Attributes:
         arch: registered model name.
-        dataset: ``fashion-mnist``, ``mnist-png`` or ``imagefolder``.
+        dataset: ``fashion-mnist``, ``mnist`` or ``imagefolder`` (``mnist-png``, ``imagenette``: older names, recorded as these).
         data: dataset folder (None: the dataset's default, where it has one).
         epochs: total epochs (the sum of the phases when ``sizes`` is a schedule).
         batch_size: per-process batch size.
@@ -88,6 +88,9 @@ class TrainConfig:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        from .datasets import ALIASES
+
+        self.dataset = ALIASES.get(self.dataset, self.dataset)  # one name everywhere: the checkpoint records this one
         if self.size < 8:
             raise RnDeployError(f"--size {self.size}: images must be at least 8 pixels")
         if self.schedule:
@@ -380,7 +383,8 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
                 save_checkpoint(ckpt_path, model, config, train_meta,
                                 resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
             saved.update(epochs=epoch + 1, checkpoint=str(ckpt_path))
-            say(f"epoch {epoch + 1}/{cfg.epochs}" + (f" at {sizes[epoch]}px" if cfg.schedule else "") + ": train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
+            say(f"epoch {epoch + 1}/{cfg.epochs}" + (f" at {sizes[epoch]}px" if cfg.schedule else "")
+                + f": train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
                 f"accuracy {metrics['accuracy']:.4f}" + (f" top5 {metrics['top5']:.4f}" if "top5" in metrics else "")
                 + f" ({row['img_per_s']:,.0f} img/s)")
     return TrainResult(
@@ -412,7 +416,7 @@ def _eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metri
         elif amp_dtype is not None:
             precision = "bf16-autocast"
     n = len(val_dl.ds)
-    return {"dataset": cfg.dataset, "data": cfg.data, "split": "val" if cfg.dataset in ("imagefolder", "imagenette") else "test",
+    return {"dataset": cfg.dataset, "data": cfg.data, "split": "val" if cfg.dataset == "imagefolder" else "test",
             "count": n, "limit": cfg.limit, "seed": cfg.seed, "image_size": list(val_dl.size), "top1": metrics["accuracy"],
             "correct": round(metrics["accuracy"] * n), "top5": metrics.get("top5"), "device": str(val_dl.device),
             "precision": precision}
@@ -448,6 +452,10 @@ def _resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[st
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: has no optimiser state to resume from (it was not written by a training run)")
     saved = (raw.get("train") or {}).get("options", {})
+    if "dataset" in saved:  # a run started under an older dataset name resumes under the current one
+        from .datasets import ALIASES
+
+        saved = {**saved, "dataset": ALIASES.get(saved["dataset"], saved["dataset"])}
     for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule"):
         if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(getattr(cfg, key))):
             raise CheckpointError(f"{path}: cannot resume with {key}={getattr(cfg, key)!r}; the run was started with {saved[key]!r}")

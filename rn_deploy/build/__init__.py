@@ -6,7 +6,8 @@ differ, chosen by capability (``hasattr``), never by version string:
 - Precision. A builder with ``BuilderFlag.FP16`` (TensorRT <= 10) takes the FP32 ONNX and the flag
   (weakly typed network). Builders without it (TensorRT >= 11, TensorRT-RTX) are strongly typed:
   precision comes from the ONNX, so an FP32 ONNX asked to build FP16 is first converted to
-  ``<name>.fp16.onnx`` (FP16 weights and compute, FP32 I/O) with onnxconverter-common.
+  ``<name>.build-fp16.onnx`` (FP16 weights and compute, FP32 I/O) with onnxconverter-common; a user's
+  ``<name>.fp16.onnx`` is never overwritten.
 - Targets. TensorRT-RTX builds for chosen compute capabilities (``--target sm89,sm120``) and so
   runs on a CPU-only machine; full TensorRT builds for the GPU it runs on.
 - Timing cache: TensorRT only; TensorRT-RTX has a runtime cache instead (we say so).
@@ -27,7 +28,7 @@ from __future__ import annotations
 from ..runtime.manifest import Profile, parse_shape  # the profile vocabulary of `build`; the rest lives in rn_deploy.runtime
 from .builder import Log, build_engine
 from .options import HARDWARE_COMPAT, check_fp8_targets, check_portability_options
-from .precision import OnnxInfo, ensure_fp16_onnx, fp16_source_digest, onnx_info
+from .precision import OnnxInfo, ensure_fp16_onnx, fp16_copy_path, fp16_source_digest, onnx_info
 from .profiles import profiles_from_sizes, read_sizes, sizes_coverage
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "check_fp8_targets",
     "check_portability_options",
     "ensure_fp16_onnx",
+    "fp16_copy_path",
     "fp16_source_digest",
     "onnx_info",
     "parse_shape",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from .._io import atomic_write_bytes, atomic_write_text, sha256_file
+from .._io import atomic_write_bytes, atomic_write_text
 from ..errors import BuildError
 from ..log import Log
 from ..runtime.manifest import (
@@ -162,7 +162,9 @@ def build_engine(
         is_fp16 = False
     elif precision == "fp32" and is_fp16:
         raise BuildError(f"{onnx_path}: FP16 weights cannot make an FP32 engine; pass the FP32 ONNX (without --fp16 at export)")
-    onnx_sha = sha256_file(onnx_path)
+    from ..onnxfile import onnx_sha256
+
+    onnx_sha = onnx_sha256(onnx_path)  # weights in MODEL.onnx.data included
     if precision == "fp16" and not is_fp16 and not has_fp16_flag:
         built_from = ensure_fp16_onnx(onnx_path, say, onnx_sha)
         notes.append(f"strongly typed builder: FP16 from {built_from.name} (converted from {onnx_path.name})")
@@ -261,10 +263,10 @@ def build_engine(
                  "timing_cache": str(Path(timing_cache).absolute()) if timing_cache else None, "host": platform.node(),
                  "dla_core": dla_core, "gpu_fallback": gpu_fallback if dla_core is not None else None},
         engine_path=str(out), engine_size=len(data), engine_sha256="", config=cfg, notes=notes,
-        built_from_sha256=onnx_sha if built_from == onnx_path else sha256_file(built_from), builder_flags=flags_set,
+        built_from_sha256=onnx_sha if built_from == onnx_path else onnx_sha256(built_from), builder_flags=flags_set,
         hardware_compat=hardware_compat, version_compatible=version_compatible,
         lean_runtime=("excluded" if exclude_lean_runtime else "embedded") if version_compatible else None,
-        build_platform=host_platform(),
+        build_platform=host_platform(), source_sha256=info.source,
     )
     manifest.engine_sha256 = hashlib.sha256(data).hexdigest()
     # Engine first, then its manifest: a manifest never describes a missing engine.

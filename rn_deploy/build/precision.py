@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from .. import names
-from .._io import atomic_path, sha256_file
+from .._io import atomic_path
 from ..errors import BuildError
 from ..log import Log
 
@@ -31,6 +31,7 @@ class OnnxInfo:
     config: dict[str, Any] | None  # the rn-deploy ModelConfig as a dict, None for a foreign ONNX
     min_size: int | None  # the model's minimum H/W (metadata rn_deploy.min_size), None when not recorded
     dims: list[int | str]  # the input's dims: ints or symbolic names
+    source: str | None = None  # weights digest of the checkpoint it came from (metadata rn_deploy.source_sha256)
 
 
 def onnx_info(path: Path) -> OnnxInfo:
@@ -40,7 +41,7 @@ def onnx_info(path: Path) -> OnnxInfo:
         BuildError: a foreign ONNX, whose tensors are not one ``input`` and one ``logits``: the runners,
             Engine, validate and Triton export address them by those names, so it is refused here.
     """
-    from ..onnxfile import check_onnx_file, weights_fp16
+    from ..onnxfile import SOURCE_KEY, check_onnx_file, weights_fp16
 
     m = check_onnx_file(path)
     if not m.graph.input:
@@ -56,7 +57,7 @@ def onnx_info(path: Path) -> OnnxInfo:
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
     dims: list[int | str] = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
-    return OnnxInfo(fp16=weights_fp16(m), config=cfg, min_size=min_size, dims=dims)
+    return OnnxInfo(fp16=weights_fp16(m), config=cfg, min_size=min_size, dims=dims, source=props.get(SOURCE_KEY))
 
 
 def fp16_source_digest(path: Path) -> str | None:
@@ -70,19 +71,31 @@ def fp16_source_digest(path: Path) -> str | None:
     return next((p.value for p in m.metadata_props if p.key == FP16_SOURCE_KEY), None)
 
 
+def fp16_copy_path(onnx_path: Path) -> Path:
+    """Where build keeps its FP16 conversion of ``NAME.onnx``: ``NAME.build-fp16.onnx``, a name of its own, so a
+    ``NAME.fp16.onnx`` the user made (``export --fp16``, AutoCast or not) is never overwritten."""
+    return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".build-fp16.onnx")
+
+
 def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None) -> Path:
     """An FP16 (weights and compute, FP32 I/O) copy of an FP32 ONNX, for strongly typed builders.
 
-    The copy ``NAME.fp16.onnx`` records the source's sha256 in its metadata; it is reused only when
-    that digest matches (never by modification time: a copy of another model is converted afresh).
+    Reused, never rewritten: ``NAME.fp16.onnx`` when it records this ONNX's digest (``rn_deploy.fp16_source_sha256``,
+    weights in ``.onnx.data`` included). Otherwise build converts into its own ``NAME.build-fp16.onnx``, reused only
+    while its recorded digest matches (never by modification time); a file there that build did not make is refused.
     """
     from ..export import convert_fp16
+    from ..onnxfile import onnx_sha256, stamp_loaders
 
-    digest = source_sha256 or sha256_file(onnx_path)
-    out = onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx")
-    if out.exists() and fp16_source_digest(out) == digest:
-        log(f"fp16: using {out} (converted from this ONNX, sha256 {digest[:12]})")
-        return out
+    digest = source_sha256 or onnx_sha256(onnx_path)
+    for cand in (onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx"), fp16_copy_path(onnx_path)):
+        if cand.exists() and fp16_source_digest(cand) == digest:
+            log(f"fp16: using {cand} (converted from this ONNX, sha256 {digest[:12]})")
+            return cand
+    out = fp16_copy_path(onnx_path)
+    if out.exists() and fp16_source_digest(out) is None:
+        raise BuildError(f"{out}: build keeps its FP16 conversion of {onnx_path.name} under this name, but this file was not "
+                         "made by build; move or rename it")
     log(f"fp16: strongly typed builder; writing FP16 ONNX {out} (onnxconverter-common, FP32 I/O)")
     model = onnx.load(str(onnx_path))
     for p in model.metadata_props:
@@ -90,6 +103,7 @@ def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None
             p.value = "fp16"
     model.metadata_props.add(key=FP16_SOURCE_KEY, value=digest)
     half = convert_fp16(model, keep_io_fp32=True, tool="converter")
+    stamp_loaders(half)
     with atomic_path(out) as tmp:
         onnx.save_model(half, str(tmp))
     return out

@@ -189,6 +189,7 @@ class EngineManifest(ToDict):
     version_compatible: bool = False
     lean_runtime: str | None = None  # "embedded" or "excluded" for version-compatible engines
     build_platform: str | None = None  # e.g. "Linux-x86_64": full TensorRT engines never cross OS/CPU platforms
+    source_sha256: str | None = None  # weights digest of the checkpoint the ONNX came from (its rn_deploy.source_sha256)
 
     @property
     def input_profiles(self) -> list[Profile]:
