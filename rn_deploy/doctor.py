@@ -238,7 +238,7 @@ def known_bad(versions: dict[str, str | None], requirements: dict[str, list[str]
     from packaging.utils import canonicalize_name
     from packaging.version import InvalidVersion, Version
 
-    have = {canonicalize_name(k): (k, v) for k, v in versions.items() if v is not None}
+    have: dict[str, tuple[str, str]] = {canonicalize_name(k): (k, v) for k, v in versions.items() if v is not None}
     bad = [f"{a} {have[a][1]} and {b} {have[b][1]} are both installed: {why}"
            for a, b, why in CONFLICTS if a in have and b in have]
     for name, reqs in requirements.items():

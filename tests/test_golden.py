@@ -16,9 +16,7 @@ import gzip
 import json
 import os
 import queue
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +35,7 @@ from rn_deploy import Engine
 from rn_deploy.checkpoint import load_checkpoint, save_checkpoint
 from rn_deploy.export import export_onnx
 
-from .conftest import FASHION_DIR, make_model, needs_fashion
+from .conftest import FASHION_DIR, free_ports, make_model, needs_fashion
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # (H, W) of the images sent: at the model size (the usual serving case), smaller, larger, non-square both ways.
@@ -110,27 +108,16 @@ def pngs(model: dict[str, Any]) -> list[tuple[Path, np.ndarray]]:
     return out
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _rn_deploy() -> list[str]:
+    """The ``rn-deploy`` console script of this interpreter's environment (``python -m rn_deploy`` where there is none)."""
     script = Path(sys.executable).with_name("rn-deploy")
-    return [str(script)] if script.exists() else [shutil.which("rn-deploy") or sys.executable, *([] if shutil.which("rn-deploy")
-                                                                                                   else ["-m", "rn_deploy"])]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rn_deploy"]
 
 
 @pytest.fixture(scope="module")
 def server(model: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """``rn-deploy serve MODEL --json`` in its own process group; yields its ready line; always stopped."""
-    h, g, m = _free_ports(3)
+    h, g, m = free_ports(3)
     cmd = [*_rn_deploy(), "serve", str(model["onnx"]), "--host", "127.0.0.1", "--http-port", str(h), "--grpc-port", str(g),
            "--metrics-port", str(m), "--json"]
     log = model["dir"] / "serve.stderr"

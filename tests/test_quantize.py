@@ -21,7 +21,7 @@ from rn_deploy.quantize import QuantizeError, check_trt_form, evaluate_onnx, qdq
 from .conftest import FASHION_DIR, HAS_TRT, make_checkpoint, needs_fashion, needs_rtx, requires, skip
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
-needs_modelopt = requires(HAS_MODELOPT, "nvidia-modelopt not installed (see .ci/run for the recipe)")
+needs_modelopt = requires(HAS_MODELOPT, "nvidia-modelopt not installed (tools/setup.sh installs it with --no-deps)")
 PROFILE = Profile((1, 1, 32, 32), (32, 1, 32, 32), (256, 1, 64, 64))
 EVAL = 500  # held-out images the gate judges in these tests (0.2 pt each)
 
