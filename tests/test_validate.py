@@ -18,7 +18,7 @@ from rn_deploy.metrics import parity
 from rn_deploy.runners import OrtRunner, RunnerUnavailable, TorchRunner
 from rn_deploy.validate import default_grid, parse_tolerance_overrides, validate
 
-from .conftest import HAS_CUDA, make_checkpoint, needs_gpu, skip
+from .conftest import HAS_CUDA, make_checkpoint, needs_gpu, ort_cuda
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +154,7 @@ def test_gpu_runners_agree_with_reference(art: dict[str, Path]):
     assert parity(ref, half.infer(half.prepare(x)).cpu().numpy()).rel_l2 < 2e-2
     for onnx_path, tol in ((art["onnx"], 1e-3), (art["onnx16"], 2e-2)):
         for graph in (False, True):
-            try:
-                r = OrtRunner(onnx_path, provider="cuda", cuda_graph=graph)
-            except RunnerUnavailable as e:
-                skip(str(e))  # a GPU without onnxruntime-gpu: a broken install, fails under RN_DEPLOY_STRICT
+            r = ort_cuda(onnx_path, cuda_graph=graph)
             for _ in range(4):  # ORT runs regularly first and captures later: the fourth call replays
                 out = r.infer(r.prepare(x)).cpu().numpy()
                 assert parity(ref, out).rel_l2 < tol, (onnx_path.name, graph)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -35,7 +38,18 @@ from rn_deploy.runners.lru import ShapeLRU
 from rn_deploy.runners.trt import torch_dtype
 from rn_deploy.validate import NOTHING_COMPARED, validate
 
-from .conftest import FASHION_DIR, HAS_CUDA, HAS_TRT, HAS_TRT_RTX, make_checkpoint, needs_fashion, needs_gpu, requires
+from .conftest import (
+    FASHION_DIR,
+    HAS_CUDA,
+    HAS_TRT,
+    HAS_TRT_RTX,
+    make_checkpoint,
+    needs_fashion,
+    needs_gpu,
+    ort_cuda,
+    requires,
+    skip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +364,7 @@ def test_noise_flag_bound():
 @pytest.fixture(scope="module")
 def rtx_engine(tiny: dict[str, Path]) -> Path:
     if not HAS_TRT_RTX:
-        pytest.skip("TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
+        skip("TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
     eng = tiny["dir"] / "m.tensorrt-rtx.engine"
     res = CliRunner().invoke(main, ["build", str(tiny["onnx"]), "-o", str(eng), "--backend", "tensorrt-rtx", "--target", "sm89",
                                     "--fp32", "--min", "1x1x28x28", "--opt", "1x1x28x28", "--max", "2x1x64x64"])
@@ -358,18 +372,22 @@ def rtx_engine(tiny: dict[str, Path]) -> Path:
     return eng
 
 
+def _validate_without_gpu(*args: str) -> subprocess.CompletedProcess[str]:
+    """``rn-deploy validate`` in a process that sees no GPU (``CUDA_VISIBLE_DEVICES=""``), on any host: a GPU host too."""
+    return subprocess.run([sys.executable, "-m", "rn_deploy", "validate", *args, "--warmup", "0", "--iters", "2"],
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.trt_rtx
 def test_named_engine_that_cannot_run_fails_unless_allow_skip(tiny: dict[str, Path], rtx_engine: Path, tmp_path: Path):
-    if HAS_CUDA:
-        pytest.skip("a GPU is here: the engine may run (or be refused as incompatible)")
     args = ["--checkpoint", str(tiny["ck"]), "--onnx", str(tiny["onnx"]), "--engine", str(rtx_engine), "--sizes", "28", "--batch", "1"]
-    res = _validate_cli(*args, "--out", str(tmp_path / "strict"))
-    assert res.exit_code == 1, res.output
-    err = [line for line in res.output.splitlines() if line.startswith("error:")]
+    res = _validate_without_gpu(*args, "--out", str(tmp_path / "strict"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and f"--engine {rtx_engine} was named but not judged" in err[0] and "no CUDA GPU" in err[0]
     assert "--allow-skip" in err[0]
-    ok = _validate_cli(*args, "--allow-skip", "--out", str(tmp_path / "lenient"))
-    assert ok.exit_code == 0, ok.output
+    ok = _validate_without_gpu(*args, "--allow-skip", "--out", str(tmp_path / "lenient"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
     rep = json.loads((tmp_path / "lenient" / "report.json").read_text())
     arts = {a["role"]: a for a in rep["artifacts"]}
     eng = arts["engine"]
@@ -426,21 +444,11 @@ def test_plots_show_compared_cells_tolerance_and_failures(tiny: dict[str, Path],
 # ---------------------------------------------------------------------------------------------
 
 
-
-def _ort_cuda(path: Path, **kw: Any) -> OrtRunner:
-    from rn_deploy.runners import RunnerUnavailable
-
-    try:
-        return OrtRunner(path, provider="cuda", **kw)
-    except RunnerUnavailable as e:
-        pytest.skip(str(e))
-
-
 @pytest.mark.gpu
 @needs_gpu
 def test_ort_cuda_graph_a_b_a_replays_owned_outputs_and_evicts(tiny: dict[str, Path]):
     ref = TorchRunner(tiny["ck"])
-    r = _ort_cuda(tiny["onnx"], cuda_graph=True, max_graphs=2)
+    r = ort_cuda(tiny["onnx"], cuda_graph=True, max_graphs=2)
     xs = {s: torch.randn(*s) for s in [(2, 1, 28, 28), (3, 1, 40, 56), (1, 1, 33, 29)]}
     a, b, c = xs
     outs: dict[tuple[int, ...], list[torch.Tensor]] = {}
@@ -461,7 +469,7 @@ def test_ort_cuda_graph_a_b_a_replays_owned_outputs_and_evicts(tiny: dict[str, P
 @needs_gpu
 @pytest.mark.parametrize("graph", [False, True])
 def test_engine_pool_on_gpu_eight_threads_match_one(tiny: dict[str, Path], graph: bool):
-    _ort_cuda(tiny["onnx"])  # skip with the reason when the CUDA EP is missing
+    ort_cuda(tiny["onnx"])  # skip with the reason when the CUDA EP is missing
     jobs = [[im] * (1 + i % 3) for i, im in enumerate(_mixed_images(48))]
     with Engine.load(tiny["onnx"], provider="cpu") as single:
         expected = [[p.index for p in single.predict(j, size=j[0].shape[:2])] for j in jobs]
