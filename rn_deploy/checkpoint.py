@@ -159,7 +159,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def _check_state_dict(path: Path, arch: str, model: nn.Module, state: dict[str, Any]) -> None:
+def check_state_dict(path: Path, arch: str, model: nn.Module, state: dict[str, Any]) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -195,7 +195,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model = config.build()
     except (ModelError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
-    _check_state_dict(path, config.arch, model, raw["state_dict"])
+    check_state_dict(path, config.arch, model, raw["state_dict"])
     model.load_state_dict(raw["state_dict"])
     model.eval().to(map_location)
     return Checkpoint(model=model, config=config, train=dict(raw.get("train") or {}), path=path)
@@ -217,6 +217,6 @@ def import_state_dict(state_path: str | Path, out_path: str | Path, config: Mode
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_path}: expected a dict of tensors, found {type(state).__name__}")
     model = config.build()
-    _check_state_dict(state_path, config.arch, model, state)
+    check_state_dict(state_path, config.arch, model, state)
     model.load_state_dict(state)
     return save_checkpoint(out_path, model, config, {"imported_from": str(state_path)})

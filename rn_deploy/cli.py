@@ -245,6 +245,47 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
 
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RnDeployError(f"{text!r}: use comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+FLOATS = LibraryValueType("A,B,C", _floats)
+
+
+@main.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Checkpoint to write, e.g. exports/NAME/model.pt.")
+@click.option("--classes", default=None, help="Class names: a file with one per line, or a comma list [default: 0..N-1].")
+@click.option("--mean", type=FLOATS, default=None, help="Per-channel mean of pixels in [0, 1] [default: ImageNet's].")
+@click.option("--std", type=FLOATS, default=None, help="Per-channel std [default: ImageNet's].")
+@click.option("--size", type=HWType(), default=None, help="Training image size H or HxW [default: 224].")
+@click.option("--meta", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON with class_names/mean/std/image_size (or a timm config.json); flags win over it.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
+def import_cmd(source: Path, out: Path, classes: str | None, mean: list[float] | None, std: list[float] | None,
+               size: tuple[int, int] | None, meta: Path | None, as_json: bool) -> None:
+    """Turn SOURCE, a ResNet trained elsewhere, into an rn-deploy checkpoint (then export/build/validate it as usual).
+
+    SOURCE is a state_dict (torch.save(model.state_dict()), .safetensors) or a fastai learn.save() file of a fastai
+    xresnet18..152, a timm resnet18d..152d or resnet18..152, or a torchvision resnet18..152; the architecture is
+    recognised from its keys. It is read without running code (a learn.export() pickle is refused).
+    """
+    from .importers import import_weights, read_class_names
+
+    names = read_class_names(classes) if classes else None
+    res = import_weights(source, out, class_names=names, mean=mean, std=std, image_size=size, meta=meta)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    cfg = res.config
+    click.echo(f"wrote {res.checkpoint}: {res.library} {res.source_arch} -> {res.arch}, {cfg['n_classes']} classes, "
+               f"{cfg['in_channels']} channel(s), size {cfg['image_size'][0]}x{cfg['image_size'][1]}")
+
+
 def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], sizes_from: Path | None,
                     bands: int, batch: tuple[int, int, int], channels: int) -> list[Any]:
     from .build import Profile, profiles_from_sizes, read_sizes, sizes_coverage

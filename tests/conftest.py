@@ -39,11 +39,8 @@ def make_checkpoint(path: Path, arch: str = "resnet18", n_classes: int = 5, in_c
     return save_checkpoint(path, *make_model(arch, n_classes, in_channels, size, seed), {"note": "random test weights"})
 
 
-def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0
-               ) -> tuple[torch.nn.Module, ModelConfig]:
-    """The model and config :func:`make_checkpoint` saves, in memory."""
-    torch.manual_seed(seed)
-    model = create_model(arch, n_classes=n_classes, in_channels=in_channels)
+def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every BatchNorm's weight, bias and running stats set away from their defaults (in place)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -52,6 +49,14 @@ def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3,
                 m.bias.uniform_(-0.2, 0.2)
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0
+               ) -> tuple[torch.nn.Module, ModelConfig]:
+    """The model and config :func:`make_checkpoint` saves, in memory."""
+    torch.manual_seed(seed)
+    model = randomise_batchnorm(create_model(arch, n_classes=n_classes, in_channels=in_channels))
     cfg = ModelConfig(arch=arch, n_classes=n_classes, in_channels=in_channels, image_size=[size, size])
     return model, cfg
 
