@@ -23,6 +23,7 @@ from ._io import atomic_path
 from .errors import CheckpointError, ModelError
 from .filekind import expect
 from .models import create_model
+from .names import LAYOUTS
 from .strictjson import ToDict
 
 FORMAT = "rn-deploy/1"
@@ -44,6 +45,8 @@ class ModelConfig(ToDict):
         image_size: (height, width) the model was trained and is evaluated at.
         presize: the square size training decoded image folders to before taking ``image_size``
             from it (None: images were used at their stored size); see :mod:`rn_deploy.preprocess`.
+        layout: the input's memory layout, ``NCHW`` (ours) or ``NHWC`` (a foreign ONNX brought in by
+            ``rn-deploy import``); every runner permutes the NCHW batches it is given to it.
     """
 
     arch: str
@@ -54,6 +57,7 @@ class ModelConfig(ToDict):
     std: list[float] = field(default_factory=list)
     image_size: list[int] = field(default_factory=lambda: [224, 224])
     presize: int | None = None
+    layout: str = "NCHW"
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -74,6 +78,8 @@ class ModelConfig(ToDict):
             raise ModelError(f"mean/std need {self.in_channels} values (in_channels), got {len(self.mean)}/{len(self.std)}")
         if len(self.image_size) != 2:
             raise ModelError(f"image_size must be (height, width), got {self.image_size!r}")
+        if self.layout not in LAYOUTS:
+            raise ModelError(f"layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

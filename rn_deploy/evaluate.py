@@ -368,7 +368,12 @@ def plan_artifacts(checkpoint: str | Path, config: ModelConfig, onnx: Sequence[s
     out: list[Artifact] = []
     for p in map(Path, onnx):
         prec = onnx_precision(p)
-        cfg = read_onnx_config(p) or config
+        cfg = read_onnx_config(p)
+        if cfg is None:  # a foreign ONNX: fed as the reference is, if it takes the same channels and gives as many classes
+            from .validate import check_onnx_fits
+
+            check_onnx_fits(p, config)
+            cfg = config
         out += [Artifact("onnx", p, b, prec, cfg) for b in ort_backends]
     if backends is None or "trt" in backends:
         for p in map(Path, engines):
@@ -413,7 +418,7 @@ def _recorded(train: dict[str, Any], dataset: str, split: str, limit: int | None
     return {**rec, "same_images": bool(same)}
 
 
-def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines: Sequence[str | Path] = (),
+def run_eval(checkpoint: str | Path | None, *, onnx: Sequence[str | Path] = (), engines: Sequence[str | Path] = (),
              dataset: str | None = None, data: str | Path | None = None, split: str | None = None, limit: int | None = None,
              seed: int | None = None, batch: int = 256, backends: Sequence[str] | None = None, max_drop: float | None = None,
              allow_skip: bool = False, out_dir: str | Path | None = None, log: Log | None = None,
@@ -422,14 +427,27 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
 
     ``dataset``/``data``/``seed`` default to what training recorded in the checkpoint. Returns the
     report (the ``eval.json`` dict) and the written files; ``report["passed"]`` is the verdict.
+    Without a checkpoint (a foreign ONNX brought in by ``rn-deploy import``) the first ONNX, on ONNX Runtime CPU,
+    is the reference.
     """
     from .checkpoint import load_checkpoint
     from .runners import RunnerUnavailable, TorchRunner
 
     say = log or (lambda _s: None)
-    ckpt = load_checkpoint(checkpoint)
-    config = ckpt.config
-    raw_rec = ckpt.train.get("eval")
+    if checkpoint is None:
+        if not onnx:
+            raise RnDeployError("nothing to evaluate against: pass --checkpoint (the FP32 reference), or --onnx (the first is then the reference)")
+        from .validate import onnx_reference
+
+        checkpoint, onnx = Path(onnx[0]), list(onnx[1:])
+        ref_runner, config = onnx_reference(checkpoint)
+        train: dict[str, Any] = {}
+        ref_kind = "onnx"
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        config, train, ref_kind = ckpt.config, ckpt.train, "checkpoint"
+        ref_runner = TorchRunner(ckpt.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    raw_rec = train.get("eval")
     rec: dict[str, Any] = raw_rec if isinstance(raw_rec, dict) else {}
     if dataset is None:
         if not rec.get("dataset"):
@@ -451,11 +469,10 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
     check_data_fits(images, config, str(data or dataset))
     say(f"data: {dataset} {split}, {len(images)} images" + (f" (--limit {limit} --seed {seed})" if limit else ""))
 
-    ref_device = "cuda" if torch.cuda.is_available() else "cpu"
-    with TorchRunner(ckpt.model, device=ref_device) as ref_runner:
+    with ref_runner:
         ref = predict_split(ref_runner, images, config, batch=batch, log=say, progress=progress)
     ref_acc = accuracy(ref, config.class_names)
-    recorded = _recorded(ckpt.train, dataset, split, limit, seed, images)
+    recorded = _recorded(train, dataset, split, limit, seed, images)
     reproduces = None
     if recorded and recorded["same_images"]:
         reproduces = int(recorded.get("correct", -1)) == ref_acc["correct"]
@@ -465,7 +482,7 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
         say(f"training evaluated on other images ({recorded.get('split')}, count {recorded.get('count')}, limit "
             f"{recorded.get('limit')}, seed {recorded.get('seed')}); pass --limit/--seed to compare")
     rows: list[dict[str, Any]] = [{
-        "name": "reference", "kind": "checkpoint", "path": str(checkpoint), "backend": ref.name, "precision": "fp32", "ran": True,
+        "name": "reference", "kind": ref_kind, "path": str(checkpoint), "backend": ref.name, "precision": "fp32", "ran": True,
         "reason": None, **_acc_fields(ref, ref_acc), "agreement": 1.0, "disagree_count": 0, "disagree": [], "drop_points": 0.0,
         "limits": None, "passed": True, "failures": []}]
     preds: dict[str, SplitPredictions] = {}
@@ -548,7 +565,7 @@ def summary_table(report: dict[str, Any]) -> list[list[str]]:
                          ("skipped: " if r["passed"] else "FAIL: ") + str(r["reason"])])
             continue
         rows.append([r["name"], r["backend"], r["precision"], _pct(r["top1"]), _pct(r["top5"]),
-                     "ref" if r["kind"] == "checkpoint" and r["name"] == "reference" else f"{-r['drop_points'] or 0.0:+.2f}",
+                     "ref" if r["kind"] in ("checkpoint", "onnx") and r["name"] == "reference" else f"{-r['drop_points'] or 0.0:+.2f}",
                      _pct(r["agreement"]), f"{r['images_per_s']:,.0f}",
                      "ok" if r["passed"] else "FAIL: " + "; ".join(r["failures"])])
     return rows

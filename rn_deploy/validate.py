@@ -289,12 +289,14 @@ def default_grid(image_size: Sequence[int], min_size: int, profiles: Sequence[An
 BACKEND_NAMES = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt", "trt-graph")
 
 
-def _make_runner(name: str, checkpoint: Path, onnx_path: Path | None, engine_path: Path | None) -> Runner:
+def _make_runner(name: str, checkpoint: Path | None, onnx_path: Path | None, engine_path: Path | None) -> Runner:
     from .runners import OrtRunner, TorchRunner, TrtRunner
 
-    if name == "torch":
-        return TorchRunner(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
-    if name == "torch-fp16":
+    if name.startswith("torch"):
+        if checkpoint is None:
+            raise RunnerUnavailable(f"{name}: no --checkpoint given")
+        if name == "torch":
+            return TorchRunner(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
         return TorchRunner(checkpoint, device="cuda", precision="fp16")
     if name.startswith("ort-"):
         if onnx_path is None:
@@ -345,8 +347,38 @@ def judge_artifacts(rep: ValidationReport, explicit: Sequence[tuple[str, str, Pa
     rep.allow_skip = allow_skip
 
 
+def check_onnx_fits(path: Path, cfg: Any) -> None:
+    """Refuse, in one line, an ONNX that cannot be compared with a checkpoint: other channels or another class count."""
+    from .onnxfile import read_onnx_interface
+
+    io = read_onnx_interface(path)
+    if io.channels != cfg.in_channels or (io.n_classes is not None and io.n_classes != cfg.n_classes):
+        raise RnDeployError(f"{path}: takes {io.channels} channel(s) and gives {io.n_classes or 'an unknown number of'} outputs "
+                            f"({io.input_name!r} -> {io.output_name!r}), the checkpoint {cfg.in_channels} and {cfg.n_classes}: it is "
+                            "another model; pass the ONNX exported from this checkpoint, or validate it alone (without --checkpoint)")
+
+
+def onnx_reference(path: Path) -> tuple[Any, Any]:
+    """The reference when there is no checkpoint: the ONNX on ONNX Runtime (CPU, FP32), with its config (or one from its graph)."""
+    from .checkpoint import ModelConfig
+    from .onnxfile import read_onnx_interface
+    from .runners import OrtRunner
+
+    io = read_onnx_interface(path)
+    cfg = io.config
+    if cfg is None:
+        fixed = [int(d) for d in io.hw if isinstance(d, int) and d > 0]
+        cfg = ModelConfig(arch="foreign-onnx", n_classes=io.n_classes or 1, in_channels=io.channels,
+                          image_size=fixed if len(fixed) == 2 else [224, 224], layout=io.layout)
+    ref = OrtRunner(path, provider="cpu")
+    if ref.precision != "fp32":
+        raise RnDeployError(f"{path}: a {ref.precision} ONNX cannot be the FP32 reference; pass --checkpoint or the FP32 ONNX")
+    ref.name = "ort-cpu-fp32 (reference)"
+    return ref, cfg
+
+
 def run_validation(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     *,
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
@@ -365,20 +397,33 @@ def run_validation(
 
     An artifact named by ``onnx_path``/``engine_path`` that no runner could judge here makes the
     report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way.
+    Without a ``checkpoint`` (a foreign ONNX) the ONNX on ONNX Runtime CPU is the FP32 reference.
     """
     from .checkpoint import load_checkpoint
     from .runners import TorchRunner
     from .runtime import fmt_shape as fmt
 
-    checkpoint = Path(checkpoint)
+    ckpt_p = Path(checkpoint) if checkpoint else None
     onnx_p = Path(onnx_path) if onnx_path else None
     engine_p = Path(engine_path) if engine_path else None
     for p, what in ((onnx_p, "--onnx"), (engine_p, "--engine")):
         if p is not None and not p.exists():
             raise RnDeployError(f"{p}: no such file ({what})")
-    ck = load_checkpoint(checkpoint)
-    cfg = ck.config
-    wanted = list(backends) if backends else ["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"]
+    if ckpt_p is not None:
+        ck = load_checkpoint(ckpt_p)
+        cfg = ck.config
+        if onnx_p is not None:
+            check_onnx_fits(onnx_p, cfg)
+        reference: Runner = TorchRunner(ck.model, device="cpu")
+        reference.name = "torch-cpu-fp32 (reference)"
+        ref_artifact = ("checkpoint", ckpt_p)
+    elif onnx_p is not None:
+        reference, cfg = onnx_reference(onnx_p)
+        ref_artifact = ("onnx", onnx_p)
+    else:
+        raise RnDeployError("nothing to validate against: pass --checkpoint (the FP32 reference), or --onnx alone for a foreign ONNX")
+    default = ["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"] if ckpt_p else ["ort-cuda", "ort-cuda-graph", "trt"]
+    wanted = list(backends) if backends else default
     unknown = [b for b in wanted if b not in BACKEND_NAMES]
     if unknown:
         raise RnDeployError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKEND_NAMES)}")
@@ -399,7 +444,7 @@ def run_validation(
                                 f"inside them or rebuild with a larger --max")
     for name in wanted:
         try:
-            runners.append(_make_runner(name, checkpoint, onnx_p, engine_p))
+            runners.append(_make_runner(name, ckpt_p, onnx_p, engine_p))
         except RunnerUnavailable as e:
             if backends:  # asked for by name: it must run
                 raise RnDeployError(f"backend {name} was asked for but cannot run here: {e}") from None
@@ -410,8 +455,6 @@ def run_validation(
         # The training size is always valid: the declared minimum (rn_deploy.min_size) is never above it.
         grid = default_grid(cfg.image_size, min(cfg.image_size), profiles, batches)
     imgs = load_images(images, cfg.in_channels, log=log) if images else None
-    reference = TorchRunner(ck.model, device="cpu")
-    reference.name = "torch-cpu-fp32 (reference)"
     try:
         rep = validate(reference, runners, grid, channels=cfg.in_channels, tolerances=tolerances, warmup=warmup, iters=iters,
                        images=imgs, mean=cfg.mean, std=cfg.std, skipped=skipped, log=log)
@@ -419,7 +462,9 @@ def run_validation(
         for r in runners:
             r.__exit__(None, None, None)
     explicit = [(role, flag, p) for role, flag, p in (("onnx", "--onnx", onnx_p), ("engine", "--engine", engine_p)) if p is not None]
-    judge_artifacts(rep, explicit, ("checkpoint", checkpoint), skipped, allow_skip)
+    if ref_artifact[0] == "onnx":  # the ONNX is the reference here, not an artifact judged against it
+        explicit = [e for e in explicit if e[0] != "onnx"]
+    judge_artifacts(rep, explicit, ref_artifact, skipped, allow_skip)
     from .report import write_report
 
     files = write_report(rep, out_dir) if out_dir is not None else {}

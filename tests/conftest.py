@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
 from rn_deploy.models import create_model
@@ -64,3 +66,16 @@ def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3,
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", arch="resnet18", n_classes=5)
+
+
+def write_imagefolder(root: Path, classes: dict[str, tuple[int, int, int]], n: int, seed: int = 0) -> None:
+    """Images whose class is their dominant colour, with noise and random sizes."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for name, rgb in classes.items():
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n if split == "train" else n // 2):
+                h, w = rng.integers(40, 70, size=2)
+                arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.JPEG" if i % 2 else d / f"{i}.png")
