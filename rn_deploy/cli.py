@@ -291,7 +291,7 @@ def import_cmd(source: Path, out: Path, classes: str | None, mean: list[float] |
         from .importers import read_class_names
 
         names = read_class_names(classes)
-    if expect(source, "onnx", "checkpoint").kind == "onnx" or source.suffix == ".onnx":
+    if expect(source, "onnx", "weights").kind == "onnx" or source.suffix == ".onnx":
         from .foreign import import_onnx
 
         if meta is not None:

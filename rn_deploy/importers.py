@@ -30,6 +30,7 @@ import torch
 from ._io import sha256_file
 from .checkpoint import ModelConfig, check_state_dict, save_checkpoint, torch_load_reason
 from .errors import CheckpointError, ModelError
+from .filekind import sniff
 from .models import RESNETS, TV_RESNETS
 
 LIBRARIES = ("fastai", "timm", "torchvision")
@@ -262,7 +263,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; pass a state_dict (.pth/.pt/.safetensors) or a fastai learn.save() file")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or sniff(path).kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -69,7 +69,7 @@ def test_onnx_logits_equal_the_source_library(pipeline: dict):
 def test_validate_and_eval_judge_onnx_and_engine(pipeline: dict, data: Path):
     d = pipeline["dir"]
     val = run("validate", "--checkpoint", str(d / "model.pt"), "--onnx", str(pipeline["onnx"]), "--engine", str(pipeline["engine"]),
-              "--sizes", "32,64", "--batch", "1,2", "--warmup", "0", "--iters", "1", "--allow-skip", "--out", str(d / "val"))
+              "--sizes", "32,64", "--batch", "2", "--warmup", "0", "--iters", "1", "--allow-skip", "--out", str(d / "val"))
     compared = {c["backend"] for c in val["cells"] if c["compared"]}
     assert "ort-cpu-fp32" in compared and all(c["passed"] for c in val["cells"] if c["compared"])
     assert ("trt-tensorrt-rtx-fp32" in compared) == HAS_CUDA

@@ -174,6 +174,8 @@ def test_safetensors_with_a_timm_config_beside(tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet50d", "num_classes": 2, "label_names": ["no", "yes"],
                                                       "pretrained_cfg": {"mean": [0.4, 0.4, 0.4], "std": [0.3, 0.3, 0.3],
                                                                          "input_size": [3, 160, 160]}}))
-    res = import_weights(tmp_path / "model.safetensors", tmp_path / "m.pt")
-    assert res.config["class_names"] == ["no", "yes"] and res.config["image_size"] == [160, 160] and res.config["mean"] == [0.4] * 3
+    cli = CliRunner().invoke(main, ["import", str(tmp_path / "model.safetensors"), "-o", str(tmp_path / "m.pt"), "--json"])
+    assert cli.exit_code == 0, cli.output
+    res = json.loads(cli.stdout)
+    assert res["config"]["class_names"] == ["no", "yes"] and res["config"]["image_size"] == [160, 160] and res["config"]["mean"] == [0.4] * 3
     assert_same_logits(src, load_checkpoint(tmp_path / "m.pt").model)
