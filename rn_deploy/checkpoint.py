@@ -25,6 +25,7 @@ from ._io import atomic_path
 from .errors import CheckpointError, ModelError
 from .filekind import expect
 from .models import create_model
+from .names import LAYOUTS
 from .strictjson import ToDict
 
 FORMAT = "rn-deploy/1"
@@ -46,6 +47,8 @@ class ModelConfig(ToDict):
         image_size: (height, width) the model was trained and is evaluated at.
         presize: the square size training decoded image folders to before taking ``image_size``
             from it (None: images were used at their stored size); see :mod:`rn_deploy.preprocess`.
+        layout: the input's memory layout, ``NCHW`` (ours) or ``NHWC`` (a foreign ONNX brought in by
+            ``rn-deploy import``); every runner permutes the NCHW batches it is given to it.
     """
 
     arch: str
@@ -56,6 +59,7 @@ class ModelConfig(ToDict):
     std: list[float] = field(default_factory=list)
     image_size: list[int] = field(default_factory=lambda: [224, 224])
     presize: int | None = None
+    layout: str = "NCHW"
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -76,6 +80,8 @@ class ModelConfig(ToDict):
             raise ModelError(f"mean/std need {self.in_channels} values (in_channels), got {len(self.mean)}/{len(self.std)}")
         if len(self.image_size) != 2:
             raise ModelError(f"image_size must be (height, width), got {self.image_size!r}")
+        if self.layout not in LAYOUTS:
+            raise ModelError(f"layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -189,7 +195,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def _check_state_dict(path: Path, arch: str, model: nn.Module, state: dict[str, Any]) -> None:
+def check_state_dict(path: Path, arch: str, model: nn.Module, state: dict[str, Any]) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -225,7 +231,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model = config.build()
     except (ModelError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
-    _check_state_dict(path, config.arch, model, raw["state_dict"])
+    check_state_dict(path, config.arch, model, raw["state_dict"])
     model.load_state_dict(raw["state_dict"])
     model.eval().to(map_location)
     return Checkpoint(model=model, config=config, train=dict(raw.get("train") or {}), path=path)
@@ -247,6 +253,6 @@ def import_state_dict(state_path: str | Path, out_path: str | Path, config: Mode
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_path}: expected a dict of tensors, found {type(state).__name__}")
     model = config.build()
-    _check_state_dict(state_path, config.arch, model, state)
+    check_state_dict(state_path, config.arch, model, state)
     model.load_state_dict(state)
     return save_checkpoint(out_path, model, config, {"imported_from": str(state_path)})

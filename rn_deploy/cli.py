@@ -303,6 +303,79 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
 
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RnDeployError(f"{text!r}: use comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+FLOATS = LibraryValueType("A,B,C", _floats)
+
+
+@main.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write: exports/NAME/model.pt for weights, exports/NAME/model.onnx for an ONNX.")
+@click.option("--classes", default=None, help="Class names: a file with one per line, or a comma list [default: 0..N-1].")
+@click.option("--mean", type=FLOATS, default=None, help="Per-channel mean of pixels in [0, 1] [default: ImageNet's].")
+@click.option("--std", type=FLOATS, default=None, help="Per-channel std [default: ImageNet's].")
+@click.option("--size", type=HWType(), default=None, help="Training image size H or HxW [default: an ONNX's fixed size, else 224].")
+@click.option("--meta", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights: JSON with class_names/mean/std/image_size (or a timm config.json); flags win over it.")
+@click.option("--input-name", default=None, help="ONNX: the image input [default: the graph's only input].")
+@click.option("--output-name", default=None, help="ONNX: the logits output [default: the graph's only output].")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+              help="ONNX: the input's layout [default: detected from the axis with 1 or 3 channels].")
+@click.option("--no-normalize", is_flag=True, help="ONNX: the graph normalises itself; feed it pixels / 255.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
+def import_cmd(source: Path, out: Path, classes: str | None, mean: list[float] | None, std: list[float] | None,
+               size: tuple[int, int] | None, meta: Path | None, input_name: str | None, output_name: str | None,
+               layout: str | None, no_normalize: bool, as_json: bool) -> None:
+    """Bring in SOURCE, a ResNet trained elsewhere or a foreign ONNX, so every other command takes it.
+
+    Weights: a state_dict (torch.save(model.state_dict()), .safetensors) or a fastai learn.save() file of a fastai
+    xresnet18..152, a timm resnet18d..152d or resnet18..152, or a torchvision resnet18..152, recognised from its keys
+    and written as an rn-deploy checkpoint (then export it). It is read without running code (a learn.export()
+    pickle is refused).
+
+    ONNX: one image input and one (batch, classes) output, named or detected; the copy written carries the class
+    names, mean/std, size and layout, so build, validate, eval, quantize, serve and export-triton need no flags.
+    """
+    from .filekind import expect
+
+    names = None
+    if classes:
+        from .importers import read_class_names
+
+        names = read_class_names(classes)
+    if expect(source, "onnx", "weights").kind == "onnx" or source.suffix == ".onnx":
+        from .foreign import import_onnx
+
+        if meta is not None:
+            raise click.UsageError("--meta is for weights; give an ONNX's class names, mean/std and size with flags")
+        ores = import_onnx(source, out, input_name=input_name, output_name=output_name, layout=layout, class_names=names,
+                           mean=mean, std=std, normalize=not no_normalize, image_size=size)
+        if as_json:
+            echo_json(ores.to_dict())
+            return
+        cfg = ores.config
+        click.echo(f"wrote {ores.onnx_path}: {ores.input_name!r} ({ores.layout}) -> {ores.output_name!r}, {cfg['n_classes']} classes, "
+                   f"{cfg['in_channels']} channel(s), {'dynamic' if ores.dynamic_hw else 'fixed'} H/W, "
+                   f"size {cfg['image_size'][0]}x{cfg['image_size'][1]}")
+        return
+    if input_name or output_name or layout or no_normalize:
+        raise click.UsageError("--input-name/--output-name/--layout/--no-normalize are for an ONNX SOURCE")
+    from .importers import import_weights
+
+    res = import_weights(source, out, class_names=names, mean=mean, std=std, image_size=size, meta=meta)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    cfg = res.config
+    click.echo(f"wrote {res.checkpoint}: {res.library} {res.source_arch} -> {res.arch}, {cfg['n_classes']} classes, "
+               f"{cfg['in_channels']} channel(s), size {cfg['image_size'][0]}x{cfg['image_size'][1]}")
+
 def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], sizes_from: Path | None,
                     bands: int, batch: tuple[int, int, int], channels: int) -> list[Any]:
     from .build import Profile, profiles_from_sizes, read_sizes, sizes_coverage
@@ -365,8 +438,7 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
     """
     from .build import build_engine, onnx_info
 
-    cfg = onnx_info(onnx_path).config if onnx_path.exists() else None
-    channels = int(cfg["in_channels"]) if cfg else 3
+    channels = (onnx_info(onnx_path).channels or 3) if onnx_path.exists() else 3
     profiles = _parse_profiles(min_, opt, max_, profile, sizes_from, bands, batch, channels)
     if gpu_fallback and dla_core is None:
         raise click.UsageError("--gpu-fallback goes with --dla-core")
@@ -515,7 +587,8 @@ def _split_ints(value: str, what: str) -> list[int]:
 
 
 @main.command("validate")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model.pt: the FP32 reference.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="model.pt: the FP32 reference [without it: --onnx on ONNX Runtime CPU is the reference].")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="ONNX model to check.")
 @click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT engine to check.")
 @click.option("--backends", type=BACKEND_LIST, default=None,
@@ -534,7 +607,7 @@ def _split_ints(value: str, what: str) -> list[int]:
 @click.option("--allow-other-source", is_flag=True,
               help="Compare an --onnx/--engine whose recorded checkpoint digest is not this checkpoint's (refused by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
-def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, backends: list[str] | None,
+def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path | None, backends: list[str] | None,
                  sizes: list[tuple[int, int]] | None,
                  batches: str, images: Path | None, out: Path | None, tol: tuple[str, ...], warmup: int, iters: int,
                  allow_skip: bool, allow_other_source: bool, as_json: bool) -> None:
@@ -544,10 +617,14 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
     device or precision) ran and was compared, every compared cell is within tolerance, and every
     artifact named by --onnx/--engine was judged (or --allow-skip). The reference's own twin
     (torch-cpu-fp32) is timed, not compared. Backends that cannot run here are listed with the reason.
+    Without --checkpoint (a foreign ONNX), --onnx on ONNX Runtime CPU is the FP32 reference for --engine.
     """
     from .errors import ValidationFailed
     from .filekind import expect
     from .validate import parse_tolerance_overrides, run_validation
+
+    if checkpoint is None and onnx_path is None:
+        raise click.UsageError("pass --checkpoint (the FP32 reference), or --onnx alone for a foreign ONNX")
 
     for path, kind, option in ((checkpoint, "checkpoint", "--checkpoint"), (onnx_path, "onnx", "--onnx"), (engine, "engine", "--engine")):
         if path is not None:
@@ -559,7 +636,7 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
         raise click.BadParameter(str(e), param_hint="--tol") from None
     rep, files = run_validation(
         checkpoint, onnx_path=onnx_path, engine_path=engine, backends=backends, sizes=sizes,
-        batches=_split_ints(batches, "--batch"), images=images, out_dir=out or checkpoint.parent,
+        batches=_split_ints(batches, "--batch"), images=images, out_dir=out or (checkpoint or onnx_path or Path(".")).parent,
         tolerances=tolerances, warmup=warmup, iters=iters, allow_skip=allow_skip, log=stderr_log,
         allow_other_source=allow_other_source,
     )
@@ -574,7 +651,8 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
 
 
 @main.command("eval")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="model.pt: the FP32 reference.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="model.pt: the FP32 reference [without it: the first --onnx, on ONNX Runtime CPU].")
 @click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX model (repeatable).")
 @click.option("--engine", "engines", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine (repeatable).")
 @click.option("--dataset", type=click.Choice(DATASET_NAMES), default=None,
@@ -598,7 +676,7 @@ def validate_cmd(checkpoint: Path, onnx_path: Path | None, engine: Path | None, 
               help="Do not fail when the reference misses the accuracy training recorded on the same images.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
-def eval_cmd(checkpoint: Path, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
+def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
              split: str | None, limit: int | None, seed: int | None, batch: int, backends: str | None, max_drop: float | None,
              min_agreement: tuple[str, ...], allow_skip: bool, allow_other_source: bool, allow_unreproduced: bool, out: Path | None,
              as_json: bool) -> None:

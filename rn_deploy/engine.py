@@ -110,7 +110,9 @@ class Engine:
 
             cfg = read_onnx_config(path)
             if cfg is None:
-                raise RnDeployError(f"{path}: no rn-deploy metadata (class names, mean/std); export it with `rn-deploy export`")
+                raise RnDeployError(f"{path}: no rn-deploy metadata (class names, mean/std); export it with `rn-deploy export`, "
+                                    "or bring a foreign ONNX in with `rn-deploy import MODEL.onnx -o OUT.onnx --classes ... "
+                                    "--mean ... --std ...`")
             if provider is None:
                 import onnxruntime as ort
 
@@ -120,7 +122,8 @@ class Engine:
             return cls(ort_runner, cfg, max_batch=1 << 30, contexts=contexts)
         trt = TrtRunner(path, cuda_graph=cuda_graph, max_graphs=max_graphs)
         if not trt.manifest.config:
-            raise RnDeployError(f"{path}: manifest has no model config; build from an ONNX written by `rn-deploy export`")
+            raise RnDeployError(f"{path}: manifest has no model config; build from an ONNX written by `rn-deploy export` "
+                                "or `rn-deploy import`")
         return cls(trt, ModelConfig.from_dict(trt.manifest.config), max(p.max[0] for p in trt.profiles), contexts=contexts)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -346,14 +346,14 @@ def artifact_source(kind: str, path: Path) -> str | None:
     return None
 
 
-def source_status(path: Path, source: str | None, reference: str, checkpoint: str | Path, allow_other_source: bool) -> str:
+def source_status(path: Path, source: str | None, reference: str | None, checkpoint: str | Path, allow_other_source: bool) -> str:
     """``same``, ``unknown`` (nothing recorded: a foreign or older file) or ``other`` (allowed) for one artifact.
 
     Raises:
         RnDeployError: the artifact records another checkpoint's digest and ``allow_other_source`` is off. Only a
             known digest that differs is refused: a missing one is reported as ``unknown``, not guessed at.
     """
-    if source is None:
+    if source is None or reference is None:
         return "unknown"
     if source == reference:
         return "same"
@@ -424,7 +424,12 @@ def plan_artifacts(checkpoint: str | Path, config: ModelConfig, onnx: Sequence[s
     out: list[Artifact] = []
     for p in map(Path, onnx):
         prec = onnx_precision(p)
-        cfg = read_onnx_config(p) or config
+        cfg = read_onnx_config(p)
+        if cfg is None:  # a foreign ONNX: fed as the reference is, if it takes the same channels and gives as many classes
+            from .reference import check_onnx_fits
+
+            check_onnx_fits(p, config)
+            cfg = config
         src = artifact_source("onnx", p)
         out += [Artifact("onnx", p, b, prec, cfg, src) for b in ort_backends]
     if backends is None or "trt" in backends:
@@ -470,7 +475,7 @@ def _recorded(train: dict[str, Any], dataset: str, split: str, limit: int | None
     return {**rec, "same_images": bool(same)}
 
 
-def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines: Sequence[str | Path] = (),
+def run_eval(checkpoint: str | Path | None, *, onnx: Sequence[str | Path] = (), engines: Sequence[str | Path] = (),
              dataset: str | None = None, data: str | Path | None = None, split: str | None = None, limit: int | None = None,
              seed: int | None = None, batch: int = 256, backends: Sequence[str] | None = None, max_drop: float | None = None,
              allow_skip: bool = False, out_dir: str | Path | None = None, log: Log | None = None,
@@ -483,20 +488,35 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
     ``allow_other_source``. The verdict fails when the reference does not reproduce the accuracy training recorded
     on the same images (unless ``allow_unreproduced``) or any artifact fails its limits (:func:`limits_for`).
     Returns the report (the ``eval.json`` dict) and the written files; ``report["passed"]`` is the verdict.
+    Without a checkpoint (a foreign ONNX brought in by ``rn-deploy import``) the first ONNX, on ONNX Runtime CPU,
+    is the reference.
     """
     from .checkpoint import load_checkpoint, weights_sha256
     from .runners import RunnerUnavailable, TorchRunner
 
     say = log or (lambda _s: None)
-    ckpt = load_checkpoint(checkpoint)
-    config = ckpt.config
-    raw_rec = ckpt.train.get("eval")
+    if checkpoint is None:
+        if not onnx:
+            raise RnDeployError("nothing to evaluate against: pass --checkpoint (the FP32 reference), or --onnx (the first is then the reference)")
+        from .reference import onnx_reference
+
+        checkpoint, onnx = Path(onnx[0]), list(onnx[1:])
+        ref_runner, config = onnx_reference(checkpoint)
+        train: dict[str, Any] = {}
+        ref_kind, ref_device = "onnx", "cpu"
+        reference_digest = artifact_source("onnx", checkpoint)
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        config, train, ref_kind = ckpt.config, ckpt.train, "checkpoint"
+        ref_device = "cuda" if torch.cuda.is_available() else "cpu"
+        ref_runner = TorchRunner(ckpt.model, device=ref_device)
+        reference_digest = weights_sha256(ckpt.model)
+    raw_rec = train.get("eval")
     rec: dict[str, Any] = raw_rec if isinstance(raw_rec, dict) else {}
-    dataset, data = _recorded_dataset(checkpoint, ckpt.train, dataset, data)
+    dataset, data = _recorded_dataset(checkpoint, train, dataset, data)
     split = split or default_split(dataset)
     seed = int(rec.get("seed", 0)) if seed is None else seed
     artifacts = plan_artifacts(checkpoint, config, onnx, engines, backends)
-    reference_digest = weights_sha256(ckpt.model)
     sources = {}
     for a in artifacts:
         if a.config.in_channels != config.in_channels or a.config.n_classes != config.n_classes:
@@ -515,11 +535,10 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
     check_data_fits(images, config, str(data or dataset))
     say(f"data: {dataset} {split}, {len(images)} images" + (f" (--limit {limit} --seed {seed})" if limit else ""))
 
-    ref_device = "cuda" if torch.cuda.is_available() else "cpu"
-    with TorchRunner(ckpt.model, device=ref_device) as ref_runner:
+    with ref_runner:
         ref = predict_split(ref_runner, images, config, batch=batch, log=say, progress=progress)
     ref_acc = accuracy(ref, config.class_names)
-    recorded = _recorded(ckpt.train, dataset, split, limit, seed, images)
+    recorded = _recorded(train, dataset, split, limit, seed, images)
     reproduces = None
     failures: list[str] = []
     if recorded and recorded["same_images"]:
@@ -535,7 +554,7 @@ def run_eval(checkpoint: str | Path, *, onnx: Sequence[str | Path] = (), engines
         say(f"training evaluated on other images ({recorded.get('split')}, count {recorded.get('count')}, limit "
             f"{recorded.get('limit')}, seed {recorded.get('seed')}); pass --limit/--seed to compare")
     rows: list[dict[str, Any]] = [{
-        "name": "reference", "kind": "checkpoint", "path": str(checkpoint), "backend": ref.name, "precision": "fp32", "ran": True,
+        "name": "reference", "kind": ref_kind, "path": str(checkpoint), "backend": ref.name, "precision": "fp32", "ran": True,
         "reason": None, **_acc_fields(ref, ref_acc), "agreement": 1.0, "disagree_count": 0, "disagree": [], "drop_points": 0.0,
         "limits": None, "passed": True, "failures": [], "source": "same"}]
     preds: dict[str, SplitPredictions] = {}
@@ -656,7 +675,7 @@ def summary_table(report: dict[str, Any]) -> list[list[str]]:
                          ("skipped: " if r["passed"] else "FAIL: ") + str(r["reason"])])
             continue
         rows.append([r["name"], r["backend"], r["precision"], _pct(r["top1"]), _pct(r["top5"]),
-                     "ref" if r["kind"] == "checkpoint" and r["name"] == "reference" else f"{-r['drop_points'] or 0.0:+.2f}",
+                     "ref" if r["kind"] in ("checkpoint", "onnx") and r["name"] == "reference" else f"{-r['drop_points'] or 0.0:+.2f}",
                      _pct(r["agreement"]), f"{r['images_per_s']:,.0f}",
                      "ok" if r["passed"] else "FAIL: " + "; ".join(r["failures"])])
     return rows

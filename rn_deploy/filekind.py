@@ -39,8 +39,7 @@ _GOES_TO = {
     "image": "images go in a folder passed to `validate --images`, or to Engine.predict as arrays",
     "zip": "unpack it and pass the file inside",
     "gzip": "decompress it first (gunzip)",
-    "safetensors": "rn-deploy reads PyTorch checkpoints: save the weights with torch.save and wrap them with "
-                   "rn_deploy.checkpoint.import_state_dict",
+    "safetensors": "bring the weights in with `rn-deploy import FILE -o exports/NAME/model.pt` (fastai, timm, torchvision ResNets)",
     "json": "the only JSON input is `build --sizes-from`",
     "text": "rn-deploy reads binary model files",
     "empty": "an interrupted copy or write? copy or write it again",
@@ -51,6 +50,7 @@ WANTED = {
     "checkpoint": "a PyTorch checkpoint (model.pt)",
     "onnx": "an ONNX model",
     "engine": "a TensorRT engine",
+    "weights": "model weights (a state_dict, .safetensors or fastai learn.save file)",
 }
 
 # Kinds each wanted kind lets through to its loader (``unknown``: the loader's own error applies).
@@ -58,6 +58,7 @@ _ACCEPTS = {
     "checkpoint": {"checkpoint", "pickle", "unknown"},
     "onnx": {"onnx", "unknown"},
     "engine": {"engine", "unknown"},
+    "weights": {"checkpoint", "pickle", "safetensors", "unknown"},
 }
 
 

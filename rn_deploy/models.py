@@ -30,6 +30,8 @@ __all__ = [
     "list_models",
     "get_model_spec",
     "count_parameters",
+    "RESNETS",
+    "TV_RESNETS",
 ]
 
 
@@ -303,16 +305,19 @@ def _register_resnet(name: str, layers: list[int], expansion: int) -> None:
     register_model(name, description=desc)(builder)
 
 
-for _name, _layers, _exp in [
-    ("resnet18", [2, 2, 2, 2], 1),
-    ("resnet34", [3, 4, 6, 3], 1),
-    ("resnet50", [3, 4, 6, 3], 4),
-    ("resnet101", [3, 4, 23, 3], 4),
-    ("resnet152", [3, 8, 36, 3], 4),
-    ("resnet18_bottleneck", [2, 2, 2, 2], 4),
-    ("resnet34_bottleneck", [3, 4, 6, 3], 4),
-]:
-    _register_resnet(_name, _layers, _exp)
+# name -> (blocks per group, expansion) of the ch.14 ResNets: also how rn_deploy.importers names a foreign
+# state_dict's architecture (fastai xresnet*, timm resnet*d: the same nets) from its block counts.
+RESNETS: dict[str, tuple[tuple[int, ...], int]] = {
+    "resnet18": ((2, 2, 2, 2), 1),
+    "resnet34": ((3, 4, 6, 3), 1),
+    "resnet50": ((3, 4, 6, 3), 4),
+    "resnet101": ((3, 4, 23, 3), 4),
+    "resnet152": ((3, 8, 36, 3), 4),
+    "resnet18_bottleneck": ((2, 2, 2, 2), 4),
+    "resnet34_bottleneck": ((3, 4, 6, 3), 4),
+}
+for _name, (_layers, _exp) in RESNETS.items():
+    _register_resnet(_name, list(_layers), _exp)
 
 
 @register_model("fcn", description="ch.14 fully convolutional net, stride-2 ConvLayers 16->256")
@@ -335,10 +340,16 @@ def mnist_resnet(*, n_classes: int, in_channels: int = 1) -> nn.Module:
     return MnistNet(n_classes, in_channels, res=True)
 
 
+# torchvision (and timm's plain resnet*, whose keys and maths are torchvision's) depth -> (blocks per group, expansion)
+TV_RESNETS: dict[int, tuple[tuple[int, ...], int]] = {
+    18: ((2, 2, 2, 2), 1), 34: ((3, 4, 6, 3), 1), 50: ((3, 4, 6, 3), 4), 101: ((3, 4, 23, 3), 4), 152: ((3, 8, 36, 3), 4),
+}
+
+
 def _torchvision_resnet(depth: int, n_classes: int, in_channels: int) -> nn.Module:
     import torchvision
 
-    builder = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth]
+    builder = getattr(torchvision.models, f"resnet{depth}")
     # zero_init_residual: the same identity-at-start trick as our ResBlocks.
     model = builder(weights=None, num_classes=n_classes, zero_init_residual=True)
     if in_channels != 3:
@@ -346,11 +357,12 @@ def _torchvision_resnet(depth: int, n_classes: int, in_channels: int) -> nn.Modu
     return model
 
 
-@register_model("tv_resnet18", description="torchvision ResNet-18 (users' checkpoints)")
-def tv_resnet18(*, n_classes: int, in_channels: int = 3) -> nn.Module:
-    return _torchvision_resnet(18, n_classes, in_channels)
+def _register_tv(depth: int) -> None:
+    def builder(*, n_classes: int, in_channels: int = 3) -> nn.Module:
+        return _torchvision_resnet(depth, n_classes, in_channels)
+
+    register_model(f"tv_resnet{depth}", description=f"torchvision ResNet-{depth} (imported checkpoints: torchvision, timm resnet{depth})")(builder)
 
 
-@register_model("tv_resnet50", description="torchvision ResNet-50 (users' checkpoints)")
-def tv_resnet50(*, n_classes: int, in_channels: int = 3) -> nn.Module:
-    return _torchvision_resnet(50, n_classes, in_channels)
+for _depth in TV_RESNETS:
+    _register_tv(_depth)

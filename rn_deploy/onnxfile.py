@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -134,3 +135,94 @@ def onnx_sha256(path: str | Path) -> str:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
+_FLOATS = {int(onnx.TensorProto.FLOAT): "float32", int(onnx.TensorProto.FLOAT16): "float16"}
+
+
+@dataclass(frozen=True)
+class OnnxInterface:
+    """How to feed an ONNX classifier and read its answer: the one place every consumer (build, runners, Engine, validate,
+    eval, serve, Triton export) learns tensor names and layout from.
+
+    Attributes:
+        input_name: the image input.
+        output_name: the logits output.
+        layout: ``NCHW`` or ``NHWC`` (from the rn-deploy config, else detected from which axis holds 1 or 3 channels).
+        dims: the input's dims in the graph's own order: ints, or symbolic names (``""`` for unnamed dynamic axes).
+        channels: image channels (fixed in the graph).
+        n_classes: the output's class dimension, None when the graph leaves it dynamic.
+        config: the rn-deploy config from the metadata (an export, or a foreign ONNX after ``rn-deploy import``), else None.
+    """
+
+    input_name: str
+    output_name: str
+    layout: str
+    dims: list[int | str]
+    channels: int
+    n_classes: int | None
+    config: ModelConfig | None
+
+    @property
+    def hw(self) -> list[int | str]:
+        """The input's (H, W) dims: ints where fixed."""
+        return list(self.dims[1:3] if self.layout == "NHWC" else self.dims[2:4])
+
+
+def _dims(t: onnx.TypeProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.tensor_type.shape.dim]
+
+
+def _detect_layout(dims: list[int | str]) -> str | None:
+    ch1, ch3 = dims[1] in (1, 3), dims[3] in (1, 3)
+    if ch1 and not ch3:
+        return "NCHW"
+    if ch3 and not ch1:
+        return "NHWC"
+    return None
+
+
+def onnx_interface(m: onnx.ModelProto, path: str | Path, layout: str | None = None) -> OnnxInterface:
+    """The :class:`OnnxInterface` of a loaded graph, or a one-line refusal of what rn-deploy cannot feed.
+
+    ``layout`` (``rn-deploy import --layout``) wins over the config in the metadata, which wins over detection.
+
+    Raises:
+        RnDeployError: no input or a second one, a second output, an input that is not a float image (rank 4, 1 or 3
+            channels in a fixed axis), an output that is not (N, classes), or a layout that cannot be told.
+    """
+    inits = {t.name for t in m.graph.initializer}
+    ins = [i for i in m.graph.input if i.name not in inits]
+    outs = list(m.graph.output)
+    fix = "bring it in with `rn-deploy import MODEL.onnx -o OUT.onnx --input-name/--output-name/--layout`"
+    if not ins:
+        raise RnDeployError(f"{path}: the graph has no inputs")
+    if len(ins) > 1:
+        raise RnDeployError(f"{path}: the graph has a second input ({', '.join(repr(i.name) for i in ins)}); rn-deploy feeds one "
+                            "image tensor: fold the others into the graph as constants")
+    if len(outs) > 1:
+        raise RnDeployError(f"{path}: the graph has {len(outs)} outputs ({', '.join(repr(o.name) for o in outs)}); pick the logits: "
+                            f"{fix}")
+    inp, out = ins[0], outs[0]
+    dims = _dims(inp.type)
+    elem = inp.type.tensor_type.elem_type
+    if elem not in _FLOATS or len(dims) != 4:
+        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "untyped"
+        raise RnDeployError(f"{path}: input {inp.name!r} is {kind} of rank {len(dims)}, not an image (a float N x C x H x W or "
+                            "N x H x W x C tensor); rn-deploy deploys image classifiers")
+    props = {p.key: p.value for p in m.metadata_props}
+    cfg = ModelConfig.from_dict(json.loads(props["rn_deploy.config"])) if "rn_deploy.config" in props else None
+    layout = layout or (cfg.layout if cfg is not None else _detect_layout(dims))
+    if layout is None:
+        raise RnDeployError(f"{path}: cannot tell whether input {inp.name!r} {dims} is NCHW or NHWC; {fix}")
+    ch = dims[3] if layout == "NHWC" else dims[1]
+    if not isinstance(ch, int) or ch < 1:
+        raise RnDeployError(f"{path}: input {inp.name!r} {dims} has no fixed channel axis for layout {layout}; {fix}")
+    odims = _dims(out.type)
+    if odims and len(odims) != 2:
+        raise RnDeployError(f"{path}: output {out.name!r} has shape {odims}, not (batch, classes); rn-deploy reads class logits")
+    n = odims[1] if len(odims) == 2 and isinstance(odims[1], int) and odims[1] > 0 else None
+    return OnnxInterface(inp.name, out.name, layout, dims, ch, n, cfg)
+
+
+def read_onnx_interface(path: str | Path) -> OnnxInterface:
+    """:func:`onnx_interface` of an ONNX file (checked with :func:`check_onnx_file`)."""
+    return onnx_interface(check_onnx_file(path), path)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RnDeployError
+from .names import LAYOUTS
 
 COLOR_MODES = {1: "L", 3: "RGB"}
 
@@ -113,3 +114,13 @@ def preprocess(images: Sequence[np.ndarray | torch.Tensor], size: Sequence[int],
     if not torch.isfinite(x).all():
         raise RnDeployError("input has NaN or Inf values after normalisation (a std of 0 in the model's metadata?)")
     return x
+
+
+def to_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """An NCHW batch in the model's input ``layout`` (``NHWC``: permuted and contiguous); every runner feeds through this."""
+    if layout == "NHWC":
+        return x.permute(0, 2, 3, 1).contiguous()
+    if layout != "NCHW":
+        raise RnDeployError(f"layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    return x
+

@@ -219,7 +219,12 @@ def quantize_file(src: Path, dst: Path, calib: np.ndarray, *, method: str, preci
 
 def _quantize_file(src: Path, dst: Path, calib: np.ndarray, *, method: str, precision: str, exclude_nodes: Sequence[str],
                    quantizer: str) -> None:
-    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    from .onnxfile import onnx_interface
+
+    io = onnx_interface(onnx.load(str(src), load_external_data=False), src)
+    input_name = io.input_name
+    if io.layout == "NHWC":  # calibration batches are NCHW, as every runner is fed; this graph takes NHWC
+        calib = np.ascontiguousarray(calib.transpose(0, 2, 3, 1))
     if quantizer == "modelopt":
         mo_quantize = _modelopt()
         kwargs: dict[str, Any] = {}
@@ -416,7 +421,8 @@ def _source_config(source: Path) -> tuple[Any, str | None, str | None]:
     m = check_onnx_file(source)
     cfg = onnx_config(m)
     if cfg is None:
-        raise QuantizeError(f"{source}: no rn-deploy metadata (class names, mean/std); export it with `rn-deploy export`")
+        raise QuantizeError(f"{source}: no rn-deploy metadata (class names, mean/std); export it with `rn-deploy export`, or "
+                            "bring a foreign ONNX in with `rn-deploy import`")
     if qdq_precision(m):
         raise QuantizeError(f"{source}: already quantized ({qdq_precision(m)}); pass the FP32 ONNX or the checkpoint")
     if weights_fp16(m):

@@ -29,7 +29,6 @@ from typing import Any
 
 import onnx
 
-from . import names
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
@@ -66,13 +65,13 @@ def _from_engine(path: Path) -> dict[str, Any]:
     if m.backend != "tensorrt":
         raise RnDeployError(f"{path}: a {m.backend} engine; Triton's tensorrt_plan backend runs full-TensorRT engines only: "
                             f"export the ONNX ({m.onnx_path}) instead, or build with --backend tensorrt")
-    inp = next((t for t in m.inputs if t["name"] == names.INPUT), None)
-    out = next((t for t in m.outputs if t["name"] == names.OUTPUT), None)
-    if inp is None or out is None:
-        raise RnDeployError(f"{path}: manifest has no {names.INPUT!r}/{names.OUTPUT!r} tensors; build from an rn-deploy ONNX")
-    profiles = m.input_profiles
+    if len(m.inputs) != 1 or len(m.outputs) != 1:
+        raise RnDeployError(f"{path}: manifest lists inputs {[t['name'] for t in m.inputs]} and outputs "
+                            f"{[t['name'] for t in m.outputs]}; rn-deploy serves one image input and one logits output")
+    inp, out = m.inputs[0], m.outputs[0]
+    profiles = m.input_profiles  # NCHW order, whatever the input's layout
     return {
-        "platform": "tensorrt_plan", "in_type": _triton_type(_TRT_TYPES, inp["dtype"], path, inp["name"]),
+        "input_name": inp["name"], "output_name": out["name"], "layout": m.layout, "platform": "tensorrt_plan", "in_type": _triton_type(_TRT_TYPES, inp["dtype"], path, inp["name"]),
         "out_type": _triton_type(_TRT_TYPES, out["dtype"], path, out["name"]),
         "in_dims": [int(d) for d in inp["shape"]], "out_dims": [int(d) for d in out["shape"]], "config": m.config,
         "profiles": [p.to_dict() for p in profiles], "max_batch": max(p.max[0] for p in profiles),
@@ -82,26 +81,26 @@ def _from_engine(path: Path) -> dict[str, Any]:
 
 
 def _from_onnx(path: Path) -> dict[str, Any]:
-    from .onnxfile import check_onnx_file
+    from .onnxfile import check_onnx_file, onnx_interface
 
     m = check_onnx_file(path)
-    ins = {i.name: i for i in m.graph.input}
-    outs = {o.name: o for o in m.graph.output}
-    if names.INPUT not in ins or names.OUTPUT not in outs:
-        raise RnDeployError(f"{path}: graph lacks {names.INPUT!r}/{names.OUTPUT!r}; export it with `rn-deploy export`")
-    it, ot = ins[names.INPUT].type.tensor_type, outs[names.OUTPUT].type.tensor_type
+    io = onnx_interface(m, path)  # one image input, one logits output: named by the graph, refused in one line otherwise
+    it = next(i for i in m.graph.input if i.name == io.input_name).type.tensor_type
+    ot = m.graph.output[0].type.tensor_type
     props = {p.key: p.value for p in m.metadata_props}
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     in_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in it.shape.dim]
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
     locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
                         if t.data_location == onnx.TensorProto.EXTERNAL})
+    hw = in_dims[1:3] if io.layout == "NHWC" else in_dims[2:4]
     return {
-        "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, names.INPUT),
-        "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, names.OUTPUT),
+        "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
+        "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
+        "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, io.output_name),
         "in_dims": in_dims, "out_dims": [d.dim_value if d.HasField("dim_value") else -1 for d in ot.shape.dim], "config": cfg,
         "profiles": [], "max_batch": None,
-        "min_hw": [d if d > 0 else (min_size or 1) for d in in_dims[2:4]], "max_hw": [d if d > 0 else None for d in in_dims[2:4]],
+        "min_hw": [d if d > 0 else (min_size or 1) for d in hw], "max_hw": [d if d > 0 else None for d in hw],
         "data": locations or None,
     }
 
@@ -109,17 +108,19 @@ def _from_onnx(path: Path) -> dict[str, Any]:
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
     cfg = info["config"] or {}
-    channels = info["in_dims"][1]
-    fixed = all(d > 0 for d in info["in_dims"][2:4])
+    nhwc = info.get("layout") == "NHWC"
+    channels = info["in_dims"][3 if nhwc else 1]
+    hw = info["in_dims"][1:3] if nhwc else info["in_dims"][2:4]
+    fixed = all(d > 0 for d in hw)
     if fixed:
-        policy = f"fixed: resize every image to exactly {info['in_dims'][2]}x{info['in_dims'][3]} (HxW)"
+        policy = f"fixed: resize every image to exactly {hw[0]}x{hw[1]} (HxW)"
     else:
         lo, hi = info["min_hw"], info["max_hw"]
         span = f"from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}" if all(hi) else f"of at least {lo[0]}x{lo[1]}"
         policy = (f"any HxW {span}; no resize needed (the model pools globally); "
                   f"trained at {'x'.join(str(s) for s in cfg.get('image_size', [])) or 'unknown size'}")
     return {
-        "layout": "NCHW", "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
+        "layout": info.get("layout", "NCHW"), "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
         "channel_order": {1: "L", 3: "RGB"}.get(channels, f"{channels} channels"),
         "scale": 1 / 255, "mean": cfg.get("mean"), "std": cfg.get("std"),
         "formula": "x = (pixel / 255 - mean[c]) / std[c], per channel c",
@@ -147,14 +148,14 @@ platform: "{info['platform']}"
 max_batch_size: {max_batch}
 input [
   {{
-    name: "{names.INPUT}"
+    name: "{info['input_name']}"
     data_type: {info['in_type']}
     dims: [ {_dims(info['in_dims'][1:])} ]
   }}
 ]
 output [
   {{
-    name: "{names.OUTPUT}"
+    name: "{info['output_name']}"
     data_type: {info['out_type']}
     dims: [ {_dims(info['out_dims'][1:])} ]
     label_filename: "labels.txt"
@@ -235,8 +236,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
         meta = {
             "format": FORMAT, "name": name, "platform": info["platform"], "kind": kind, "max_batch_size": max_batch,
             "source": str(src.absolute()), "source_sha256": sha256_file(src), "files": sorted(files),
-            "input": {"name": names.INPUT, "data_type": info["in_type"], "dims": info["in_dims"][1:]},
-            "output": {"name": names.OUTPUT, "data_type": info["out_type"], "dims": info["out_dims"][1:]},
+            "input": {"name": info["input_name"], "data_type": info["in_type"], "dims": info["in_dims"][1:]},
+            "output": {"name": info["output_name"], "data_type": info["out_type"], "dims": info["out_dims"][1:]},
             "profiles": info["profiles"], "preprocessing": pre, "class_names": classes, "arch": cfg.get("arch"),
         }
         texts = {"labels.txt": "\n".join(classes) + "\n", "config.pbtxt": config_pbtxt(name, info, max_batch, kind, pre, classes),

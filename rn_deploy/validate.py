@@ -29,6 +29,7 @@ from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
 from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
 from .log import Log
+from .reference import check_onnx_fits, onnx_reference
 from .runners import Runner, RunnerUnavailable
 
 __all__ = ["DEFAULT_TOLERANCES", "Cell", "Latency", "ValidationReport", "check", "run_validation", "validate"]
@@ -289,12 +290,14 @@ def default_grid(image_size: Sequence[int], min_size: int, profiles: Sequence[An
 BACKEND_NAMES = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt", "trt-graph")
 
 
-def _make_runner(name: str, checkpoint: Path, onnx_path: Path | None, engine_path: Path | None) -> Runner:
+def _make_runner(name: str, checkpoint: Path | None, onnx_path: Path | None, engine_path: Path | None) -> Runner:
     from .runners import OrtRunner, TorchRunner, TrtRunner
 
-    if name == "torch":
-        return TorchRunner(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
-    if name == "torch-fp16":
+    if name.startswith("torch"):
+        if checkpoint is None:
+            raise RunnerUnavailable(f"{name}: no --checkpoint given")
+        if name == "torch":
+            return TorchRunner(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
         return TorchRunner(checkpoint, device="cuda", precision="fp16")
     if name.startswith("ort-"):
         if onnx_path is None:
@@ -358,7 +361,7 @@ def _sources(model: Any, checkpoint: Path, onnx_p: Path | None, engine_p: Path |
 
 
 def run_validation(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     *,
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
@@ -380,21 +383,35 @@ def run_validation(
     report fail (``problems``) unless ``allow_skip``; it is listed in ``artifacts`` either way, with its
     ``source`` (``same``/``unknown``/``other``). One that records another checkpoint's weights digest is refused
     before any work unless ``allow_other_source`` (:func:`rn_deploy.evaluate.source_status`).
+    Without a ``checkpoint`` (a foreign ONNX) the ONNX on ONNX Runtime CPU is the FP32 reference.
     """
     from .checkpoint import load_checkpoint
     from .runners import TorchRunner
     from .runtime import fmt_shape as fmt
 
-    checkpoint = Path(checkpoint)
+    ckpt_p = Path(checkpoint) if checkpoint else None
     onnx_p = Path(onnx_path) if onnx_path else None
     engine_p = Path(engine_path) if engine_path else None
     for p, what in ((onnx_p, "--onnx"), (engine_p, "--engine")):
         if p is not None and not p.exists():
             raise RnDeployError(f"{p}: no such file ({what})")
-    ck = load_checkpoint(checkpoint)
-    cfg = ck.config
-    sources = _sources(ck.model, checkpoint, onnx_p, engine_p, allow_other_source)
-    wanted = list(backends) if backends else ["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"]
+    sources: dict[str, str] = {}
+    if ckpt_p is not None:
+        ck = load_checkpoint(ckpt_p)
+        cfg = ck.config
+        if onnx_p is not None:
+            check_onnx_fits(onnx_p, cfg)
+        sources = _sources(ck.model, ckpt_p, onnx_p, engine_p, allow_other_source)
+        reference: Runner = TorchRunner(ck.model, device="cpu")
+        reference.name = "torch-cpu-fp32 (reference)"
+        ref_artifact = ("checkpoint", ckpt_p)
+    elif onnx_p is not None:
+        reference, cfg = onnx_reference(onnx_p)
+        ref_artifact = ("onnx", onnx_p)
+    else:
+        raise RnDeployError("nothing to validate against: pass --checkpoint (the FP32 reference), or --onnx alone for a foreign ONNX")
+    default = ["torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt"] if ckpt_p else ["ort-cuda", "ort-cuda-graph", "trt"]
+    wanted = list(backends) if backends else default
     unknown = [b for b in wanted if b not in BACKEND_NAMES]
     if unknown:
         raise RnDeployError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKEND_NAMES)}")
@@ -415,7 +432,7 @@ def run_validation(
                                 f"inside them or rebuild with a larger --max")
     for name in wanted:
         try:
-            runners.append(_make_runner(name, checkpoint, onnx_p, engine_p))
+            runners.append(_make_runner(name, ckpt_p, onnx_p, engine_p))
         except RunnerUnavailable as e:
             if backends:  # asked for by name: it must run
                 raise RnDeployError(f"backend {name} was asked for but cannot run here: {e}") from None
@@ -433,8 +450,6 @@ def run_validation(
         # The training size is always valid: the declared minimum (rn_deploy.min_size) is never above it.
         grid = default_grid(cfg.image_size, min(cfg.image_size), profiles, batches)
     imgs = load_images(images, cfg.in_channels, log=log) if images else None
-    reference = TorchRunner(ck.model, device="cpu")
-    reference.name = "torch-cpu-fp32 (reference)"
     try:
         rep = validate(reference, runners, grid, channels=cfg.in_channels, tolerances=tolerances, warmup=warmup, iters=iters,
                        images=imgs, mean=cfg.mean, std=cfg.std, skipped=skipped, log=log)
@@ -442,9 +457,11 @@ def run_validation(
         for r in runners:
             r.__exit__(None, None, None)
     explicit = [(role, flag, p) for role, flag, p in (("onnx", "--onnx", onnx_p), ("engine", "--engine", engine_p)) if p is not None]
-    judge_artifacts(rep, explicit, ("checkpoint", checkpoint), skipped, allow_skip)
+    if ref_artifact[0] == "onnx":  # the ONNX is the reference here, not an artifact judged against it
+        explicit = [e for e in explicit if e[0] != "onnx"]
+    judge_artifacts(rep, explicit, ref_artifact, skipped, allow_skip)
     for d in rep.artifacts:
-        d["source"] = sources.get(d["path"], "same")
+        d["source"] = sources.get(d["path"], "same" if ckpt_p is not None else "unknown")
     from .report import write_report
 
     files = write_report(rep, out_dir) if out_dir is not None else {}

@@ -11,8 +11,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
 from rn_deploy.models import create_model
@@ -65,11 +67,8 @@ def make_checkpoint(path: Path, arch: str = "resnet18", n_classes: int = 5, in_c
     return save_checkpoint(path, *make_model(arch, n_classes, in_channels, size, seed), {"note": "random test weights"})
 
 
-def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0
-               ) -> tuple[torch.nn.Module, ModelConfig]:
-    """The model and config :func:`make_checkpoint` saves, in memory."""
-    torch.manual_seed(seed)
-    model = create_model(arch, n_classes=n_classes, in_channels=in_channels)
+def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every BatchNorm's weight, bias and running stats set away from their defaults (in place)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -78,6 +77,14 @@ def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3,
                 m.bias.uniform_(-0.2, 0.2)
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3, size: int = 64, seed: int = 0
+               ) -> tuple[torch.nn.Module, ModelConfig]:
+    """The model and config :func:`make_checkpoint` saves, in memory."""
+    torch.manual_seed(seed)
+    model = randomise_batchnorm(create_model(arch, n_classes=n_classes, in_channels=in_channels))
     cfg = ModelConfig(arch=arch, n_classes=n_classes, in_channels=in_channels, image_size=[size, size])
     return model, cfg
 
@@ -85,3 +92,16 @@ def make_model(arch: str = "resnet18", n_classes: int = 5, in_channels: int = 3,
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", arch="resnet18", n_classes=5)
+
+
+def write_imagefolder(root: Path, classes: dict[str, tuple[int, int, int]], n: int, seed: int = 0) -> None:
+    """Images whose class is their dominant colour, with noise and random sizes."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for name, rgb in classes.items():
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n if split == "train" else n // 2):
+                h, w = rng.integers(40, 70, size=2)
+                arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.JPEG" if i % 2 else d / f"{i}.png")

@@ -193,7 +193,7 @@ WRONG_FILES = {
 # which command the message must point to, per kind
 GOES_TO = {"checkpoint": r"`rn-deploy export`", "onnx": r"`rn-deploy build`", "engine": r"`rn-deploy inspect`",
            "manifest": r"pass the engine beside it \(.*rtx\.engine\)", "image": r"`validate --images`", "zip": "unpack it",
-           "empty": "copy or write it again", "gzip": "decompress", "safetensors": "import_state_dict", "json": "--sizes-from",
+           "empty": "copy or write it again", "gzip": "decompress", "safetensors": "rn-deploy import", "json": "--sizes-from",
            "text": "binary model files"}
 # entry point -> (argv with {f} for the file, kinds it takes, words for what it wanted)
 ENTRY_POINTS = {

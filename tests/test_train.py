@@ -16,7 +16,7 @@ from rn_deploy.train.data import Augment, augment_batch, load_dataset, load_fash
 from rn_deploy.checkpoint import load_checkpoint
 from rn_deploy.errors import DataError, RnDeployError
 
-from .conftest import FASHION_DIR, needs_fashion
+from .conftest import FASHION_DIR, needs_fashion, write_imagefolder
 from .ddp_rank_state import digest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,22 +42,9 @@ def test_one_epoch_on_2000_fashion_images_beats_60_percent(tmp_path: Path):
     assert ck.train["accuracy"] == pytest.approx(res.accuracy) and 0 < ck.config.mean[0] < 1
 
 
-def _write_imagefolder(root: Path, classes: dict[str, tuple[int, int, int]], n: int, seed: int = 0) -> None:
-    """Images whose class is their dominant colour, with noise and random sizes."""
-    rng = np.random.default_rng(seed)
-    for split in ("train", "val"):
-        for name, rgb in classes.items():
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n if split == "train" else n // 2):
-                h, w = rng.integers(40, 70, size=2)
-                arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.JPEG" if i % 2 else d / f"{i}.png")
-
-
 def test_imagefolder_layout_trains_and_checkpoint_loads(tmp_path: Path):
     root = tmp_path / "imagenette"
-    _write_imagefolder(root, {"n01440764": (220, 40, 40), "n02102040": (40, 200, 40), "n02979186": (40, 40, 220)}, 24)
+    write_imagefolder(root, {"n01440764": (220, 40, 40), "n02102040": (40, 200, 40), "n02979186": (40, 40, 220)}, 24)
     (root / "train" / "n01440764" / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         ds = load_image_folder(root, "train", presize=40, max_bad=0.05)
@@ -86,7 +73,7 @@ def _file_backed(t: torch.Tensor) -> str | None:
 def test_imagefolder_cache_is_memory_mapped_and_equals_a_fresh_decode(tmp_path: Path):
     """Splits larger than memory: the decoded cache is read page by page, not loaded whole."""
     root = tmp_path / "d"
-    _write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 6)
+    write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 6)
     fresh = load_image_folder(root, "val", presize=24, cache=False, workers=0)
     assert not _file_backed(fresh.images)
     first = load_image_folder(root, "val", presize=24, workers=0)  # decodes into the cache file
@@ -99,7 +86,7 @@ def test_imagefolder_cache_is_memory_mapped_and_equals_a_fresh_decode(tmp_path: 
 
 def test_imagefolder_errors(tmp_path: Path):
     root = tmp_path / "d"
-    _write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 4)
+    write_imagefolder(root, {"a": (200, 0, 0), "b": (0, 200, 0)}, 4)
     (root / "val" / "c").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "c" / "x.png")
     with pytest.raises(DataError, match=r"class folders differ.*only here: \['c'\]"):
@@ -110,7 +97,7 @@ def test_imagefolder_errors(tmp_path: Path):
     with pytest.raises(DataError, match="no such folder"):
         load_dataset("imagefolder", tmp_path / "missing")
     bad = tmp_path / "bad"
-    _write_imagefolder(bad, {"a": (200, 0, 0)}, 4)
+    write_imagefolder(bad, {"a": (200, 0, 0)}, 4)
     for f in (bad / "train" / "a").iterdir():
         f.write_bytes(b"garbage")
     with pytest.raises(DataError, match="4 of 4 images are unreadable"), pytest.warns(UserWarning):

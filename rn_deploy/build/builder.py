@@ -16,6 +16,7 @@ import onnx
 from .._io import atomic_write_bytes, atomic_write_text
 from ..errors import BuildError
 from ..log import Log
+from ..names import layout_shape
 from ..runtime.manifest import (
     EngineManifest,
     Profile,
@@ -133,16 +134,17 @@ def build_engine(
         raise BuildError(f"{onnx_path}: no such file; export one with `rn-deploy export`")
     check_portability_options(backend, hardware_compat, version_compatible, exclude_lean_runtime)
     info = onnx_info(onnx_path)
-    is_fp16, cfg, min_hw, dims = info.fp16, info.config, info.min_size, info.dims
-    channels = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
+    is_fp16, cfg, min_hw, dims, layout = info.fp16, info.config, info.min_size, info.dims, info.layout
+    channels = info.channels
     if not profiles:
         raise BuildError("no optimisation profile given; pass --min/--opt/--max, --profile or --sizes-from")
-    for i, p in enumerate(profiles):
+    for i, p in enumerate(profiles):  # profiles are NCHW; the graph's axes are in its own layout
         p.check(channels, min_hw, f"profile {i}")
+        lo, hi = layout_shape(p.min, layout), layout_shape(p.max, layout)
         for axis, d in enumerate(dims):
-            if isinstance(d, int) and d > 0 and not p.min[axis] == p.max[axis] == d:
-                raise BuildError(f"{onnx_path}: input axis {axis} is fixed at {d} in the ONNX, but profile {i} spans "
-                                 f"{p.min[axis]}..{p.max[axis]}; re-export with dynamic axes or match it")
+            if isinstance(d, int) and d > 0 and not lo[axis] == hi[axis] == d:
+                raise BuildError(f"{onnx_path}: input axis {axis} ({layout[axis]}) is fixed at {d} in the ONNX, but profile {i} "
+                                 f"spans {lo[axis]}..{hi[axis]}; re-export with dynamic axes or match it")
     from ..onnxfile import qdq_precision
 
     qdq = qdq_precision(onnx.load(str(onnx_path), load_external_data=False))
@@ -198,7 +200,7 @@ def build_engine(
     input_name = network.get_input(0).name
     for i, p in enumerate(profiles):
         prof = builder.create_optimization_profile()
-        prof.set_shape(input_name, trt.Dims(p.min), trt.Dims(p.opt), trt.Dims(p.max))
+        prof.set_shape(input_name, *(trt.Dims(layout_shape(s, layout)) for s in (p.min, p.opt, p.max)))
         if config.add_optimization_profile(prof) != i:
             raise BuildError(f"{onnx_path}: {backend} refused profile {i} ({fmt_shape(p.min)}:{fmt_shape(p.opt)}:{fmt_shape(p.max)}) "
                              f"for input {input_name!r}; check the shapes against the ONNX input")
@@ -266,7 +268,7 @@ def build_engine(
         built_from_sha256=onnx_sha if built_from == onnx_path else onnx_sha256(built_from), builder_flags=flags_set,
         hardware_compat=hardware_compat, version_compatible=version_compatible,
         lean_runtime=("excluded" if exclude_lean_runtime else "embedded") if version_compatible else None,
-        build_platform=host_platform(), source_sha256=info.source,
+        build_platform=host_platform(), source_sha256=info.source, layout=layout,
     )
     manifest.engine_sha256 = hashlib.sha256(data).hexdigest()
     # Engine first, then its manifest: a manifest never describes a missing engine.

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from .. import names
 from .._io import atomic_path
 from ..errors import BuildError
 from ..log import Log
@@ -28,36 +27,30 @@ class OnnxInfo:
     """What the builder needs from an ONNX file, read once."""
 
     fp16: bool  # the weights are FP16 (an FP16 export for strongly typed builders)
-    config: dict[str, Any] | None  # the rn-deploy ModelConfig as a dict, None for a foreign ONNX
+    config: dict[str, Any] | None  # the rn-deploy ModelConfig as a dict, None for a foreign ONNX not brought in by `import`
     min_size: int | None  # the model's minimum H/W (metadata rn_deploy.min_size), None when not recorded
-    dims: list[int | str]  # the input's dims: ints or symbolic names
+    dims: list[int | str]  # the input's dims in the graph's order: ints or symbolic names
     source: str | None = None  # weights digest of the checkpoint it came from (metadata rn_deploy.source_sha256)
+    layout: str = "NCHW"  # the input's layout (rn_deploy.onnxfile.OnnxInterface)
+    channels: int | None = None  # the input's channels
 
 
 def onnx_info(path: Path) -> OnnxInfo:
     """:class:`OnnxInfo` of the ONNX at ``path``, from one read.
 
     Raises:
-        BuildError: a foreign ONNX, whose tensors are not one ``input`` and one ``logits``: the runners,
-            Engine, validate and Triton export address them by those names, so it is refused here.
+        RnDeployError: a graph rn-deploy cannot feed (a second input or output, a non-image input; see
+            :func:`rn_deploy.onnxfile.onnx_interface`). A foreign ONNX with one image input and one output is fine.
     """
-    from ..onnxfile import SOURCE_KEY, check_onnx_file, weights_fp16
+    from ..onnxfile import SOURCE_KEY, check_onnx_file, onnx_interface, weights_fp16
 
     m = check_onnx_file(path)
-    if not m.graph.input:
-        raise BuildError(f"{path}: the graph has no inputs")
-    inits = {t.name for t in m.graph.initializer}
-    ins = [i.name for i in m.graph.input if i.name not in inits]
-    outs = [o.name for o in m.graph.output]
-    if ins != [names.INPUT] or outs != [names.OUTPUT]:
-        raise BuildError(f"{path}: a foreign ONNX (inputs {ins}, outputs {outs}); rn-deploy builds models with one input "
-                         f"{names.INPUT!r} and one output {names.OUTPUT!r}: export the checkpoint with `rn-deploy export`, "
-                         "or rename the tensors (onnx.compose / onnx-modifier)")
+    io = onnx_interface(m, path)
     props = {p.key: p.value for p in m.metadata_props}
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
-    dims: list[int | str] = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
-    return OnnxInfo(fp16=weights_fp16(m), config=cfg, min_size=min_size, dims=dims, source=props.get(SOURCE_KEY))
+    return OnnxInfo(fp16=weights_fp16(m), config=cfg, min_size=min_size, dims=io.dims, source=props.get(SOURCE_KEY),
+                    layout=io.layout, channels=io.channels)
 
 
 def fp16_source_digest(path: Path) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..preprocess import to_layout
 from .base import BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
@@ -63,12 +64,13 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                  nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES):
-        from ..onnxfile import check_onnx_file, weights_fp16
+        from ..onnxfile import check_onnx_file, onnx_interface, weights_fp16
 
         ort = _ort()
         self.path, self.nhwc, self.threads = Path(onnx_path), nhwc, threads
         self.artifact = str(self.path)
         graph = check_onnx_file(self.path)
+        self.layout = onnx_interface(graph, self.path).layout  # refuses a graph it cannot feed, in one line
         self.provider, self.cuda_graph = provider, cuda_graph and provider == "cuda"
         self.stream: torch.cuda.Stream | None = None
         if provider == "cuda":
@@ -125,6 +127,7 @@ class OrtRunner(BaseRunner):
 
     def prepare(self, x: torch.Tensor) -> Any:
         dtype = _TORCH[self.in_type]
+        x = to_layout(x, self.layout)
         if self.provider == "cpu":
             return x.to(dtype).numpy()
         return x.to("cuda", dtype).contiguous()

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from ..errors import EngineCompatibilityError, RnDeployError
+from ..names import nchw_shape
+from ..preprocess import to_layout
 from .base import BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
@@ -105,9 +107,10 @@ class TrtRunner(BaseRunner):
                                            f"{[self.in_name, self.out_name]}; the manifest belongs to another engine")
         self.in_dtype = torch_dtype(engine.get_tensor_dtype(self.in_name), self.in_name, where)
         self.out_dtype = torch_dtype(engine.get_tensor_dtype(self.out_name), self.out_name, where)
-        self.profiles = []
+        self.layout = getattr(manifest, "layout", "NCHW")
+        self.profiles = []  # NCHW, as callers ask; the engine's own shapes are in its input's layout
         for i in range(engine.num_optimization_profiles):
-            lo, opt, hi = (_shape4(s, where) for s in engine.get_tensor_profile_shape(self.in_name, i))
+            lo, opt, hi = (_shape4(nchw_shape(s, self.layout), where) for s in engine.get_tensor_profile_shape(self.in_name, i))
             self.profiles.append(Profile(lo, opt, hi))
         self.stream = torch.cuda.Stream()
         self.rtx = manifest.backend == "tensorrt-rtx"
@@ -133,16 +136,18 @@ class TrtRunner(BaseRunner):
         return f"shape {'x'.join(map(str, shape))} is outside every profile of {self.manifest.engine_path}"
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to("cuda", self.in_dtype).contiguous()
+        return to_layout(x.to("cuda", self.in_dtype), self.layout).contiguous()
 
     def sync(self) -> None:
         self.stream.synchronize()
         torch.cuda.current_stream().synchronize()
 
     def _profile_of(self, shape: tuple[int, ...]) -> int:
-        idx = next((i for i, p in enumerate(self.profiles) if p.covers(shape)), None)
+        """The profile covering a prepared input's ``shape`` (in the engine's layout)."""
+        nchw = nchw_shape(shape, self.layout)
+        idx = next((i for i, p in enumerate(self.profiles) if p.covers(nchw)), None)
         if idx is None:
-            raise RnDeployError(self.covers(shape) or "no profile covers the shape")
+            raise RnDeployError(self.covers(nchw) or "no profile covers the shape")
         return idx
 
     def _new_context(self, profile: int) -> Any:

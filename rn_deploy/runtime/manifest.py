@@ -190,10 +190,12 @@ class EngineManifest(ToDict):
     lean_runtime: str | None = None  # "embedded" or "excluded" for version-compatible engines
     build_platform: str | None = None  # e.g. "Linux-x86_64": full TensorRT engines never cross OS/CPU platforms
     source_sha256: str | None = None  # weights digest of the checkpoint the ONNX came from (its rn_deploy.source_sha256)
+    layout: str = "NCHW"  # the input's layout; profiles are recorded in NCHW order whatever it is
 
     @property
     def input_profiles(self) -> list[Profile]:
-        return [Profile.from_dict(p[names.INPUT]) for p in self.profiles]
+        """Each profile of the one image input (keyed by its name: ``input``, or a foreign ONNX's own), NCHW order."""
+        return [Profile.from_dict(p[names.INPUT] if names.INPUT in p else next(iter(p.values()))) for p in self.profiles]
 
     @classmethod
     def load(cls, engine_path: str | Path) -> EngineManifest:
