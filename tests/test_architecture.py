@@ -28,6 +28,7 @@ LAYER_OF = {
     "rn_deploy.runtime": "runtime", "rn_deploy.runners": "runtime", "rn_deploy.engine": "runtime",
     "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts",
     "rn_deploy.validate": "verdicts", "rn_deploy.report": "verdicts", "rn_deploy.doctor": "verdicts",
+    "rn_deploy.reference": "verdicts",
     # quantize writes a Q/DQ artifact but only behind its accuracy gate (evaluate on real data): a verdict that writes.
     "rn_deploy.quantize": "verdicts",
     "rn_deploy.serve": "service", "rn_deploy.client": "service",
