@@ -6,6 +6,7 @@
 #   2. torch + torchvision, the pair this project is developed and tested with;
 #   3. NVIDIA ModelOpt WITHOUT its dependencies: its [onnx] extra would replace the CPU onnxruntime with
 #      onnxruntime-gpu (+ cupy) and pin onnx; our `quant` extra lists the dependencies it really needs;
+#   3b. fastai without its dependencies (the `test` extra has the ones `rn-deploy import`'s tests need);
 #   4. rn-deploy (editable) with every extra the suite exercises: dev (pytest, ruff, mypy, hadolint), trt-rtx,
 #      serve (PyTriton pins numpy<2: numpy 2.x is downgraded to 1.26), quant, fp16-autocast, test;
 #   5. tensorrt-stubs for mypy, without the real `tensorrt` it depends on (it cannot install on a CPU machine);
@@ -24,6 +25,9 @@ pip=(python3 -m pip install -q)
 "${pip[@]}" --upgrade pip
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 "${pip[@]}" --no-deps "nvidia-modelopt==0.47.0"
+# fastai for `rn-deploy import`'s tests, likewise without its requirements (they pull spacy, and fastprogress>=1.1
+# pulls python-fasthtml); the `test` extra lists what `fastai.vision.models.xresnet` really needs.
+"${pip[@]}" --no-deps "fastai==2.8.12"
 "${pip[@]}" -e '.[dev,trt-rtx,serve,quant,fp16-autocast,test]'
 "${pip[@]}" --no-deps tensorrt-stubs
 
