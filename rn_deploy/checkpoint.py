@@ -44,6 +44,9 @@ class ModelConfig(ToDict):
         image_size: (height, width) the model was trained and is evaluated at.
         presize: the square size training decoded image folders to before taking ``image_size``
             from it (None: images were used at their stored size); see :mod:`rn_deploy.preprocess`.
+        size_range: ``[lo, hi]``: the short-side sizes (px) where top-1 was measured within a chosen
+            drop of its best (None: not measured; the training size is all that is known); see
+            :mod:`rn_deploy.sizes`.
     """
 
     arch: str
@@ -54,6 +57,7 @@ class ModelConfig(ToDict):
     std: list[float] = field(default_factory=list)
     image_size: list[int] = field(default_factory=lambda: [224, 224])
     presize: int | None = None
+    size_range: list[int] | None = None
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -74,6 +78,13 @@ class ModelConfig(ToDict):
             raise ModelError(f"mean/std need {self.in_channels} values (in_channels), got {len(self.mean)}/{len(self.std)}")
         if len(self.image_size) != 2:
             raise ModelError(f"image_size must be (height, width), got {self.image_size!r}")
+        if self.size_range is not None:
+            try:
+                self.size_range = [int(s) for s in self.size_range]
+            except (TypeError, ValueError):
+                raise ModelError(f"size_range must be [lo, hi] pixels, got {self.size_range!r}") from None
+            if len(self.size_range) != 2 or not 1 <= self.size_range[0] <= self.size_range[1]:
+                raise ModelError(f"size_range must be [lo, hi] pixels with 1 <= lo <= hi, got {self.size_range!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -106,6 +117,11 @@ def save_checkpoint(
     model = getattr(model, "module", model)  # DDP wrapper
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "config": config.to_dict(), "state_dict": state, "train": dict(train or {}), **extra}
+    return write_checkpoint(path, payload)
+
+
+def write_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a raw checkpoint dict (as :func:`read_checkpoint` returns it) atomically (temp file + rename)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
