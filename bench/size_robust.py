@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+from rn_deploy.train import TrainConfig, fit
 
 from rn_deploy.checkpoint import load_checkpoint
-from rn_deploy.train import TrainConfig, fit
 
 SIZES = [20, 28, 37, 56]
 
