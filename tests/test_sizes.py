@@ -181,7 +181,7 @@ def test_validate_and_doctor_state_the_range(planted: dict[str, Path]):
 def test_range_rules_against_hand_computed_answers():
     curve = {20: 0.70, 24: 0.745, 28: 0.75, 37: 0.742, 56: 0.60, 64: 0.749}
     assert measure_range(curve, 1.0) == (24, 37)  # 20 is 5 pts down; 64 is within but cut off by 56
-    assert measure_range(curve, 0.5) == (28, 28)
+    assert measure_range(curve, 0.5) == (24, 28) and measure_range(curve, 0.4) == (28, 28)  # 0.5 pt down is inside
     assert measure_range({20: 0.5, 28: 0.5}, 1.0, prefer=28) == (20, 28)
     assert sizes_from([28, 28], [20], [0.75, 1, 2]) == [20, 21, 28, 56]
     _, cfg = make_model("mnist_resnet", n_classes=10, in_channels=1, size=28)
