@@ -49,6 +49,9 @@ class ModelConfig(ToDict):
             from it (None: images were used at their stored size); see :mod:`rn_deploy.preprocess`.
         layout: the input's memory layout, ``NCHW`` (ours) or ``NHWC`` (a foreign ONNX brought in by
             ``rn-deploy import``); every runner permutes the NCHW batches it is given to it.
+        size_range: ``[lo, hi]``: the short-side sizes (px) where top-1 was measured within a chosen
+            drop of its best (None: not measured; the training size is all that is known); see
+            :mod:`rn_deploy.sizes`.
     """
 
     arch: str
@@ -60,6 +63,7 @@ class ModelConfig(ToDict):
     image_size: list[int] = field(default_factory=lambda: [224, 224])
     presize: int | None = None
     layout: str = "NCHW"
+    size_range: list[int] | None = None
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -82,6 +86,13 @@ class ModelConfig(ToDict):
             raise ModelError(f"image_size must be (height, width), got {self.image_size!r}")
         if self.layout not in LAYOUTS:
             raise ModelError(f"layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
+        if self.size_range is not None:
+            try:
+                self.size_range = [int(s) for s in self.size_range]
+            except (TypeError, ValueError):
+                raise ModelError(f"size_range must be [lo, hi] pixels, got {self.size_range!r}") from None
+            if len(self.size_range) != 2 or not 1 <= self.size_range[0] <= self.size_range[1]:
+                raise ModelError(f"size_range must be [lo, hi] pixels with 1 <= lo <= hi, got {self.size_range!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -142,6 +153,11 @@ def save_checkpoint(
     model = getattr(model, "module", model)  # DDP wrapper
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "config": config.to_dict(), "state_dict": state, "train": dict(train or {}), **extra}
+    return write_checkpoint(path, payload)
+
+
+def write_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a raw checkpoint dict (as :func:`read_checkpoint` returns it) atomically (temp file + rename)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         try:

@@ -547,6 +547,10 @@ def inspect_cmd(engine: Path, as_json: bool) -> None:
             click.echo(f"{'profile ' + str(i):>16}: {name} min {show_shape(s['min'])} opt {show_shape(s['opt'])} max {show_shape(s['max'])}")
     for t in m["inputs"] + m["outputs"]:
         click.echo(f"{'tensor':>16}: {t['name']} {t['dtype']} {show_shape(t['shape'])}")
+    if m.get("config"):
+        from .sizes import size_range
+
+        click.echo(f"{'size range':>16}: {size_range(m['config']).describe()}")
     for n in m["notes"]:
         click.echo(f"{'note':>16}: {n}")
     if info["layers"] is None:
@@ -674,18 +678,29 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
               help="Judge artifacts whose recorded checkpoint digest is not this checkpoint's (refused by default).")
 @click.option("--allow-unreproduced", is_flag=True,
               help="Do not fail when the reference misses the accuracy training recorded on the same images.")
+@click.option("--sizes", "size_list", default=None, metavar="S,S,...",
+              help="Also measure every artifact at these image sizes (short side, px), e.g. 20,28,37,56 (docs/sizes.md).")
+@click.option("--scales", default=None, metavar="F,F,...", help="Sizes relative to the training size, e.g. 0.75,1,1.5,2.")
+@click.option("--size-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="With --sizes: top-1 points an artifact may fall below the reference's training-size top-1 at a size.")
+@click.option("--range-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="With --sizes: the size range is where the reference stays within this many points of its best size.")
+@click.option("--record-range", is_flag=True, help="With --sizes: write the measured size range into the checkpoint.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
 def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
              split: str | None, limit: int | None, seed: int | None, batch: int, backends: str | None, max_drop: float | None,
-             min_agreement: tuple[str, ...], allow_skip: bool, allow_other_source: bool, allow_unreproduced: bool, out: Path | None,
+             min_agreement: tuple[str, ...], allow_skip: bool, allow_other_source: bool, allow_unreproduced: bool,
+             size_list: str | None, scales: str | None, size_drop: float, range_drop: float, record_range: bool, out: Path | None,
              as_json: bool) -> None:
     """Top-1/top-5 accuracy on a real dataset split for the checkpoint and each ONNX / engine.
 
     Writes eval.json, eval.md, confusion.png (reference) and delta-*.png (per-class change per
-    artifact). Exit 1 when an artifact drops more than allowed below the reference or agrees with it on
-    too few images, or when the reference does not reproduce the accuracy training recorded.
-    Artifacts made from another checkpoint (their recorded digest) are refused unless --allow-other-source.
+    artifact); with --sizes/--scales also the accuracy at each size (sizes.png) and the measured
+    size range. Exit 1 when an artifact drops more than allowed below the reference (at any size) or
+    agrees with it on too few images, or when the reference does not reproduce the accuracy training
+    recorded. Artifacts made from another checkpoint (their recorded digest) are refused unless
+    --allow-other-source.
     """
     from .evaluate import EvalFailed, format_table, parse_min_agreement, run_eval
 
@@ -693,10 +708,20 @@ def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tup
         agreement = parse_min_agreement(min_agreement)
     except RnDeployError as e:
         raise click.BadParameter(str(e), param_hint="--min-agreement") from None
+    want_sizes = _size_options(size_list, scales, record_range)
+    if want_sizes and checkpoint is None:
+        raise click.UsageError("--sizes/--scales measure against the checkpoint: pass --checkpoint")
+    bk = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     rep, files = run_eval(checkpoint, onnx=onnx_paths, engines=engines, dataset=dataset, data=data, split=split, limit=limit,
-                          seed=seed, batch=batch, backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
-                          max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log, min_agreement=agreement,
-                          allow_other_source=allow_other_source, allow_unreproduced=allow_unreproduced)
+                          seed=seed, batch=batch, backends=bk, max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log,
+                          min_agreement=agreement, allow_other_source=allow_other_source, allow_unreproduced=allow_unreproduced)
+    if want_sizes:
+        from .evaluate_sizes import run_sizes
+        from .sizes import sizes_from
+
+        rep, files = run_sizes(rep, files, sizes_from(rep["image_size"], *want_sizes), onnx=onnx_paths, engines=engines, backends=bk,
+                               max_drop=max_drop, size_drop=size_drop, range_drop=range_drop, record=record_range, batch=batch,
+                               allow_skip=allow_skip, log=stderr_log)
     if as_json:
         echo_json(rep)
     else:
@@ -707,6 +732,31 @@ def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tup
     bad = [a for a in rep["artifacts"] if not a["passed"]]
     if bad:
         raise EvalFailed(f"{len(bad)} artifact(s) failed: {bad[0]['name']}: {'; '.join(bad[0]['failures'])}")
+    by_size = [a for a in rep.get("sizes", {}).get("artifacts", []) if not a["passed"]]
+    if by_size:
+        raise EvalFailed(f"{len(by_size)} artifact(s) failed at some size: " + "; ".join(
+            f"{a['name']} at {', '.join(f'{s} px' for s in a['failing_sizes'])}" for a in by_size))
+
+
+def _size_options(size_list: str | None, scales: str | None, record: bool) -> tuple[list[int], list[float]] | None:
+    """``--sizes``/``--scales`` parsed; malformed values are usage errors (exit 2)."""
+    if size_list is None and scales is None:
+        if record:
+            raise click.BadParameter("needs --sizes or --scales to measure the range", param_hint="--record-range")
+        return None
+    parsed: dict[str, list[float]] = {}
+    for text, flag, conv in ((size_list, "--sizes", int), (scales, "--scales", float)):
+        parsed[flag] = []
+        for part in text.split(",") if text is not None else []:
+            try:
+                v = conv(part.strip())
+            except ValueError:
+                v = 0
+            if not v > 0:
+                raise click.BadParameter(f"{text!r}: expected positive numbers separated by commas, e.g. "
+                                         f"{'20,28,37,56' if flag == '--sizes' else '0.75,1,1.5,2'}", param_hint=flag)
+            parsed[flag].append(v)
+    return [int(s) for s in parsed["--sizes"]], parsed["--scales"]
 
 
 @main.command("summary")

@@ -374,8 +374,25 @@ def doctor(paths: Sequence[str | Path] = ()) -> dict[str, Any]:
     """The environment block and one :class:`ArtifactCheck` per path; ``ok`` is False if any cannot load."""
     env = environment()
     checks = [check_artifact(p, env) for p in paths]
-    return {"environment": env, "packages": versions_block(), "artifacts": [c.to_dict() for c in checks],
-            "ok": all(c.loadable for c in checks)}
+    arts = [{**c.to_dict(), "size_range": artifact_sizes(p)} for c, p in zip(checks, paths, strict=True)]
+    return {"environment": env, "packages": versions_block(), "artifacts": arts, "ok": all(c.loadable for c in checks)}
+
+
+def artifact_sizes(path: str | Path) -> str | None:
+    """The sizes an ONNX file or engine is accurate at (its config's recorded range, else its training size), or None."""
+    from .onnxfile import read_onnx_config
+    from .runtime import EngineManifest
+    from .sizes import size_range
+
+    try:
+        if Path(path).suffix == ".onnx":
+            onnx_cfg = read_onnx_config(path)
+            cfg = onnx_cfg.to_dict() if onnx_cfg else None
+        else:
+            cfg = EngineManifest.load(path).config
+    except (RnDeployError, OSError, ValueError):
+        return None
+    return size_range(cfg).describe() if cfg and cfg.get("image_size") else None
 
 
 def format_doctor(report: dict[str, Any]) -> str:
@@ -406,6 +423,8 @@ def format_doctor(report: dict[str, Any]) -> str:
         lines.append(f"{'ok' if a['loadable'] else 'CANNOT LOAD':>14}: {a['path']} ({a['kind']}): {a['detail']}")
         if a["fix"]:
             lines.append(f"{'fix':>14}: {a['fix']}")
+        if a.get("size_range"):
+            lines.append(f"{'sizes':>14}: {a['size_range']}")
     return "\n".join(lines)
 
 

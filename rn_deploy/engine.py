@@ -5,9 +5,11 @@
     preds = eng.predict([img1, img2])    # uint8 HxWxC arrays, any sizes inside the profiles
     preds[0].label, preds[0].probs       # class name, {class: probability} for every class, highest first
 
-Normalisation (mean/std, channels) comes from the manifest/ONNX metadata written at export, so a
-service never re-implements it. Images of equal size are batched together, in chunks no larger
-than the engine's largest profile batch.
+Normalisation (mean/std, channels) and the size range come from the manifest/ONNX metadata written
+at export, so a service never re-implements them. Each image is resized into the model's size range
+(:func:`rn_deploy.sizes.target_size`: the training size unless a range was measured and recorded);
+images that share a target size are batched together, in chunks no larger than the engine's largest
+profile batch.
 
 Threads: ``Engine.load(path, contexts=N)`` keeps ONE deserialised engine (one copy of the weights
 in GPU memory) and a pool of N runners, each with its own execution contexts and CUDA stream
@@ -35,6 +37,7 @@ from .errors import RnDeployError
 from .filekind import expect
 from .preprocess import preprocess
 from .runners import BaseRunner, OrtRunner, TrtRunner
+from .sizes import run_in_range
 
 
 @dataclass
@@ -142,11 +145,13 @@ class Engine:
         """Classify uint8 HxWxC images (a list, or an NxHxWxC array) or an already normalised NCHW tensor.
 
         Images go through :func:`rn_deploy.preprocess.preprocess`, the training evaluation's own
-        policy: fitted (short side resized to cover, centre crop) to ``size``.
+        policy: fitted (short side resized to cover, centre crop) to ``size``, or by default each to
+        its own size clamped into the model's size range (:func:`rn_deploy.sizes.run_in_range`).
 
         Args:
             images: the inputs, in order; results come back in the same order.
-            size: the (H, W) every image is fitted to; None: the model's training size ``config.image_size``.
+            size: the (H, W) every image is fitted to; None: into the recorded size range (no range
+                recorded: the training size ``config.image_size``).
             top_k: keep only the ``k`` most likely classes in each ``Prediction.probs``; None keeps every class.
         """
         cfg = self.config
@@ -156,16 +161,16 @@ class Engine:
                                     "normalised; pass uint8 HxWxC images to have them normalised for you")
             if not torch.isfinite(images).all():
                 raise RnDeployError("input tensor has NaN or Inf values; clean the batch before inference")
-            order, batches = list(range(len(images))), [images.float()]
+            probs = self.logits(images.float()).softmax(1)
         else:
-            # The training evaluation's policy (rn_deploy.preprocess): every image is fitted to one size.
             imgs = list(images)
-            order = list(range(len(imgs)))
-            target = tuple(size) if size else tuple(cfg.image_size)
-            batches = [preprocess(imgs, target, cfg.in_channels, cfg.mean, cfg.std, presize=cfg.presize)] if imgs else []
-        if not batches:
-            return []
-        probs = torch.cat([self.logits(b).softmax(1) for b in batches])
+            if not imgs:
+                return []
+            if size:  # the caller's one size for every image (rn_deploy.preprocess's fit)
+                probs = self.logits(preprocess(imgs, tuple(size), cfg.in_channels, cfg.mean, cfg.std, presize=cfg.presize)).softmax(1)
+            else:
+                probs = run_in_range(imgs, cfg, self.logits).softmax(1)
+        order = list(range(len(probs)))
         result: list[Prediction | None] = [None] * len(order)
         k = min(top_k or cfg.n_classes, cfg.n_classes)
         for row, i in zip(probs, order, strict=True):

@@ -458,6 +458,23 @@ def _judge(acc: dict[str, Any], ref_acc: dict[str, Any], agree: float, nonfinite
     return drop, fails
 
 
+# Public for rn_deploy.evaluate_sizes, which runs the same judgement at every image size.
+def judge(acc: dict[str, Any], ref_acc: dict[str, Any], agree: float, nonfinite: int,
+          limits: dict[str, float | None]) -> tuple[float, list[str]]:
+    """An artifact's top-1 drop (points) below the reference and why it fails (empty: it passes)."""
+    return _judge(acc, ref_acc, agree, nonfinite, limits)
+
+
+def open_runner(a: Artifact) -> Any:
+    """The runner of one planned artifact (not yet entered)."""
+    return _make_runner(a)
+
+
+def default_names(config: ModelConfig) -> bool:
+    """Whether the model's class names are the placeholders "0", "1", ... (any data's names fit)."""
+    return _default_names(config)
+
+
 def _recorded(train: dict[str, Any], dataset: str, split: str, limit: int | None, seed: int, images: ImageSet) -> dict[str, Any] | None:
     """Training's own evaluation from the checkpoint, with ``same_images``: whether it judged exactly these images."""
     rec = train.get("eval")
@@ -809,6 +826,7 @@ def write_eval_report(report: dict[str, Any], conf: np.ndarray, out_dir: str | P
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """What ``rn-deploy inspect model.pt`` shows: the config and the evaluation training recorded."""
     from .checkpoint import read_checkpoint
+    from .sizes import size_range
 
     raw = read_checkpoint(path)
     cfg, train = raw["config"], raw.get("train") or {}
@@ -816,6 +834,7 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {"checkpoint": str(path), "format": raw.get("format"), "arch": cfg.get("arch"),
                             "n_classes": cfg.get("n_classes"), "in_channels": cfg.get("in_channels"),
                             "image_size": cfg.get("image_size"), "presize": cfg.get("presize"), "epochs": train.get("epochs")}
+    info["size_range"] = size_range(cfg).describe()
     if rec:
         sel = f"--limit {rec['limit']} --seed {rec.get('seed', 0)}" if rec.get("limit") else "all images"
         info["evaluation"] = (f"top-1 {100 * float(rec['top1']):.2f}% ({rec.get('correct')}/{rec.get('count')}) on "

@@ -138,11 +138,10 @@ class Classifier:
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Softmax of the engine's logits, preprocessed exactly as ``Engine.predict`` does."""
-        from .preprocess import preprocess
+        from .sizes import run_in_range
 
         cfg = self.engine.config
-        x = preprocess(images, tuple(cfg.image_size), cfg.in_channels, cfg.mean, cfg.std, presize=cfg.presize)
-        return self.engine.logits(x).softmax(1).numpy().astype(np.float32)
+        return run_in_range(images, cfg, self.engine.logits).softmax(1).numpy().astype(np.float32)
 
 
 def prefer_own_libpython() -> None:

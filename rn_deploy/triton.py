@@ -32,6 +32,7 @@ import onnx
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
+from .sizes import policy_text
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -117,14 +118,14 @@ def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     else:
         lo, hi = info["min_hw"], info["max_hw"]
         span = f"from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}" if all(hi) else f"of at least {lo[0]}x{lo[1]}"
-        policy = (f"any HxW {span}; no resize needed (the model pools globally); "
-                  f"trained at {'x'.join(str(s) for s in cfg.get('image_size', [])) or 'unknown size'}")
+        policy = policy_text(cfg, f"any HxW {span}")  # the resize clients must do: into the recorded size range
     return {
         "layout": info.get("layout", "NCHW"), "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
         "channel_order": {1: "L", 3: "RGB"}.get(channels, f"{channels} channels"),
         "scale": 1 / 255, "mean": cfg.get("mean"), "std": cfg.get("std"),
         "formula": "x = (pixel / 255 - mean[c]) / std[c], per channel c",
         "size_policy": policy, "min_hw": info["min_hw"], "max_hw": info["max_hw"], "train_hw": cfg.get("image_size"),
+        "size_range": cfg.get("size_range"),
     }
 
 

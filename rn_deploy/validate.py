@@ -388,6 +388,7 @@ def run_validation(
     from .checkpoint import load_checkpoint
     from .runners import TorchRunner
     from .runtime import fmt_shape as fmt
+    from .sizes import outside_warning
 
     ckpt_p = Path(checkpoint) if checkpoint else None
     onnx_p = Path(onnx_path) if onnx_path else None
@@ -449,6 +450,9 @@ def run_validation(
     else:
         # The training size is always valid: the declared minimum (rn_deploy.min_size) is never above it.
         grid = default_grid(cfg.image_size, min(cfg.image_size), profiles, batches)
+    warn = outside_warning(cfg, [(h, w) for _, h, w in grid], "validate's grid")
+    if warn and log:
+        log(warn)
     imgs = load_images(images, cfg.in_channels, log=log) if images else None
     try:
         rep = validate(reference, runners, grid, channels=cfg.in_channels, tolerances=tolerances, warmup=warmup, iters=iters,

@@ -21,12 +21,13 @@ LAYER_OF = {
     "rn_deploy.version": "foundation", "rn_deploy.filekind": "foundation", "rn_deploy.preprocess": "foundation",
     "rn_deploy.strictjson": "foundation", "rn_deploy.metrics": "foundation", "rn_deploy.summary": "foundation",
     "rn_deploy.models": "model", "rn_deploy.checkpoint": "model", "rn_deploy.importers": "model", "rn_deploy.train": "model",
+    "rn_deploy.sizes": "model",
     "rn_deploy.onnxfile": "artifacts", "rn_deploy.export": "artifacts", "rn_deploy.build": "artifacts",
     "rn_deploy.triton": "artifacts", "rn_deploy.foreign": "artifacts",
     # The manifest format and profiles: written by build, read by the runtime checks; a description of an artifact.
     "rn_deploy.runtime.manifest": "artifacts",
     "rn_deploy.runtime": "runtime", "rn_deploy.runners": "runtime", "rn_deploy.engine": "runtime",
-    "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts",
+    "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts", "rn_deploy.evaluate_sizes": "verdicts",
     "rn_deploy.validate": "verdicts", "rn_deploy.report": "verdicts", "rn_deploy.doctor": "verdicts",
     "rn_deploy.reference": "verdicts",
     # quantize writes a Q/DQ artifact but only behind its accuracy gate (evaluate on real data): a verdict that writes.

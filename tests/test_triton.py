@@ -178,7 +178,8 @@ def test_folder_carries_its_preprocessing_in_parameters_and_rn_deploy_json(onnx_
     pre = out["preprocessing"]
     assert pre["mean"] == ck.mean and pre["std"] == ck.std and pre["channel_order"] == "L" and pre["layout"] == "NCHW"
     assert abs(pre["scale"] - 1 / 255) < 1e-12 and pre["train_hw"] == [28, 28]
-    assert pre["min_hw"][0] <= 28 and pre["max_hw"] == [None, None] and pre["size_policy"].startswith("any HxW of at least")
+    assert pre["min_hw"][0] <= 28 and pre["max_hw"] == [None, None] and pre["size_policy"].startswith("resize every image to the training size 28x28")
+    assert "no size range is recorded" in pre["size_policy"] and pre["size_range"] is None
     assert out["class_names"] == ck.class_names and out["max_batch_size"] == 32 and out["kind"] == "gpu"
     cfg = _parse(folder)
     params = {k: v.string_value for k, v in cfg.parameters.items()}

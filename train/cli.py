@@ -70,6 +70,14 @@ class SizeScheduleType(click.ParamType):
 @click.option("--size", type=SizeScheduleType(), default="28", show_default=True,
               help="Training image size (square), or progressive phases SIZE:EPOCHS,... e.g. 64:4,128:4,224:2 "
                    "(one one-cycle schedule spans all phases; --epochs is then their sum).")
+@click.option("--multi-scale", type=str, default=None, metavar="LO:HI",
+              help="Size-robust training: resize each training batch to a random square side in LO..HI px "
+                   "(e.g. 20:56); the size range is then measured and recorded (docs/sizes.md).")
+@click.option("--range-sizes", type=str, default=None, metavar="S,S,...",
+              help="Measure top-1 at these sizes after the last epoch and record the size range in the checkpoint "
+                   "[default with --multi-scale: 0.75, 1, 1.5, 2 x --size, plus LO and HI].")
+@click.option("--range-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Top-1 points below the best size that still count as inside the range.")
 @click.option("--out", type=click.Path(file_okay=False), default="exports/model", show_default=True, help="Output folder for model.pt.")
 @click.option("--wd", "weight_decay", type=float, default=1e-2, show_default=True, help="AdamW weight decay.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -96,6 +104,8 @@ def train_command(compile_: bool, as_json: bool, quiet: bool, **opts: Any) -> No
             and opts["epochs"] != sum(e for _, e in schedule):
         raise click.BadParameter(f"{opts['epochs']} conflicts with --size phases totalling {sum(e for _, e in schedule)} epochs; "
                                  "give one or the other", param_hint="--epochs")
+    opts["multi_scale"] = _int_list(opts["multi_scale"], ":", "--multi-scale", 2)
+    opts["range_sizes"] = _int_list(opts["range_sizes"], ",", "--range-sizes")
     cfg = TrainConfig(compile=compile_, schedule=schedule, **opts)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process speaks; the others only raise errors
     try:
@@ -114,6 +124,20 @@ def train_command(compile_: bool, as_json: bool, quiet: bool, **opts: Any) -> No
         click.echo(f"{res.checkpoint}: already trained {res.epochs}/{res.epochs} epochs; nothing to do")
     else:
         click.echo(f"wrote {res.checkpoint}: accuracy {res.accuracy:.4f} after {plural(res.epochs, 'epoch')} ({res.seconds:.1f}s)")
+
+
+def _int_list(text: str | None, sep: str, flag: str, n: int | None = None) -> Any:
+    """``"20:56"`` -> ``(20, 56)``; a malformed value is a usage error (exit 2)."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.split(sep))
+    except ValueError:
+        vals = ()
+    if not vals or (n is not None and len(vals) != n) or min(vals) < 1:
+        example = "20:56" if sep == ":" else "20,28,37,56"
+        raise click.BadParameter(f"{text!r}: expected positive integers like {example}", param_hint=flag)
+    return vals
 
 
 @click.command("lr-find")

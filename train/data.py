@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from rn_deploy._io import atomic_path
 from rn_deploy.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rn_deploy.errors import DataError
-from rn_deploy.preprocess import convert_pil, eval_batch, fit_uint8, normalize
+from rn_deploy.preprocess import convert_pil, eval_batch, fit, fit_uint8, normalize
 
 from .datasets import canonical_dataset
 
@@ -338,12 +338,16 @@ class DeviceLoader:
             the ranks together see each image exactly once (their batch counts may differ by one).
         seed: base seed; the order for epoch ``e`` uses ``seed + e`` on every rank.
         channels_last: return channels-last memory format.
+        multi_scale: training: ``(lo, hi)``: each augmented batch is then resized (the deployer's
+            resize, :func:`rn_deploy.preprocess.fit`) to a square side drawn uniformly from lo..hi.
     """
 
     def __init__(self, ds: ImageSet, batch_size: int, size: tuple[int, int], device: torch.device, *, train: bool,
-                 rank: int = 0, world: int = 1, seed: int = 0, channels_last: bool = False):
+                 rank: int = 0, world: int = 1, seed: int = 0, channels_last: bool = False,
+                 multi_scale: tuple[int, int] | None = None):
         self.ds, self.bs, self.size, self.device, self.train = ds, batch_size, size, device, train
         self.rank, self.world, self.seed, self.channels_last = rank, world, seed, channels_last
+        self.multi_scale = multi_scale
         self.images = ds.images.to(device, non_blocking=True)
         self.labels = ds.labels.to(device, non_blocking=True)
         self.epoch = 0
@@ -366,6 +370,7 @@ class DeviceLoader:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=g).to(self.device)
             aug_gen = torch.Generator(device=self.device).manual_seed(self.seed * 1000 + self.epoch * 10 + self.rank)
+            size_gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch * 10 + self.rank + 7)
         else:
             order = torch.arange(n, device=self.device)
             aug_gen = None
@@ -373,7 +378,11 @@ class DeviceLoader:
             idx = order[i * self.bs : (i + 1) * self.bs]
             x = self.images.index_select(0, idx)
             if self.train:
-                x = normalize(augment_batch(x.float(), self.size, self.ds.augment, aug_gen), self.ds.mean, self.ds.std)
+                x = augment_batch(x.float(), self.size, self.ds.augment, aug_gen)
+                if self.multi_scale:  # size-robust training: the batch at a random size, resized as a deployer would
+                    side = int(torch.randint(self.multi_scale[0], self.multi_scale[1] + 1, (1,), generator=size_gen))
+                    x = fit(x, (side, side))
+                x = normalize(x, self.ds.mean, self.ds.std)
             else:  # evaluation: exactly what Engine, validate, eval and serve do (rn_deploy.preprocess)
                 x = eval_batch(x, self.size, self.ds.mean, self.ds.std)
             if self.channels_last:

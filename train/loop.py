@@ -61,6 +61,13 @@ class TrainConfig:
         seed: seed for weights, order and augmentation.
         resume: continue from ``out/model.pt`` (same options) at the epoch after the last saved.
         workers: decode workers for image folders.
+        multi_scale: size-robust training: ``(lo, hi)``: every training batch is resized to a random
+            square side in lo..hi (after augmentation, as a deployer resizes); implies ``range_sizes``.
+        range_sizes: measure top-1 on the validation images resized to these sizes after the last
+            epoch and record the size range (within ``range_drop`` points of the best) in the
+            checkpoint (``config.size_range``, ``train["sizes"]``). Default with ``multi_scale``:
+            the training size times 0.75, 1, 1.5, 2 plus lo and hi.
+        range_drop: top-1 points below the best size that still count as inside the range.
     """
 
     arch: str = "resnet18"
@@ -85,6 +92,9 @@ class TrainConfig:
     resume: bool = False
     workers: int | None = None
     schedule: list[tuple[int, int]] | None = None
+    multi_scale: tuple[int, int] | None = None
+    range_sizes: list[int] | None = None
+    range_drop: float = 1.0
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +109,17 @@ class TrainConfig:
                 raise RnDeployError(f"size schedule {self.schedule}: sizes must be >= 8 and epochs >= 1")
             self.epochs = sum(e for _, e in self.schedule)
             self.size = self.schedule[-1][0]
+        if self.multi_scale:
+            lo, hi = (int(v) for v in self.multi_scale)
+            if not 8 <= lo <= hi:
+                raise RnDeployError(f"--multi-scale {lo}:{hi}: need 8 <= LO <= HI pixels")
+            self.multi_scale = (lo, hi)
+            if not self.range_sizes:
+                self.range_sizes = sorted({lo, hi, *(round(self.size * f) for f in (0.75, 1.0, 1.5, 2.0))})
+        if self.range_sizes:
+            if min(self.range_sizes) < 1:
+                raise RnDeployError(f"--range-sizes {self.range_sizes}: sizes must be at least 1 pixel")
+            self.range_sizes = sorted({int(v) for v in self.range_sizes})
 
     def epoch_sizes(self) -> list[int]:
         """The image size of each epoch."""
@@ -300,7 +321,8 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
     sizes = cfg.epoch_sizes()
     size = (sizes[0], sizes[0])
     use_cl = cfg.channels_last and dev.type == "cuda"
-    train_dl = DeviceLoader(train_set, cfg.batch_size, size, dev, train=True, rank=rank, world=world, seed=cfg.seed, channels_last=use_cl)
+    train_dl = DeviceLoader(train_set, cfg.batch_size, size, dev, train=True, rank=rank, world=world, seed=cfg.seed, channels_last=use_cl,
+                            multi_scale=cfg.multi_scale)
     val_dl = DeviceLoader(val_set, cfg.batch_size * 2, size, dev, train=False, rank=rank, world=world, channels_last=use_cl)
     if len(train_dl) == 0:
         raise RnDeployError(f"batch size {cfg.batch_size} x {world} process(es) is larger than the {len(train_set)} training images")
@@ -376,10 +398,16 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
                    "seconds": time.perf_counter() - t_start}
             history.append(row)
             record = _eval_record(cfg, model, val_dl, metrics, amp_dtype, last=epoch + 1 == cfg.epochs)
+            measured = None
+            if cfg.range_sizes and epoch + 1 == cfg.epochs:
+                measured = measure_sizes(cfg, model, val_dl, record, say)
+                config.size_range = list(measured["range"])
             if rank == 0:
                 train_meta = {"epochs": epoch + 1, "dataset": cfg.dataset, "n_train": len(train_set), "n_val": len(val_set), **metrics,
                               "train_loss": train_loss,
                               "history": history, "options": _options(cfg), "eval": record}
+                if measured:
+                    train_meta["sizes"] = measured
                 save_checkpoint(ckpt_path, model, config, train_meta,
                                 resume={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1})
             saved.update(epochs=epoch + 1, checkpoint=str(ckpt_path))
@@ -422,6 +450,30 @@ def _eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metri
             "precision": precision}
 
 
+def measure_sizes(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, record: dict[str, Any], say: Log) -> dict[str, Any]:
+    """Top-1 of the final weights on the validation images resized to each of ``cfg.range_sizes``, and the range.
+
+    The resize is :func:`rn_deploy.preprocess.fit` (what ``rn-deploy eval --sizes`` and every
+    consumer do), eager FP32, so ``eval --sizes`` on the same images reproduces these numbers.
+    """
+    from rn_deploy.sizes import measure_range
+
+    keep = val_dl.size
+    top1: dict[int, float] = {}
+    try:
+        for side in cfg.range_sizes or []:
+            val_dl.size = (side, side)
+            top1[side] = evaluate(model, val_dl, None)["accuracy"]
+    finally:
+        val_dl.size = keep
+    lo, hi = measure_range(top1, cfg.range_drop, prefer=cfg.size)
+    say("size range: " + ", ".join(f"{s}px {100 * a:.2f}%" for s, a in top1.items())
+        + f" -> {lo}-{hi} px (within {cfg.range_drop:g} pt of the best)")
+    return {"sizes": list(top1), "top1": list(top1.values()), "drop_points": cfg.range_drop, "range": [lo, hi], "by": "train",
+            "resampling": "rn_deploy.preprocess.fit (bilinear, antialiased)",
+            **{k: record[k] for k in ("dataset", "data", "split", "count", "limit", "seed")}}
+
+
 def plural(n: int, word: str) -> str:
     """``1 epoch``, ``4 epochs``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
@@ -456,7 +508,7 @@ def _resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[st
         from .datasets import ALIASES
 
         saved = {**saved, "dataset": ALIASES.get(saved["dataset"], saved["dataset"])}
-    for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule"):
+    for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule", "multi_scale"):
         if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(getattr(cfg, key))):
             raise CheckpointError(f"{path}: cannot resume with {key}={getattr(cfg, key)!r}; the run was started with {saved[key]!r}")
     return raw, state

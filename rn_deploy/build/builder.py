@@ -27,6 +27,7 @@ from ..runtime.manifest import (
     manifest_path,
     sm_name,
 )
+from ..sizes import outside_warning
 
 if TYPE_CHECKING:
     import tensorrt_bindings as trt_api  # TensorRT 10.x API from tensorrt-stubs
@@ -238,6 +239,10 @@ def build_engine(
                                  "delete it or pass another --timing-cache")
 
     flags_set = [name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag)]
+    if cfg and cfg.get("image_size"):
+        warn = outside_warning(cfg, [(s[2], s[3]) for p in profiles for s in (p.min, p.max)], "the profiles")
+        if warn:
+            say(warn)
     say(f"build: {len(profiles)} profile(s), {precision}" + (f", targets {','.join(target_names)}" if target_names else "")
         + f", builder flags {','.join(flags_set) or 'none'}")
     serialized = builder.build_serialized_network(network, config)
