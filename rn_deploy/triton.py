@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +37,8 @@ from .filekind import expect
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
+# Model names Triton takes as folder and config name alike: letters, digits, '_', '-', '.', not starting with '.'.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
               "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
@@ -96,6 +99,8 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
     locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
                         if t.data_location == onnx.TensorProto.EXTERNAL})
+    for loc in locations:
+        check_data_location(path, loc)
     return {
         "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, names.INPUT),
         "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, names.OUTPUT),
@@ -104,6 +109,21 @@ def _from_onnx(path: Path) -> dict[str, Any]:
         "min_hw": [d if d > 0 else (min_size or 1) for d in in_dims[2:4]], "max_hw": [d if d > 0 else None for d in in_dims[2:4]],
         "data": locations or None,
     }
+
+
+def check_data_location(path: Path, location: str) -> None:
+    """An initializer's external-data file must be a relative path inside the ONNX file's folder (it is copied along)."""
+    inside = (path.parent / location).resolve()
+    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
+        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
+                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
+
+
+def check_model_name(name: str) -> None:
+    """One line refusing a name Triton would not take as both folder and config name (quotes, slashes, newlines...)."""
+    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise RnDeployError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only (not first), at most 128, "
+                            "like resnet18_fmnist")
 
 
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
@@ -189,8 +209,7 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
         raise RnDeployError(f"{src}: no such file")
-    if not name or "/" in name or name.startswith("."):
-        raise RnDeployError(f"model name {name!r}: use a plain folder name like resnet18_fmnist")
+    check_model_name(name)
     sniffed = expect(src, "onnx", "engine").kind  # by content, not suffix
     info = _model_info(src, sniffed == "onnx" or (sniffed == "unknown" and src.suffix == ".onnx"))
     is_onnx = info["platform"] == "onnxruntime_onnx"
@@ -216,8 +235,12 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
     dest = repo / name
     if dest.exists() and not force:
         raise RnDeployError(f"{dest}: already exists; pass --force to replace it")
-    repo.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    except OSError as e:
+        raise RnDeployError(f"{repo}: cannot write the model repository there ({e.strerror or e}); "
+                            "pass a --repo folder you can write to") from None
     try:
         os.chmod(stage, 0o755)
         (stage / "1").mkdir(mode=0o755)
