@@ -626,8 +626,8 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Dynamic batching: longest wait for a batch to fill.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (parallel batches).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=16_777_216, show_default=True,
-              help="Largest image (W x H) accepted, checked from the header before decoding.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=12_000_000, show_default=True,
+              help="Largest image (W x H; a request's images together) accepted, checked from the header before decoding.")
 @click.option("--max-aspect", type=click.FloatRange(min=1), default=32.0, show_default=True,
               help="Largest long/short side ratio accepted (the centre crop of a wider image keeps a sliver of it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object on stdout once the server is ready.")

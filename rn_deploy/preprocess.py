@@ -25,6 +25,7 @@ resized tensor, so no enlarged tensor outlives its image.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,6 +106,13 @@ def fit_uint8(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return fit(t.float(), (size, size)).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def fit_float(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """:func:`fit` of a uint8 CxHxW image as float; a large image one channel at a time (the same numbers, 1/C the memory)."""
+    if t.shape[0] == 1 or t.shape[1] * t.shape[2] <= 1 << 20:
+        return fit(t.float(), size)
+    return torch.cat([fit(t[c : c + 1].float(), size) for c in range(t.shape[0])])
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Float pixels 0..255, NCHW -> ``(x - 255 mean) / (255 std)`` per channel."""
     c = x.shape[1]
@@ -132,7 +140,12 @@ def as_chw_uint8(image: np.ndarray | torch.Tensor, channels: int, index: int = 0
         raise RnDeployError(f"image {index}: dtype {a.dtype}, expected uint8 pixels 0-255; pass a normalised tensor instead")
     if min(a.shape[:2]) < 1:
         raise RnDeployError(f"image {index}: empty ({a.shape[0]}x{a.shape[1]} pixels)")
-    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    # Shared with the caller's array, read-only or not: nothing below writes into it, so a large image is not copied again.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a).permute(2, 0, 1)
 
 
 def preprocess(images: Sequence[np.ndarray | torch.Tensor], size: Sequence[int], channels: int, mean: Sequence[float],
@@ -159,7 +172,7 @@ def preprocess(images: Sequence[np.ndarray | torch.Tensor], size: Sequence[int],
             raise RnDeployError(f"image {i}: {e}") from None
         if presize:
             t = fit_uint8(t, presize)
-        batch.append(fit(t.float(), size))
+        batch.append(fit_float(t, size))
     x = normalize(torch.stack(batch), mean, std)
     if not torch.isfinite(x).all():
         raise RnDeployError("input has NaN or Inf values after normalisation (a std of 0 in the model's metadata?)")

@@ -52,7 +52,9 @@ from .preprocess import DEFAULT_MAX_ASPECT
 
 IMAGE, PIXELS = "image", "pixels"
 LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
-DEFAULT_MAX_PIXELS = 4096 * 4096
+# A 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array, one float
+# channel at a time): 84 MB at this limit, so one request the limits admit grows the server by < 100 MB.
+DEFAULT_MAX_PIXELS = 12_000_000
 DEFAULT_MODEL = "classifier"
 SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"
 # APIs a client has no business calling on a classifier service: protected by a header only the server knows.
@@ -125,7 +127,8 @@ def decode_image(data: bytes, channels: int, max_pixels: int, max_aspect: float 
         raise RequestError(f"corrupt or truncated {img.format} image ({w}x{h}, {len(data)} bytes): {e}") from None
     from .preprocess import convert_pil
 
-    a = np.asarray(convert_pil(img, channels))
+    a = np.asarray(convert_pil(img, channels))  # one copy of the pixels; preprocessing reads it without another
+    del img
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -156,10 +159,18 @@ class Classifier:
         ch = self.engine.config.in_channels
         if IMAGE in request and PIXELS in request:
             raise RequestError(f"send either {IMAGE!r} or {PIXELS!r}, not both")
+        images: list[np.ndarray] = []
+        budget = self.max_pixels  # the images of one request share one --max-pixels budget
         if IMAGE in request:
-            return [decode_image(bytes(b), ch, self.max_pixels, self.max_aspect, self.sizes) for b in request[IMAGE].reshape(-1)]
+            for b in request[IMAGE].reshape(-1):
+                images.append(decode_image(bytes(b), ch, budget, self.max_aspect, self.sizes))
+                budget -= images[-1].shape[0] * images[-1].shape[1]
+            return images
         if PIXELS in request:
-            return [check_pixels(a, ch, self.max_pixels, self.max_aspect, self.sizes) for a in request[PIXELS]]
+            for a in request[PIXELS]:
+                images.append(check_pixels(a, ch, budget, self.max_aspect, self.sizes))
+                budget -= a.shape[0] * a.shape[1]
+            return images
         raise RequestError(f"no input: send {IMAGE!r} (encoded PNG/JPEG bytes) or {PIXELS!r} (uint8 H x W x {ch})")
 
     def answer(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | RequestError]:

@@ -358,3 +358,131 @@ def test_classify_without_a_server_is_one_line_exit_1(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == ["error: cannot reach a Triton server ([Errno 111] Connection refused); "
                                                "is `rn-deploy serve` running there (HTTP port?)?"]
+
+
+def _infer_json(http: str, data: bytes) -> tuple[int, str]:
+    """One raw KServe-v2 JSON request (no tritonclient in the way): HTTP status and body."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [data.decode("latin-1")]}]})
+    req = urllib.request.Request(f"http://{http}/v2/models/classifier/infer", body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_bad_request_is_http_400_and_grpc_invalid_argument_with_one_line_no_internals(server: Server) -> None:
+    status, body = _infer_json(server.http, b"hello, I am text")
+    assert status == 400, body
+    msg = json.loads(body)["error"]
+    assert msg == "not an image (16 bytes starting b'hello, I'); send an encoded PNG or JPEG", msg
+    import tritonclient.grpc as tgrpc
+
+    c = tgrpc.InferenceServerClient(server.grpc)
+    try:
+        with pytest.raises(InferenceServerException) as ei:
+            request(c, "classifier", png_declaring(1, 300_000), grpc=True)
+        assert ei.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert ei.value.message() == ("image of 1x300000 has aspect ratio 1:300000; the server takes at most 32:1 (--max-aspect)")
+    finally:
+        c.close()
+    for text in (msg, ei.value.message()):
+        assert "Traceback" not in text and "/" not in text and ".py" not in text and "\n" not in text
+
+
+def test_statistics_api_answers_and_admin_apis_are_closed(server: Server) -> None:
+    """perf_analyzer and Model Analyzer read the statistics API; PyTriton kept it behind a token."""
+    import tritonclient.grpc as tgrpc
+
+    c = thttp.InferenceServerClient(server.http)
+    g = tgrpc.InferenceServerClient(server.grpc)
+    try:
+        request(c, "classifier", png(np.zeros((28, 28), np.uint8)))
+        stats = c.get_inference_statistics("classifier")["model_stats"][0]
+        assert stats["name"] == "classifier" and stats["inference_stats"]["success"]["count"] >= 1
+        assert g.get_inference_statistics("classifier").model_stats[0].name == "classifier"
+        assert c.get_model_config("classifier")["max_batch_size"] == 32  # perf_analyzer reads this too
+        with pytest.raises(InferenceServerException, match="restricted"):
+            c.unload_model("classifier")
+    finally:
+        c.close()
+        g.close()
+
+
+@needs_fashion
+def test_poisoned_traffic_fails_no_good_request(model: Path, tmp_path: Path, fashion_test: np.ndarray) -> None:
+    """16 good clients and 1 looping on b"not an image", default batching delay (issue 22: 58.8% of the good requests
+    failed with PyTriton, which answers a batch as a whole). Planted: answering every request of an execute() call with
+    the first error fails this test."""
+    srv = start_server(model, tmp_path / "serve.log")
+    try:
+        images = [png(a) for a in fashion_test[:32]]
+        stop = threading.Event()
+        bad = {"sent": 0, "400": 0}
+
+        def poison() -> None:
+            c = thttp.InferenceServerClient(srv.http)
+            try:
+                while not stop.is_set():
+                    bad["sent"] += 1
+                    try:
+                        request(c, "classifier", b"not an image")
+                    except InferenceServerException as e:
+                        bad["400"] += e.status() == "400"
+            finally:
+                c.close()
+
+        t = threading.Thread(target=poison)
+        t.start()
+        try:
+            lv = run_level(srv.http, "classifier", images, 16, 4.0, False)
+        finally:
+            stop.set()
+            t.join(30)
+        assert lv.errors == 0, lv.first_error
+        assert lv.requests > 16 and bad["sent"] > 10 and bad["400"] == bad["sent"], (lv, bad)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_aspect_ratio_bombs_are_refused_and_admitted_images_cost_under_100_mb(model: Path, tmp_path: Path) -> None:
+    """A 1x300,000 PNG of 370 bytes took the server from 829 to 1,786 MB (fit() scaled its short side up to 28 px);
+    1x2,000,000 asked for 6.3 GB. Now refused from the header; the largest images the limits admit (12 MP at
+    --max-pixels, 32:1 at --max-aspect), one request each, grow the server's memory by < 100 MB (sampled every 20 ms)."""
+    srv = start_server(model, tmp_path / "serve.log", "--max-queue-delay-us", "20000")
+    c = thttp.InferenceServerClient(srv.http, network_timeout=120)
+    try:
+        request(c, "classifier", png(np.zeros((28, 28), np.uint8)))
+        base = tree_rss_mb(srv.proc.pid)
+        peak, growth = [base], []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], tree_rss_mb(srv.proc.pid))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            for w, h in ((1, 300_000), (1, 2_000_000), (300_000, 1), (20_000, 1)):
+                with pytest.raises(InferenceServerException) as ei:
+                    request(c, "classifier", png_declaring(w, h))
+                assert ei.value.status() == "400"
+                assert "has aspect ratio" in server_message(ei.value) and "at most 32:1 (--max-aspect)" in server_message(ei.value)
+            ramp = np.add.outer(np.arange(4000), np.arange(3000)).astype(np.uint8)  # 12,000,000 pixels: --max-pixels
+            admitted = [ramp, np.resize(ramp, (612, 19584)), np.resize(ramp, (19584, 612)), np.full((1, 32), 7, np.uint8)]
+            for a in admitted:  # one request at a time: the bound is per request
+                (r,) = classify(srv.http, [png(a)])
+                assert "error" not in r, r
+                growth.append((a.shape, peak[0] - base, tree_rss_mb(srv.proc.pid) - base))
+                peak[0] = base = tree_rss_mb(srv.proc.pid)
+        finally:
+            done.set()
+            sampler.join()
+        assert all(p < 100 and after < 100 for _, p, after in growth), f"{growth}"
+    finally:
+        c.close()
+        assert srv.stop() == 0
