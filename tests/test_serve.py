@@ -253,7 +253,8 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
     assert [lv["concurrency"] for lv in rep["levels"]] == [1, 4]
     for lv in rep["levels"]:
         assert lv["errors"] == 0 and lv["requests"] > 0 and lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"]
-    assert "| 4 |" in (tmp_path / "loadtest.md").read_text()
+        assert 0 < lv["client_cpu"] < 2 and lv["client_bound"] == (lv["client_cpu"] >= 0.9)  # the client's own CPU, reported
+    assert "| 4 |" in (tmp_path / "loadtest.md").read_text() and "client CPU" in (tmp_path / "loadtest.md").read_text()
     assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
