@@ -487,3 +487,23 @@ def test_aspect_ratio_bombs_are_refused_and_admitted_images_cost_under_100_mb(mo
     finally:
         c.close()
         assert srv.stop() == 0
+
+
+def test_preprocessing_refuses_elongated_images_before_resizing_and_crops_are_copies() -> None:
+    """The one preprocessing (Engine.predict, validate --images, eval, serve). Planted: dropping check_bounds makes the
+    1 x 300,000 case allocate 28 x 8.4M floats; a view instead of .clone() keeps the 28 x 56 tensor alive."""
+    from rn_deploy.errors import RnDeployError
+    from rn_deploy.preprocess import MAX_RESIZED_ELEMENTS, fit, fit_float, preprocess
+
+    t0 = time.perf_counter()
+    with pytest.raises(RnDeployError) as ei:
+        preprocess([np.zeros((1, 300_000), np.uint8)], (28, 28), 1, [0.5], [0.5])
+    assert str(ei.value) == "image 0: image of 300000x1 has aspect ratio 300000:1; preprocessing takes at most 32:1 (max_aspect)"
+    with pytest.raises(RnDeployError, match=f"would be resized to 8400000x28 .* at most {MAX_RESIZED_ELEMENTS}"):
+        preprocess([np.zeros((1, 300_000), np.uint8)], (28, 28), 1, [0.5], [0.5], max_aspect=1e9)
+    assert time.perf_counter() - t0 < 1  # refused before any enlargement
+    assert preprocess([np.zeros((1, 32), np.uint8)], (28, 28), 1, [0.5], [0.5]).shape == (1, 1, 28, 28)  # 32:1 is admitted
+    crop = fit(torch.rand(1, 28, 56), (28, 28))
+    assert crop.untyped_storage().nbytes() == 28 * 28 * 4  # its own storage, not a view of the 28 x 56 tensor
+    big = torch.randint(0, 256, (3, 1100, 1000), dtype=torch.uint8)  # > 1M pixels: resized a channel at a time
+    assert torch.equal(fit_float(big, (224, 224)), fit(big.float(), (224, 224)))
