@@ -111,11 +111,12 @@ def perf_analyzer_env() -> dict[str, str]:
     return env
 
 
-def run_perf_analyzer(exe: Path, url: str, data: Path, concurrency: int, out: Path, interval_ms: int) -> dict[str, Any]:
+def run_perf_analyzer(exe: Path, url: str, data: Path, concurrency: int, out: Path, interval_ms: int,
+                      stability: int) -> dict[str, Any]:
     """One perf_analyzer level over HTTP: throughput and client-side latency percentiles from its CSV."""
     csv = out / f"perf_analyzer_c{concurrency}.csv"
     cmd = [str(exe), "-m", "classifier", "-u", url, "-i", "http", "--input-data", str(data), "--concurrency-range",
-           str(concurrency), "--measurement-interval", str(interval_ms), "--percentile", "99", "-f", str(csv)]
+           str(concurrency), "--measurement-interval", str(interval_ms), "--percentile", "99", "-s", str(stability), "-f", str(csv)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=perf_analyzer_env(), timeout=600)
     if run.returncode != 0:
         return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "command": " ".join(cmd)}
@@ -195,6 +196,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary [default: PATH, then the tritonclient wheel's bin/].")
+    ap.add_argument("--pa-stability", type=int, default=10,
+                    help="perf_analyzer -s: %% spread allowed between its trials (raise it on a loaded machine).")
     ap.add_argument("--images", type=int, default=512, help="Test images to cycle through.")
     ap.add_argument("--batch", type=int, default=16, help="In-process Engine.predict batch (compare with that concurrency).")
     ap.add_argument("--duration", type=float, default=20.0)
@@ -248,7 +251,8 @@ def main() -> None:
                 else:
                     data = perf_analyzer_input(encoded, args.out / "perf_analyzer_input.json")
                     for c in conc:
-                        pa[c] = run_perf_analyzer(exe, url, data, c, args.out, int(min(args.duration, 20) * 1000))
+                        pa[c] = run_perf_analyzer(exe, url, data, c, args.out, int(min(args.duration, 20) * 1000),
+                                              args.pa_stability)
                         print(f"perf_analyzer concurrency {c}: {pa[c]}", flush=True)
                 result["perf_analyzer"] = pa
                 rep = loadtest(url, encoded, conc, args.duration, image_source="fashion-mnist test (PNG)", log=print)
