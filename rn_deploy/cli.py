@@ -613,6 +613,9 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
         echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
         return
     click.echo(f"wrote {dest} ({', '.join(sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file()))})")
+    front = json.loads((dest / "rn-deploy.json").read_text()).get("image_model")
+    if front:
+        click.echo(f"wrote {dest.parent / front} (the image contract of `rn-deploy serve` over it: Python backend, needs rn-deploy)")
 
 
 @main.command("serve")

@@ -52,7 +52,7 @@ def make_client(url: str, grpc: bool = False, timeout_s: float = 60.0) -> Any:
 
 
 def server_message(exc: BaseException) -> str:
-    """The useful line of a server error: our RequestError's message rather than PyTriton's traceback."""
+    """The useful line of a server error (the server's one-line message; an older server's ``RequestError: ...`` line)."""
     text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     text = str(text or exc)
     m = re.search(r"RequestError: (.+)", text)
@@ -60,7 +60,7 @@ def server_message(exc: BaseException) -> str:
 
 
 def find_model(client: Any, model: str | None, grpc: bool) -> str:
-    """Check that ``model`` (default: serve's default name) is ready; PyTriton keeps the repository index private."""
+    """Check that ``model`` (default: serve's default name) is ready; the repository index is not open to clients."""
     name = model or DEFAULT_MODEL
     try:
         ready = client.is_model_ready(name)

@@ -37,6 +37,9 @@ from .errors import RnDeployError
 
 COLOR_MODES = {1: "L", 3: "RGB"}
 DEFAULT_MAX_ASPECT = 32.0
+# Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
+# one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.
+DEFAULT_MAX_PIXELS = 12_000_000
 MAX_RESIZED_ELEMENTS = 1 << 24  # 16.8M float32 values (64 MB): 3 x 224 x 7168 at 32:1 is 4.8M
 
 

@@ -48,13 +48,9 @@ from typing import Any
 import numpy as np
 
 from .errors import MissingDependencyError, RequestError, RnDeployError
-from .preprocess import DEFAULT_MAX_ASPECT
+from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+from .triton import IMAGE, INDEX, LABEL, MODEL_PY, PIXELS, PROBS, SCORE, contract_config_pbtxt
 
-IMAGE, PIXELS = "image", "pixels"
-LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
-# A 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array, one float
-# channel at a time): 84 MB at this limit, so one request the limits admit grows the server by < 100 MB.
-DEFAULT_MAX_PIXELS = 12_000_000
 DEFAULT_MODEL = "classifier"
 SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"
 # APIs a client has no business calling on a classifier service: protected by a header only the server knows.
@@ -217,7 +213,8 @@ class TritonPythonModel:
         from .engine import Engine
 
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        self.classifier = Classifier(Engine.load(params["model"]), int(params["max_pixels"]), float(params["max_aspect"]))
+        model = Path(args["model_repository"]) / params["model"]  # a relative path is relative to this model's folder
+        self.classifier = Classifier(Engine.load(model), int(params["max_pixels"]), float(params["max_aspect"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb
@@ -242,33 +239,11 @@ class TritonPythonModel:
         self.classifier.engine.close()
 
 
-MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.serve.TritonPythonModel (rn-deploy installed)."""\n'
-            "from rn_deploy.serve import TritonPythonModel  # noqa: F401\n")
-
-
 def config_pbtxt(name: str, model: Path, channels: int, n_classes: int, opts: ServeOptions) -> str:
-    """The Python-backend model configuration: the classifier contract, dynamic batching, the limits as parameters."""
-    params = {"model": str(Path(model).absolute()), "max_pixels": str(opts.max_pixels), "max_aspect": f"{opts.max_aspect:g}"}
-    param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
-                         for k, v in params.items())
-    return f"""name: {json.dumps(name)}
-backend: "python"
-max_batch_size: {opts.max_batch}
-input [
-  {{ name: "{IMAGE}" data_type: TYPE_STRING dims: [ 1 ] optional: true allow_ragged_batch: true }},
-  {{ name: "{PIXELS}" data_type: TYPE_UINT8 dims: [ -1, -1, {channels} ] optional: true allow_ragged_batch: true }}
-]
-output [
-  {{ name: "{LABEL}" data_type: TYPE_STRING dims: [ 1 ] }},
-  {{ name: "{INDEX}" data_type: TYPE_INT32 dims: [ 1 ] }},
-  {{ name: "{SCORE}" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "{PROBS}" data_type: TYPE_FP32 dims: [ {n_classes} ] }}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: {opts.max_queue_delay_us}
-}}
-instance_group [ {{ count: {opts.instances} kind: KIND_CPU }} ]
-{param_text}"""
+    """The Python-backend model configuration (:func:`rn_deploy.triton.contract_config_pbtxt`) for these options."""
+    return contract_config_pbtxt(name, str(Path(model).absolute()), channels, n_classes, max_batch=opts.max_batch,
+                                 max_queue_delay_us=opts.max_queue_delay_us, instances=opts.instances,
+                                 max_pixels=opts.max_pixels, max_aspect=opts.max_aspect)
 
 
 def write_repository(repo: Path, opts: ServeOptions, channels: int, n_classes: int) -> Path:
@@ -303,7 +278,7 @@ def tritonserver_dist() -> tuple[Path, Path, Path]:
     return root, Path(get_libs_path()), Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
 
 
-def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str) -> list[str]:
+def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str, *extra: str) -> list[str]:
     """The tritonserver command line: our addresses and ports, statistics open, admin APIs behind ``token``."""
     root, _, _ = tritonserver_dist()
     return [str(root / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
@@ -311,10 +286,10 @@ def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: 
             f"--grpc-port={opts.grpc_port}", f"--metrics-address={opts.host}", f"--metrics-port={opts.metrics_port}",
             "--allow-gpu-metrics=false", f"--exit-timeout-secs={opts.exit_timeout_s}",
             f"--http-restricted-api={RESTRICTED_APIS}:rn-deploy-token={token}",
-            f"--grpc-restricted-protocol={RESTRICTED_APIS}:rn-deploy-token={token}"]
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:rn-deploy-token={token}", *extra]
 
 
-def _stage_backends(dest: Path) -> Path:
+def stage_backends(dest: Path) -> Path:
     """The Python backend with this interpreter's stub beside it (as PyTriton stages it): ``dest/python/``."""
     root, _, stub = tritonserver_dist()
     shutil.copytree(root / "backends", dest, ignore=shutil.ignore_patterns("__pycache__"))
@@ -389,7 +364,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     with tempfile.TemporaryDirectory(prefix="rn-deploy-serve.") as tmp:
         repo = Path(tmp) / "models"
         write_repository(repo, opts, cfg.in_channels, cfg.n_classes)
-        cmd = tritonserver_command(opts, repo, _stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
+        cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
                                 env=server_env())
         try:

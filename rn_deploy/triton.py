@@ -9,6 +9,8 @@ Layout written (atomically: staged beside it, then renamed into place)::
     REPO/NAME/1/model.onnx         # ONNX with inline weights, or
     REPO/NAME/1/model.onnx/        # ONNX with external weights: Triton's directory form
                  model.onnx, model.onnx.data
+    REPO/NAME_image/config.pbtxt   # ONNX only: the served contract (image BYTES in; label, index, score, probs
+    REPO/NAME_image/1/model.py     # out) as a Python-backend model over NAME's file: what `rn-deploy serve` runs
 
 Input/output names, types and dims come from the engine manifest or the ONNX graph, the batch axis
 being Triton's ``max_batch_size``: dynamic axes are ``-1``, fixed ones (a ``--static`` export)
@@ -191,11 +193,75 @@ instance_group [
 {param_text}"""
 
 
+IMAGE, PIXELS = "image", "pixels"
+LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
+IMAGE_SUFFIX = "_image"
+MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.serve.TritonPythonModel (rn-deploy installed)."""\n'
+            "from rn_deploy.serve import TritonPythonModel  # noqa: F401\n")
+
+
+def contract_config_pbtxt(name: str, model: str, channels: int, n_classes: int, *, max_batch: int, max_queue_delay_us: int,
+                          instances: int, max_pixels: int, max_aspect: float) -> str:
+    """The image-classifier contract as a Python-backend model (what ``serve`` runs, and ``NAME_image`` of export-triton).
+
+    ``image`` BYTES [1] or ``pixels`` UINT8 [-1, -1, C] in; ``label``, ``index``, ``score``, ``probs`` out;
+    ``model``: the ONNX/engine path, absolute or relative to this model's folder.
+    """
+    params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}"}
+    param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
+                         for k, v in params.items())
+    return f"""name: {json.dumps(name)}
+backend: "python"
+max_batch_size: {max_batch}
+input [
+  {{ name: "{IMAGE}" data_type: TYPE_STRING dims: [ 1 ] optional: true allow_ragged_batch: true }},
+  {{ name: "{PIXELS}" data_type: TYPE_UINT8 dims: [ -1, -1, {channels} ] optional: true allow_ragged_batch: true }}
+]
+output [
+  {{ name: "{LABEL}" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "{INDEX}" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "{SCORE}" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "{PROBS}" data_type: TYPE_FP32 dims: [ {n_classes} ] }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {max_queue_delay_us}
+}}
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{param_text}"""
+
+
 def _copy_readable(src: Path, dst: Path) -> None:
     """Copy bytes (not the 0600 mode onnx gives external data) and make the copy readable by the server's user."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     os.chmod(dst, 0o644)
+
+
+def _replace(src: Path, dest: Path) -> None:
+    """Move a staged folder into place, replacing ``dest`` (kept aside until the new one is in)."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int) -> None:
+    """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
+    from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+
+    (folder / "1").mkdir(parents=True, mode=0o755)
+    os.chmod(folder, 0o755)
+    texts = {"config.pbtxt": contract_config_pbtxt(f"{name}{IMAGE_SUFFIX}", model, channels, n_classes, max_batch=max_batch,
+                                                   max_queue_delay_us=2000, instances=1, max_pixels=DEFAULT_MAX_PIXELS,
+                                                   max_aspect=DEFAULT_MAX_ASPECT),
+             "1/model.py": MODEL_PY}
+    for fname, text in texts.items():
+        (folder / fname).write_text(text)
+        os.chmod(folder / fname, 0o644)
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
@@ -233,8 +299,10 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
     classes = list(cfg.get("class_names") or [str(i) for i in range(n_out)])
     pre = preprocessing(info)
     dest = repo / name
-    if dest.exists() and not force:
-        raise RnDeployError(f"{dest}: already exists; pass --force to replace it")
+    front = repo / f"{name}{IMAGE_SUFFIX}" if is_onnx else None  # the image contract over this model (ONNX: rn-deploy loads it)
+    for d in (dest, front):
+        if d is not None and d.exists() and not force:
+            raise RnDeployError(f"{d}: already exists; pass --force to replace it")
     try:
         repo.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
@@ -261,20 +329,17 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             "input": {"name": names.INPUT, "data_type": info["in_type"], "dims": info["in_dims"][1:]},
             "output": {"name": names.OUTPUT, "data_type": info["out_type"], "dims": info["out_dims"][1:]},
             "profiles": info["profiles"], "preprocessing": pre, "class_names": classes, "arch": cfg.get("arch"),
+            "image_model": front.name if front is not None else None,
         }
         texts = {"labels.txt": "\n".join(classes) + "\n", "config.pbtxt": config_pbtxt(name, info, max_batch, kind, pre, classes),
                  "rn-deploy.json": json.dumps(meta, indent=2)}
         for fname, text in texts.items():
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
-        old = None
-        if dest.exists():
-            old = repo / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-        os.replace(stage, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if front is not None:
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch)
+            _replace(stage / "_front", front)
+        _replace(stage, dest)
     except OSError as e:
         raise RnDeployError(f"{dest}: cannot write the model repository ({e.strerror or e})") from None
     finally:

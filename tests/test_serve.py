@@ -1,4 +1,4 @@
-"""`rn-deploy serve` on a real Triton Inference Server (PyTriton): results, bad input, soak, SIGTERM, startup errors.
+"""`rn-deploy serve` on a real Triton Inference Server (bundled tritonserver): results, bad input, soak, SIGTERM, startup errors.
 
 Servers listen on 127.0.0.1 free ports, every request loop is bounded, and every server started here is
 stopped (SIGTERM, then SIGKILL of its whole process tree) whatever the test's outcome.
@@ -507,3 +507,55 @@ def test_preprocessing_refuses_elongated_images_before_resizing_and_crops_are_co
     assert crop.untyped_storage().nbytes() == 28 * 28 * 4  # its own storage, not a view of the 28 x 56 tensor
     big = torch.randint(0, 256, (3, 1100, 1000), dtype=torch.uint8)  # > 1M pixels: resized a channel at a time
     assert torch.equal(fit_float(big, (224, 224)), fit(big.float(), (224, 224)))
+
+
+def test_export_triton_image_model_is_the_served_contract_and_runs_on_tritonserver(model: Path, tmp_path: Path) -> None:
+    """export-triton writes NAME_image: the same Python-backend config `serve` runs (only the model path differs), and
+    the bundled tritonserver serves it from the exported repository with the same answers and per-request 400s."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from rn_deploy.serve import (
+        ServeOptions,
+        _is_ready,
+        _ready_url,
+        _stop_server,
+        server_env,
+        stage_backends,
+        tritonserver_command,
+        write_repository,
+    )
+    from rn_deploy.triton import export_triton
+
+    export_triton(model, tmp_path / "repo", "fm", kind="cpu")
+    h, g, m = free_ports(3)
+    opts = ServeOptions(model, name="fm_image", host="127.0.0.1", http_port=h, grpc_port=g, metrics_port=m)
+    served = write_repository(tmp_path / "served", opts, 1, 10)
+
+    def parse(folder: Path):
+        return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+    exported, ours = parse(tmp_path / "repo" / "fm_image"), parse(served)
+    assert exported.parameters["model"].string_value == "../fm/1/model.onnx"
+    assert ours.parameters["model"].string_value == str(model)
+    exported.parameters["model"].string_value = ours.parameters["model"].string_value
+    assert exported == ours and ours.backend == "python" and [i.name for i in ours.input] == ["image", "pixels"]
+    assert [o.name for o in ours.output] == ["label", "index", "score", "probs"] and list(ours.output[3].dims) == [10]
+    assert (tmp_path / "repo" / "fm_image" / "1" / "model.py").read_text() == (served / "1" / "model.py").read_text()
+
+    cmd = tritonserver_command(opts, tmp_path / "repo", stage_backends(tmp_path / "backends"), "t",
+                               "--model-control-mode=explicit", "--load-model=fm_image")  # fm itself needs the ORT backend
+    with open(tmp_path / "triton.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env())
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _is_ready(_ready_url(opts)):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "triton.log").read_text()[-2000:]
+            time.sleep(0.25)
+        img = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+        good, bad = classify(f"127.0.0.1:{h}", [png(img), b"not an image"], model="fm_image")
+        expected = Engine.load(model).predict([img[:, :, None]])[0]
+        assert (good["label"], good["index"]) == (expected.label, expected.index) and good["score"] == pytest.approx(expected.score, abs=1e-6)
+        assert bad["error"].startswith("not an image")
+    finally:
+        _stop_server(proc, 10)
