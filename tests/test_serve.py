@@ -559,3 +559,57 @@ def test_export_triton_image_model_is_the_served_contract_and_runs_on_tritonserv
         assert bad["error"].startswith("not an image")
     finally:
         _stop_server(proc, 10)
+
+
+def test_server_fault_is_internal_with_an_id_that_the_log_carries(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TritonPythonModel.execute when the engine itself fails (a planted fault). triton_python_backend_utils exists only
+    inside the backend's stub process, so a stand-in module (named as such) records what execute answers and logs."""
+    import re
+    import types
+
+    logged: list[str] = []
+    standin = types.ModuleType("triton_python_backend_utils")  # stand-in: the real one lives in the Triton stub only
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, msg: str, code: str) -> None:
+            self.msg, self.code = msg, code
+
+    class Tensor:
+        def __init__(self, name: str, data: np.ndarray) -> None:
+            self.name, self.data = name, data
+
+        def as_numpy(self) -> np.ndarray:
+            return self.data
+
+    standin.TritonError = TritonError
+    standin.Tensor = Tensor
+    standin.InferenceResponse = lambda output_tensors=None, error=None: {"outputs": output_tensors, "error": error}
+    standin.get_input_tensor_by_name = lambda req, name: req.get(name)
+    standin.Logger = types.SimpleNamespace(log_error=logged.append)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", standin)
+    from rn_deploy.serve import TritonPythonModel
+
+    tpm = TritonPythonModel()
+    config = {"parameters": {"model": {"string_value": str(model)}, "max_pixels": {"string_value": "1000000"},
+                             "max_aspect": {"string_value": "32"}}}
+    tpm.initialize({"model_config": json.dumps(config), "model_repository": str(model.parent)})
+    good = {"image": Tensor("image", np.array([[png(np.zeros((28, 28), np.uint8))]], dtype=object))}
+    bad = {"image": Tensor("image", np.array([[b"nope"]], dtype=object))}
+    ok = tpm.execute([good, bad])
+    assert ok[0]["error"] is None and [t.name for t in ok[0]["outputs"]] == ["label", "index", "score", "probs"]
+    assert ok[1]["error"].code == "INVALID_ARG" and ok[1]["error"].msg.startswith("not an image")
+
+    def broken(images: list) -> np.ndarray:
+        raise RuntimeError("engine exploded in /opt/secret/path.py")
+
+    monkeypatch.setattr(tpm.classifier, "probabilities", broken)
+    answers = tpm.execute([good, good])
+    msgs = {a["error"].msg for a in answers}
+    assert len(msgs) == 1 and all(a["error"].code == "INTERNAL" for a in answers)
+    (msg,) = msgs
+    m = re.fullmatch(r"internal server error \(id ([0-9a-f]{8}); the server log has the detail\)", msg)
+    assert m, msg
+    assert len(logged) == 1 and m.group(1) in logged[0] and "Traceback" in logged[0] and "/opt/secret/path.py" in logged[0]
+    tpm.finalize()
