@@ -169,15 +169,16 @@ class Classifier:
             return images
         raise RequestError(f"no input: send {IMAGE!r} (encoded PNG/JPEG bytes) or {PIXELS!r} (uint8 H x W x {ch})")
 
-    def answer(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | RequestError]:
-        """One answer per request, in order: its outputs, or the :class:`RequestError` that refused it alone."""
-        answers: list[dict[str, np.ndarray] | RequestError] = []
+    def answer(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """One answer per request, in order: its outputs, or the exception that failed it alone (a
+        :class:`RequestError` for the client's fault; anything else while reading it is the server's)."""
+        answers: list[dict[str, np.ndarray] | Exception] = []
         read: list[tuple[int, list[np.ndarray]]] = []
         for k, req in enumerate(requests):
             try:
                 read.append((k, self.read(req)))
                 answers.append({})
-            except RequestError as e:
+            except Exception as e:  # noqa: BLE001 - reported per request by the caller
                 answers.append(e)
         images = [img for _, imgs in read for img in imgs]
         if not images:
@@ -222,18 +223,21 @@ class TritonPythonModel:
         def error(msg: str, code: Any) -> Any:
             return pb.InferenceResponse(error=pb.TritonError(msg, code))
 
+        def fault(e: BaseException, n: int) -> list[Any]:  # ours: a 500 with an id, the detail in the server log only
+            ref = secrets.token_hex(4)
+            pb.Logger.log_error(f"rn-deploy serve: internal error {ref}: "
+                                + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            return [error(f"internal server error (id {ref}; the server log has the detail)", pb.TritonError.INTERNAL)] * n
+
         inputs = [{n: t.as_numpy() for n in (IMAGE, PIXELS) if (t := pb.get_input_tensor_by_name(req, n)) is not None}
                   for req in requests]
         try:
             answers = self.classifier.answer(inputs)
-        except Exception as e:  # noqa: BLE001 - a fault of ours: a 500 with an id, the detail in the server log only
-            ref = secrets.token_hex(4)
-            pb.Logger.log_error(f"rn-deploy serve: internal error {ref}: "
-                                + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
-            return [error(f"internal server error (id {ref}; the server log has the detail)", pb.TritonError.INTERNAL)
-                    for _ in requests]
-        return [error(str(a), pb.TritonError.INVALID_ARG) if isinstance(a, RequestError)
-                else pb.InferenceResponse(output_tensors=[pb.Tensor(n, v) for n, v in a.items()]) for a in answers]
+        except Exception as e:  # noqa: BLE001 - the batch itself failed: every request of it gets the same id
+            return fault(e, len(requests))
+        return [error(str(a), pb.TritonError.INVALID_ARG) if isinstance(a, RequestError) else fault(a, 1)[0]
+                if isinstance(a, Exception) else pb.InferenceResponse(output_tensors=[pb.Tensor(n, v) for n, v in a.items()])
+                for a in answers]
 
     def finalize(self) -> None:
         self.classifier.engine.close()
