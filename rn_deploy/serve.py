@@ -329,16 +329,30 @@ def _stop_server(proc: subprocess.Popen[bytes], wait_s: float) -> None:
     """SIGTERM (tritonserver answers what it holds, then exits); SIGKILL of its whole tree if it is still there after ``wait_s``."""
     if proc.poll() is not None:
         return
+    stubs = process_tree(proc.pid)  # the backend stubs: once tritonserver is gone they are no longer its children
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(wait_s)
     except subprocess.TimeoutExpired:
-        for pid in [*process_tree(proc.pid), proc.pid]:
+        pass
+    # A stub still unloading (torch's shutdown is slow on a loaded machine) holds nothing a client needs any more.
+    deadline = time.monotonic() + 1
+    for pid in [*stubs, proc.pid]:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        proc.wait()
+    proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None,
