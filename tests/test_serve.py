@@ -116,6 +116,12 @@ def png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def jpeg(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 def png_declaring(w: int, h: int) -> bytes:
     """A few hundred bytes of valid PNG header declaring a w x h image (its pixel data cannot fill it)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -196,7 +202,8 @@ def test_served_results_equal_engine_predict_over_http_and_grpc(model: Path, ser
 
 
 @needs_fashion
-@pytest.mark.parametrize("case", ["not-an-image", "truncated-png", "over-max-pixels", "pil-bomb", "empty", "wrong-channels"])
+@pytest.mark.parametrize("case", ["not-an-image", "truncated-png", "truncated-jpeg", "over-max-pixels", "pil-bomb", "empty",
+                                  "wrong-channels"])
 def test_bad_request_gets_an_error_naming_it_and_server_stays_ready(server: Server, fashion_test: np.ndarray, case: str) -> None:
     good = png(fashion_test[0])
     c = thttp.InferenceServerClient(server.http)
@@ -211,6 +218,7 @@ def test_bad_request_gets_an_error_naming_it_and_server_stays_ready(server: Serv
             data, words = {
                 "not-an-image": (b"hello, I am text, not a picture", "not an image"),
                 "truncated-png": (good[: len(good) // 2], "truncated"),
+                "truncated-jpeg": (jpeg(fashion_test[0])[:40], "truncated or corrupt JPEG image (40 bytes)"),  # cut in its header
                 "over-max-pixels": (png_declaring(5000, 5000), "5000x5000 = 25000000 pixels is over the server's --max-pixels"),
                 "pil-bomb": (png_declaring(30000, 30000), "--max-pixels"),
                 "empty": (b"", "empty image bytes"),
