@@ -821,6 +821,9 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
         echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
         return
     click.echo(f"wrote {dest} ({', '.join(sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file()))})")
+    front = json.loads((dest / "rn-deploy.json").read_text()).get("image_model")
+    if front:
+        click.echo(f"wrote {dest.parent / front} (the image contract of `rn-deploy serve` over it: Python backend, needs rn-deploy)")
 
 
 @main.command("serve")
@@ -834,22 +837,35 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Dynamic batching: longest wait for a batch to fill.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (parallel batches).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=16_777_216, show_default=True,
-              help="Largest image (W x H) accepted, checked from the header before decoding.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=12_000_000, show_default=True,
+              help="Largest image (W x H; a request's images together) accepted, checked from the header before decoding.")
+@click.option("--max-aspect", type=click.FloatRange(min=1), default=32.0, show_default=True,
+              help="Largest long/short side ratio accepted (the centre crop of a wider image keeps a sliver of it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object on stdout once the server is ready.")
 def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-              max_queue_delay_us: int, instances: int, max_pixels: int, as_json: bool) -> None:
-    """Serve MODEL (.onnx or .engine) on Triton Inference Server (PyTriton): HTTP/gRPC, dynamic batching, metrics.
+              max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, as_json: bool) -> None:
+    """Serve MODEL (.onnx or .engine) on Triton Inference Server (bundled tritonserver, Python backend): HTTP/gRPC, dynamic batching, metrics.
 
     Input `image` (encoded PNG/JPEG bytes) or `pixels` (uint8 HxWxC); outputs label, index, score,
-    probs (docs/formats.md). Stops on SIGTERM/Ctrl-C after answering the requests in flight.
+    probs (docs/formats.md). A bad request gets its own HTTP 400 / gRPC INVALID_ARGUMENT; the others
+    batched with it are answered. The statistics API is open (perf_analyzer). Stops on
+    SIGTERM/Ctrl-C after answering the requests in flight.
     """
+    import os
+    import sys
+
     from .serve import ServeOptions, serve
     from .strictjson import print_json
 
     serve(ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                       max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels),
+                       max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
+                       max_aspect=max_aspect),
           log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
+    # Drained, children stopped, temporary repository removed: exit now. The interpreter's own shutdown (torch's, loaded
+    # to check the model) took 5-16 s on a loaded machine, past the 10 s a SIGTERM drain is allowed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @main.command("classify")

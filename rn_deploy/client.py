@@ -4,19 +4,20 @@
     rn-deploy classify 127.0.0.1:8001 shirt.png --grpc --json
     rn-deploy loadtest 127.0.0.1:8000 --dataset fashion-mnist --concurrency 1,4,16,64 --duration 20 --out exports/load
 
-A load test runs, for each concurrency N, N threads that each hold their own client and send one
-image per request back to back for ``duration`` seconds (after one untimed warm-up request each);
-latency is the client's wall time per request.
+A load test runs, for each concurrency N, N closed-loop senders on one asyncio event loop
+(tritonclient's ``aio`` clients, HTTP or gRPC), each sending one image per request back to back for
+``duration`` seconds (after one untimed warm-up request each); latency is the client's wall time per
+request. The report gives the client's own CPU use per level: near one full core (the event loop's
+limit) means the client, not the server, set the pace (``client_bound``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import math
 import platform
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ def make_client(url: str, grpc: bool = False, timeout_s: float = 60.0) -> Any:
 
 
 def server_message(exc: BaseException) -> str:
-    """The useful line of a server error: our RequestError's message rather than PyTriton's traceback."""
+    """The useful line of a server error (the server's one-line message; an older server's ``RequestError: ...`` line)."""
     text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     text = str(text or exc)
     m = re.search(r"RequestError: (.+)", text)
@@ -59,7 +60,7 @@ def server_message(exc: BaseException) -> str:
 
 
 def find_model(client: Any, model: str | None, grpc: bool) -> str:
-    """Check that ``model`` (default: serve's default name) is ready; PyTriton keeps the repository index private."""
+    """Check that ``model`` (default: serve's default name) is ready; the repository index is not open to clients."""
     name = model or DEFAULT_MODEL
     try:
         ready = client.is_model_ready(name)
@@ -128,6 +129,8 @@ class LoadLevel:
     p90_ms: float | None
     p99_ms: float | None
     first_error: str | None = None
+    client_cpu: float | None = None  # the load generator's CPU seconds per wall second (1.0 = one core)
+    client_bound: bool = False  # the client used >= CLIENT_BOUND_CPU of a core: its figure is a floor, not the server's
 
 
 @dataclass
@@ -174,48 +177,72 @@ def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) * 1e3 if values else None
 
 
-def run_level(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float, grpc: bool) -> LoadLevel:
-    """``concurrency`` closed-loop clients for ``duration_s`` seconds."""
-    lat: list[list[float]] = [[] for _ in range(concurrency)]
-    errs: list[list[str]] = [[] for _ in range(concurrency)]
-    start = threading.Barrier(concurrency + 1)
-    deadline = [math.inf]
+CLIENT_BOUND_CPU = 0.9
 
-    def worker(k: int) -> None:
-        client = make_client(url, grpc)
+
+def _aio_module(grpc: bool) -> Any:
+    try:
+        if grpc:
+            import tritonclient.grpc.aio as aio
+        else:
+            import tritonclient.http.aio as aio
+    except ImportError as e:
+        raise MissingDependencyError(f"the load test needs tritonclient's asyncio client ({e}); {SERVE_EXTRA}") from None
+    return aio
+
+
+async def _run_level_async(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float,
+                           grpc: bool) -> tuple[list[float], list[str], float, float]:
+    tc, aio = _module(grpc), _aio_module(grpc)
+    client = aio.InferenceServerClient(_host_port(url))
+    outs = [tc.InferRequestedOutput(n) for n in (LABEL, INDEX, SCORE, PROBS)]
+    inputs = []
+    for data in images:  # encoded once: the client's work per request is the request itself
+        inp = tc.InferInput(IMAGE, [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[data]], dtype=object))
+        inputs.append([inp])
+    lat: list[float] = []
+    errs: list[str] = []
+    go, warmed = asyncio.Event(), asyncio.Event()
+    deadline, ready = [0.0], [0]
+
+    async def worker(k: int) -> None:
+        i = k
         try:
-            i = k
+            await client.infer(model, inputs[i % len(inputs)], outputs=outs)  # warm-up: connection set up, not timed
+        except Exception as e:  # noqa: BLE001 - counted as an error of this level
+            errs.append(server_message(e))
+        ready[0] += 1
+        if ready[0] == concurrency:
+            warmed.set()
+        await go.wait()
+        while (t0 := time.perf_counter()) < deadline[0]:
+            i += concurrency
             try:
-                request(client, model, images[i % len(images)], grpc)  # warm-up: connection set up, not timed
-            except Exception as e:  # noqa: BLE001 - counted below as an error
-                errs[k].append(server_message(e))
-            start.wait()
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= deadline[0]:
-                    break
-                i += concurrency
-                try:
-                    request(client, model, images[i % len(images)], grpc)
-                    lat[k].append(time.perf_counter() - t0)
-                except Exception as e:  # noqa: BLE001 - every failure is one error of this level
-                    errs[k].append(server_message(e))
-        finally:
-            client.close()
+                await client.infer(model, inputs[i % len(inputs)], outputs=outs)
+                lat.append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - every failure is one error of this level
+                errs.append(server_message(e))
 
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    deadline[0] = t0 + duration_s
-    for t in threads:
-        t.join(duration_s + 120)
-    seconds = time.perf_counter() - t0
-    flat = [v for vs in lat for v in vs]
-    errors = [e for es in errs for e in es]
-    return LoadLevel(concurrency, len(flat), len(errors), round(seconds, 3), len(flat) / seconds, _percentile(flat, 50),
-                     _percentile(flat, 90), _percentile(flat, 99), errors[0] if errors else None)
+    try:
+        tasks = [asyncio.ensure_future(worker(k)) for k in range(concurrency)]
+        await asyncio.wait_for(warmed.wait(), 120)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        deadline[0] = t0 + duration_s
+        go.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), duration_s + 120)
+        return lat, errs, time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        await client.close()
+
+
+def run_level(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float, grpc: bool) -> LoadLevel:
+    """``concurrency`` closed-loop senders for ``duration_s`` seconds, with the client's own CPU use."""
+    lat, errors, seconds, cpu = asyncio.run(_run_level_async(url, model, images, concurrency, duration_s, grpc))
+    client_cpu = cpu / seconds
+    return LoadLevel(concurrency, len(lat), len(errors), round(seconds, 3), len(lat) / seconds, _percentile(lat, 50),
+                     _percentile(lat, 90), _percentile(lat, 99), errors[0] if errors else None, round(client_cpu, 3),
+                     client_cpu >= CLIENT_BOUND_CPU)
 
 
 def loadtest(url: str, images: Sequence[bytes], concurrency: Sequence[int], duration_s: float, *, grpc: bool = False,
@@ -244,17 +271,24 @@ def format_level(lv: LoadLevel) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     return (f"concurrency {lv.concurrency:>3}: {lv.requests_per_s:8.1f} req/s, p50 {ms(lv.p50_ms)} ms, p90 {ms(lv.p90_ms)} ms, "
-            f"p99 {ms(lv.p99_ms)} ms, {lv.errors} errors" + (f" (first: {lv.first_error})" if lv.first_error else ""))
+            f"p99 {ms(lv.p99_ms)} ms, {lv.errors} errors" + (f" (first: {lv.first_error})" if lv.first_error else "")
+            + (f", client CPU {lv.client_cpu:.0%} of a core" if lv.client_cpu is not None else "")
+            + (" (the client was the bottleneck: the server may do more)" if lv.client_bound else ""))
 
 
 def markdown(rep: LoadReport) -> str:
     lines = [f"# Load test: `{rep.model}` at {rep.url} ({rep.protocol})", "",
              f"{rep.images} images from {rep.image_source or 'the given set'}, {rep.duration_s:g} s per level, "
              f"{rep.machine.get('host')} ({rep.machine.get('cpu')}), {rep.machine.get('date')}.", "",
-             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in rep.levels:
         cells = ["-" if v is None else f"{v:.2f}" for v in (lv.p50_ms, lv.p90_ms, lv.p99_ms)]
-        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} |")
+        cpu = "-" if lv.client_cpu is None else f"{lv.client_cpu:.0%}" + (" (client-bound)" if lv.client_bound else "")
+        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} |")
+    if any(lv.client_bound for lv in rep.levels):
+        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, so their req/s is a "
+                  "floor for the server; measure them with perf_analyzer (docs/serving.md) or a client on another machine."]
     return "\n".join(lines) + "\n"
 
 

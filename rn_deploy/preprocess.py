@@ -13,10 +13,19 @@ the same pixels in production as it was judged on. The policy:
    target H x W, then the centre is cropped (:func:`fit`); an image already at that size is
    untouched;
 4. normalisation: ``(x - 255 * mean) / (255 * std)`` on pixels in 0..255 (:func:`normalize`).
+
+Bounds, checked per image before anything is enlarged (:func:`check_bounds`): step 3 scales the
+short side up to the model size, so a 1 x 300,000 image would become 28 x 8.4M floats. An image
+whose long side is more than ``max_aspect`` times its short side is refused (default
+:data:`DEFAULT_MAX_ASPECT` = 32:1: wide panoramas are 4:1 to 12:1; past 32:1 the centre crop keeps
+under 1/32 of the image, so the answer would be about a sliver of it), and so is any image whose
+resized tensor would exceed :data:`MAX_RESIZED_ELEMENTS` values. The crop is copied out of the
+resized tensor, so no enlarged tensor outlives its image.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +37,44 @@ from .errors import RnDeployError
 from .names import LAYOUTS
 
 COLOR_MODES = {1: "L", 3: "RGB"}
+DEFAULT_MAX_ASPECT = 32.0
+# Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
+# one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.
+DEFAULT_MAX_PIXELS = 12_000_000
+MAX_RESIZED_ELEMENTS = 1 << 24  # 16.8M float32 values (64 MB): 3 x 224 x 7168 at 32:1 is 4.8M
+
+
+def resized_hw(h: int, w: int, size: Sequence[int]) -> tuple[int, int]:
+    """The (H, W) an ``h`` x ``w`` image is resized to by :func:`fit` before its centre crop."""
+    th, tw = int(size[0]), int(size[1])
+    s = max(th / h, tw / w)
+    return max(th, round(h * s)), max(tw, round(w * s))
+
+
+def aspect_text(w: int, h: int) -> str:
+    long, short = max(w, h), min(w, h)
+    r = long / short
+    return (f"{long // short}:1" if long % short == 0 else f"{r:.1f}:1") if w >= h else (f"1:{long // short}" if long % short == 0
+                                                                                        else f"1:{r:.1f}")
+
+
+def check_bounds(h: int, w: int, channels: int, sizes: Sequence[Sequence[int]], max_aspect: float = DEFAULT_MAX_ASPECT,
+                 who: str = "preprocessing", flag: str = "max_aspect") -> None:
+    """Refuse, before decoding or resizing, an image whose aspect ratio or resized tensor is over the bounds.
+
+    ``sizes`` are the sizes the image is fitted to in turn (the decode presize, then the model size).
+    Raises :class:`RnDeployError` with one line naming the image size and the limit.
+    """
+    if min(h, w) < 1:
+        raise RnDeployError(f"image of {w}x{h} is empty")
+    if max(h, w) > max_aspect * min(h, w):
+        raise RnDeployError(f"image of {w}x{h} has aspect ratio {aspect_text(w, h)}; {who} takes at most {max_aspect:g}:1 ({flag})")
+    for size in sizes:
+        nh, nw = resized_hw(h, w, size)
+        if nh * nw * channels > MAX_RESIZED_ELEMENTS:
+            raise RnDeployError(f"image of {w}x{h} would be resized to {nw}x{nh} ({nh * nw * channels} values) to cover "
+                                f"{size[1]}x{size[0]}; {who} takes at most {MAX_RESIZED_ELEMENTS}: crop or resize it first")
+        h, w = int(size[0]), int(size[1])
 
 
 def convert_pil(image: Any, channels: int) -> Any:
@@ -38,19 +85,21 @@ def convert_pil(image: Any, channels: int) -> Any:
 
 
 def fit(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize the short side of float ``(C, H, W)`` or ``(N, C, H, W)`` to cover ``size``, then centre-crop to it."""
+    """Resize the short side of float ``(C, H, W)`` or ``(N, C, H, W)`` to cover ``size``, then centre-crop to it.
+
+    The crop is a copy (not a view of the resized tensor), so the larger tensor is freed at once.
+    """
     th, tw = int(size[0]), int(size[1])
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if (h, w) == (th, tw):
         return x
-    s = max(th / h, tw / w)
-    nh, nw = max(th, round(h * s)), max(tw, round(w * s))
+    nh, nw = resized_hw(h, w, size)
     if (nh, nw) != (h, w):
         batched = x if x.dim() == 4 else x[None]
         batched = F.interpolate(batched, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
         x = batched if x.dim() == 4 else batched[0]
     top, left = (nh - th) // 2, (nw - tw) // 2
-    return x[..., top : top + th, left : left + tw]
+    return x[..., top : top + th, left : left + tw].clone()
 
 
 def fit_uint8(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -59,6 +108,13 @@ def fit_uint8(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     if tuple(t.shape[-2:]) == (size, size):
         return t.to(torch.uint8)
     return fit(t.float(), (size, size)).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def fit_float(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """:func:`fit` of a uint8 CxHxW image as float; a large image one channel at a time (the same numbers, 1/C the memory)."""
+    if t.shape[0] == 1 or t.shape[1] * t.shape[2] <= 1 << 20:
+        return fit(t.float(), size)
+    return torch.cat([fit(t[c : c + 1].float(), size) for c in range(t.shape[0])])
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -88,11 +144,16 @@ def as_chw_uint8(image: np.ndarray | torch.Tensor, channels: int, index: int = 0
         raise RnDeployError(f"image {index}: dtype {a.dtype}, expected uint8 pixels 0-255; pass a normalised tensor instead")
     if min(a.shape[:2]) < 1:
         raise RnDeployError(f"image {index}: empty ({a.shape[0]}x{a.shape[1]} pixels)")
-    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    # Shared with the caller's array, read-only or not: nothing below writes into it, so a large image is not copied again.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a).permute(2, 0, 1)
 
 
 def preprocess(images: Sequence[np.ndarray | torch.Tensor], size: Sequence[int], channels: int, mean: Sequence[float],
-               std: Sequence[float], presize: int | None = None) -> torch.Tensor:
+               std: Sequence[float], presize: int | None = None, max_aspect: float = DEFAULT_MAX_ASPECT) -> torch.Tensor:
     """uint8 HxWxC images -> normalised float32 NCHW at ``size``, by the policy of this module.
 
     Args:
@@ -103,13 +164,19 @@ def preprocess(images: Sequence[np.ndarray | torch.Tensor], size: Sequence[int],
         std: per-channel std for pixels in [0, 1].
         presize: the training decode size (``ModelConfig.presize``), or None when training saw
             images at their stored size.
+        max_aspect: the largest long-side / short-side ratio taken (:func:`check_bounds`).
     """
     batch = []
+    sizes = [(presize, presize), tuple(size)] if presize else [tuple(size)]
     for i, img in enumerate(images):
         t = as_chw_uint8(img, channels, i)
+        try:
+            check_bounds(int(t.shape[1]), int(t.shape[2]), channels, sizes, max_aspect)
+        except RnDeployError as e:
+            raise RnDeployError(f"image {i}: {e}") from None
         if presize:
             t = fit_uint8(t, presize)
-        batch.append(fit(t.float(), size))
+        batch.append(fit_float(t, size))
     x = normalize(torch.stack(batch), mean, std)
     if not torch.isfinite(x).all():
         raise RnDeployError("input has NaN or Inf values after normalisation (a std of 0 in the model's metadata?)")

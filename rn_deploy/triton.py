@@ -9,6 +9,8 @@ Layout written (atomically: staged beside it, then renamed into place)::
     REPO/NAME/1/model.onnx         # ONNX with inline weights, or
     REPO/NAME/1/model.onnx/        # ONNX with external weights: Triton's directory form
                  model.onnx, model.onnx.data
+    REPO/NAME_image/config.pbtxt   # ONNX only: the served contract (image BYTES in; label, index, score, probs
+    REPO/NAME_image/1/model.py     # out) as a Python-backend model over NAME's file: what `rn-deploy serve` runs
 
 Input/output names, types and dims come from the engine manifest or the ONNX graph, the batch axis
 being Triton's ``max_batch_size``: dynamic axes are ``-1``, fixed ones (a ``--static`` export)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +39,8 @@ from .sizes import policy_text
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
+# Model names Triton takes as folder and config name alike: letters, digits, '_', '-', '.', not starting with '.'.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
               "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
@@ -95,6 +100,8 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
                         if t.data_location == onnx.TensorProto.EXTERNAL})
     hw = in_dims[1:3] if io.layout == "NHWC" else in_dims[2:4]
+    for loc in locations:
+        check_data_location(path, loc)
     return {
         "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
         "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
@@ -104,6 +111,21 @@ def _from_onnx(path: Path) -> dict[str, Any]:
         "min_hw": [d if d > 0 else (min_size or 1) for d in hw], "max_hw": [d if d > 0 else None for d in hw],
         "data": locations or None,
     }
+
+
+def check_data_location(path: Path, location: str) -> None:
+    """An initializer's external-data file must be a relative path inside the ONNX file's folder (it is copied along)."""
+    inside = (path.parent / location).resolve()
+    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
+        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
+                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
+
+
+def check_model_name(name: str) -> None:
+    """One line refusing a name Triton would not take as both folder and config name (quotes, slashes, newlines...)."""
+    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise RnDeployError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only (not first), at most 128, "
+                            "like resnet18_fmnist")
 
 
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
@@ -173,11 +195,75 @@ instance_group [
 {param_text}"""
 
 
+IMAGE, PIXELS = "image", "pixels"
+LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
+IMAGE_SUFFIX = "_image"
+MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.serve.TritonPythonModel (rn-deploy installed)."""\n'
+            "from rn_deploy.serve import TritonPythonModel  # noqa: F401\n")
+
+
+def contract_config_pbtxt(name: str, model: str, channels: int, n_classes: int, *, max_batch: int, max_queue_delay_us: int,
+                          instances: int, max_pixels: int, max_aspect: float) -> str:
+    """The image-classifier contract as a Python-backend model (what ``serve`` runs, and ``NAME_image`` of export-triton).
+
+    ``image`` BYTES [1] or ``pixels`` UINT8 [-1, -1, C] in; ``label``, ``index``, ``score``, ``probs`` out;
+    ``model``: the ONNX/engine path, absolute or relative to this model's folder.
+    """
+    params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}"}
+    param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
+                         for k, v in params.items())
+    return f"""name: {json.dumps(name)}
+backend: "python"
+max_batch_size: {max_batch}
+input [
+  {{ name: "{IMAGE}" data_type: TYPE_STRING dims: [ 1 ] optional: true allow_ragged_batch: true }},
+  {{ name: "{PIXELS}" data_type: TYPE_UINT8 dims: [ -1, -1, {channels} ] optional: true allow_ragged_batch: true }}
+]
+output [
+  {{ name: "{LABEL}" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "{INDEX}" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "{SCORE}" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "{PROBS}" data_type: TYPE_FP32 dims: [ {n_classes} ] }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {max_queue_delay_us}
+}}
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{param_text}"""
+
+
 def _copy_readable(src: Path, dst: Path) -> None:
     """Copy bytes (not the 0600 mode onnx gives external data) and make the copy readable by the server's user."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     os.chmod(dst, 0o644)
+
+
+def _replace(src: Path, dest: Path) -> None:
+    """Move a staged folder into place, replacing ``dest`` (kept aside until the new one is in)."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int) -> None:
+    """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
+    from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+
+    (folder / "1").mkdir(parents=True, mode=0o755)
+    os.chmod(folder, 0o755)
+    texts = {"config.pbtxt": contract_config_pbtxt(f"{name}{IMAGE_SUFFIX}", model, channels, n_classes, max_batch=max_batch,
+                                                   max_queue_delay_us=2000, instances=1, max_pixels=DEFAULT_MAX_PIXELS,
+                                                   max_aspect=DEFAULT_MAX_ASPECT),
+             "1/model.py": MODEL_PY}
+    for fname, text in texts.items():
+        (folder / fname).write_text(text)
+        os.chmod(folder / fname, 0o644)
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
@@ -191,8 +277,7 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
         raise RnDeployError(f"{src}: no such file")
-    if not name or "/" in name or name.startswith("."):
-        raise RnDeployError(f"model name {name!r}: use a plain folder name like resnet18_fmnist")
+    check_model_name(name)
     sniffed = expect(src, "onnx", "engine").kind  # by content, not suffix
     info = _model_info(src, sniffed == "onnx" or (sniffed == "unknown" and src.suffix == ".onnx"))
     is_onnx = info["platform"] == "onnxruntime_onnx"
@@ -216,10 +301,16 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
     classes = list(cfg.get("class_names") or [str(i) for i in range(n_out)])
     pre = preprocessing(info)
     dest = repo / name
-    if dest.exists() and not force:
-        raise RnDeployError(f"{dest}: already exists; pass --force to replace it")
-    repo.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    front = repo / f"{name}{IMAGE_SUFFIX}" if is_onnx else None  # the image contract over this model (ONNX: rn-deploy loads it)
+    for d in (dest, front):
+        if d is not None and d.exists() and not force:
+            raise RnDeployError(f"{d}: already exists; pass --force to replace it")
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    except OSError as e:
+        raise RnDeployError(f"{repo}: cannot write the model repository there ({e.strerror or e}); "
+                            "pass a --repo folder you can write to") from None
     try:
         os.chmod(stage, 0o755)
         (stage / "1").mkdir(mode=0o755)
@@ -240,20 +331,17 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             "input": {"name": info["input_name"], "data_type": info["in_type"], "dims": info["in_dims"][1:]},
             "output": {"name": info["output_name"], "data_type": info["out_type"], "dims": info["out_dims"][1:]},
             "profiles": info["profiles"], "preprocessing": pre, "class_names": classes, "arch": cfg.get("arch"),
+            "image_model": front.name if front is not None else None,
         }
         texts = {"labels.txt": "\n".join(classes) + "\n", "config.pbtxt": config_pbtxt(name, info, max_batch, kind, pre, classes),
                  "rn-deploy.json": json.dumps(meta, indent=2)}
         for fname, text in texts.items():
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
-        old = None
-        if dest.exists():
-            old = repo / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-        os.replace(stage, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if front is not None:
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch)
+            _replace(stage / "_front", front)
+        _replace(stage, dest)
     except OSError as e:
         raise RnDeployError(f"{dest}: cannot write the model repository ({e.strerror or e})") from None
     finally:

@@ -186,3 +186,58 @@ def test_folder_carries_its_preprocessing_in_parameters_and_rn_deploy_json(onnx_
     assert json.loads(params["mean"]) == ck.mean and json.loads(params["std"]) == ck.std
     assert params["channel_order"] == "L" and params["scale"] == "1/255" and params["size_policy"] == pre["size_policy"]
     assert json.loads(params["class_names"]) == ck.class_names
+
+
+@pytest.mark.parametrize("where", ["escaping", "absolute"])
+def test_external_data_outside_the_model_folder_is_refused_and_nothing_written(onnx_model: Path, tmp_path: Path, where: str):
+    """Planted: an initializer whose `location` is ../../outside.bin or /etc/passwd (issue 24 item 6): today's code
+    copied the file into (or wrote outside) the repository; now exit 1, one line, no repository folder."""
+    import onnx
+
+    ck = onnx_model.with_name("model.pt")
+    ext = Path(export_onnx(ck, tmp_path / "a" / "b" / "model.onnx", external_data=True, verify=False).onnx_path)
+    secret = tmp_path / "outside.bin"
+    secret.write_bytes((ext.parent / "model.onnx.data").read_bytes())
+    m = onnx.load(str(ext), load_external_data=False)
+    loc = "../../outside.bin" if where == "escaping" else str(secret)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = loc
+    onnx.save(m, str(ext))
+    res = CliRunner().invoke(main, ["export-triton", str(ext), "--repo", str(tmp_path / "repo"), "--name", "x"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [f"error: {ext}: an initializer's external data location {loc!r} is not a file inside "
+                                               f"{ext.parent}; external data must sit beside the model (re-export with "
+                                               "`rn-deploy export --external-data`)"]
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("name", ['fm"\nplatform: "pytorch_libtorch', "a\\b", "a/b", ".hidden", "", "x y", "..", "é"])
+def test_model_names_triton_would_not_take_are_one_line_refusals(onnx_model: Path, tmp_path: Path, name: str):
+    res = CliRunner().invoke(main, ["export-triton", str(onnx_model), "--repo", str(tmp_path / "repo"), "--name", name])
+    assert res.exit_code == 1, res.output
+    assert len(res.output.strip().splitlines()) == 1 and res.output.startswith(f"error: model name {name!r}: use letters"), res.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_read_only_repository_is_one_line_naming_the_folder(onnx_model: Path, tmp_path: Path):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores the mode: a read-only bind is not available, so use a file in the way
+            ro.chmod(0o755)
+            ro = tmp_path / "file"
+            ro.write_text("x")
+            repo = ro / "repo"
+        else:
+            repo = ro
+        res = CliRunner().invoke(main, ["export-triton", str(onnx_model), "--repo", str(repo), "--name", "fm"])
+        assert res.exit_code == 1
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {repo}: cannot write the model repository there ("), res.output
+    finally:
+        (tmp_path / "ro").chmod(0o755)
