@@ -92,7 +92,7 @@ def test_export_autocast_json_stdout_is_one_document(tmp_path: Path):
 def test_quantize_and_int8_rtx_build_json_stdout_is_one_document(work: dict[str, Path], tmp_path: Path):
     """TensorRT-RTX's logger prints `[TRT] [W] ... Converting conv ... scales to fp32` (C++, fd 1) for a Q/DQ ONNX."""
     q = tmp_path / "model.int8.onnx"
-    proc = rn(["quantize", work["onnx"], "-o", q, "--calib-size", "16", "--eval-limit", "32", "--no-ladder", "--force", "--json"],
+    proc = rn(["quantize", work["onnx"], "-o", q, "--calib", "fashion-mnist", "--calib-size", "16", "--eval-limit", "32", "--no-ladder", "--force", "--json"],
               tmp_path)
     assert one_document(proc)["rungs"]
     proc = rn(["build", q, "-o", tmp_path / "q.engine", *RTX_28, "--json"], tmp_path)
@@ -201,7 +201,7 @@ READ_ONLY_CASES = {
     "validate": ["validate", "--checkpoint", "{ckpt}", "--onnx", "{onnx}", "--out", "{ro}"],
     "eval": ["eval", "--checkpoint", "{ckpt}", "--onnx", "{onnx}", "--dataset", "fashion-mnist", "--data", str(FASHION_DIR),
              "--out", "{ro}/rep"],
-    "quantize": ["quantize", "{onnx}", "-o", "{ro}/m.int8.onnx", "--calib-size", "16", "--eval-limit", "64"],
+    "quantize": ["quantize", "{onnx}", "-o", "{ro}/m.int8.onnx", "--calib", "fashion-mnist", "--calib-size", "16", "--eval-limit", "64"],
     "train": ["train", *TINY, "--epochs", "1", "--quiet", "--out", "{ro}"],  # the folder exists: only a write tells
 }
 

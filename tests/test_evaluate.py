@@ -189,10 +189,10 @@ def test_image_folder_and_mnist_png_references_reproduce_training(tmp_path: Path
     from rn_deploy.train import TrainConfig, fit
     from rn_deploy.train.data import load_fashion_mnist
 
-    from tests.test_train import _write_imagefolder
+    from tests.conftest import write_imagefolder
 
     root = tmp_path / "folder"
-    _write_imagefolder(root, {"a": (220, 40, 40), "b": (40, 200, 40), "c": (40, 40, 220)}, 12)
+    write_imagefolder(root, {"a": (220, 40, 40), "b": (40, 200, 40), "c": (40, 40, 220)}, 12)
     res = fit(TrainConfig(arch="fcn", dataset="imagefolder", data=str(root), epochs=1, batch_size=8, lr=1e-2, size=32, presize=40,
                           device="cpu", out=str(tmp_path / "run"), workers=0), progress=False)
     rep, _ = run_eval(res.checkpoint, out_dir=tmp_path, progress=False)  # dataset, data and split from the checkpoint

@@ -25,7 +25,7 @@ from rn_deploy.errors import BuildError
 from rn_deploy.export import export_onnx
 from rn_deploy.onnxfile import DATASET_KEY, SOURCE_KEY, onnx_sha256
 
-from .conftest import FASHION_DIR, make_model, needs_fashion, needs_rtx
+from .conftest import FASHION_DIR, make_model, needs_fashion, needs_rtx, skip
 
 
 def _props(path: Path) -> dict[str, str]:
@@ -316,7 +316,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rn_deploy.train import TrainConfig, fit
 
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST not found in {FASHION_DIR}")
+        skip(f"Fashion-MNIST not found in {FASHION_DIR}")
     out = tmp_path_factory.mktemp("small")
     return Path(fit(TrainConfig(arch="mnist_cnn", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=32,
                                 lr=1e-2, size=28, device="cpu", out=str(out), limit=600), progress=False).checkpoint)

@@ -142,15 +142,19 @@ def test_empty_calibration_folder_is_one_line(tmp_path: Path):
 
 
 def _fp8_qdq_onnx(path: Path, qdq: bool = True) -> Path:
-    """A minimal real FP8 Q/DQ graph: input -> QuantizeLinear(fp8) -> DequantizeLinear -> Relu (just Relu without ``qdq``)."""
+    """A minimal real FP8 Q/DQ classifier: input -> QuantizeLinear(fp8) -> DequantizeLinear -> Relu -> global pool -> (N, 1)
+    logits (without ``qdq``: just Relu and the pool)."""
     h = onnx.helper
     zp = h.make_tensor("zp", onnx.TensorProto.FLOAT8E4M3FN, [], [0.0])
     scale = h.make_tensor("scale", onnx.TensorProto.FLOAT, [], [0.1])
     nodes = [h.make_node("QuantizeLinear", ["input", "scale", "zp"], ["q"], name="q"),
              h.make_node("DequantizeLinear", ["q", "scale", "zp"], ["dq"], name="dq")] if qdq else []
-    g = h.make_graph([*nodes, h.make_node("Relu", ["dq" if qdq else "input"], ["logits"], name="relu")], "fp8",
+    head = [h.make_node("Relu", ["dq" if qdq else "input"], ["act"], name="relu"),
+            h.make_node("GlobalAveragePool", ["act"], ["pooled"], name="pool"),
+            h.make_node("Flatten", ["pooled"], ["logits"], name="flatten", axis=1)]
+    g = h.make_graph([*nodes, *head], "fp8",
                      [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 1, "height", "width"])],
-                     [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 1, "height", "width"])], [zp, scale])
+                     [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 1])], [zp, scale])
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 21)]), str(path))
     return path
 

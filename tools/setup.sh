@@ -22,7 +22,7 @@ if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
 fi
 
 pip=(python3 -m pip install -q)
-"${pip[@]}" --upgrade pip
+"${pip[@]}" --upgrade pip "setuptools>=77"  # a fresh 3.11 venv brings setuptools 65, which cannot read our pyproject
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 "${pip[@]}" --no-deps "nvidia-modelopt==0.47.0"
 # fastai for `rn-deploy import`'s tests, likewise without its requirements (they pull spacy, and fastprogress>=1.1
