@@ -36,22 +36,11 @@ from rn_deploy.export import export_onnx
 from rn_deploy.models import create_model
 from rn_deploy.serve import PIXELS, prefer_own_libpython, process_tree, tree_rss_mb
 
-from .conftest import FASHION_DIR, needs_fashion
+from .conftest import FASHION_DIR, free_ports, needs_fashion
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 START_TIMEOUT_S = 240  # the backend stub imports torch and ONNX Runtime: slow on a loaded 2-core machine
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def alive(pid: int) -> bool:
