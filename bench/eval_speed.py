@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from rn_deploy.train.data import FASHION_CLASSES
 
 from rn_deploy.checkpoint import ModelConfig
-from rn_deploy.evaluate import accuracy, load_split, predict_split
+from rn_deploy.datasets.sources import FASHION_CLASSES, load_split
+from rn_deploy.evaluate import accuracy, predict_split
 from rn_deploy.export import export_onnx
 from rn_deploy.runners import OrtRunner
 

@@ -28,11 +28,11 @@ import onnx
 import torch
 
 from rn_deploy.checkpoint import load_checkpoint
+from rn_deploy.datasets.sources import load_fashion_mnist
 from rn_deploy.doctor import environment
 from rn_deploy.engine import preprocess
 from rn_deploy.export import FP16_TOOLS, export_onnx
 from rn_deploy.metrics import parity
-from train.data import load_fashion_mnist
 
 
 def session(path: Path) -> Any:

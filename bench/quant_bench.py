@@ -24,8 +24,8 @@ from typing import Any
 import onnxruntime
 import torch
 
-from rn_deploy.build import Profile, build_engine
-from rn_deploy.evaluate import default_split, load_split
+from rn_deploy.builder import Profile, build_engine
+from rn_deploy.datasets.sources import default_split, load_split
 from rn_deploy.export import export_onnx, read_onnx_config
 from rn_deploy.quantize import QuantizeOptions, Recipe, evaluate_onnx, try_recipe
 

@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("exports/serve-bench"))
     args = ap.parse_args()
 
-    from rn_deploy.train.data import load_fashion_mnist
+    from rn_deploy.datasets.sources import load_fashion_mnist
 
     x = load_fashion_mnist(None, "test").images[: args.images, 0].numpy()
     arrays = [a[:, :, None] for a in x]

@@ -20,8 +20,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from rn_deploy.train.data import Augment, DeviceLoader, ImageSet, load_fashion_mnist
+from rn_deploy.train.data import DeviceLoader
 
+from rn_deploy.datasets.sources import Augment, ImageSet, load_fashion_mnist
 from rn_deploy.models import create_model
 
 

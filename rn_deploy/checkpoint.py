@@ -26,11 +26,10 @@ from .errors import CheckpointError, ModelError
 from .filekind import expect
 from .models import create_model
 from .names import LAYOUTS
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .strictjson import ToDict
 
 FORMAT = "rn-deploy/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .datasets import ALIASES, DATASETS
 from .errors import RnDeployError
 from .version import __version__
 
@@ -204,13 +205,13 @@ class LibraryValueType(click.ParamType):
 
 
 def _shape(text: str) -> Any:
-    from .build import parse_shape
+    from .builder import parse_shape
 
     return parse_shape(text)
 
 
 def _profile(text: str) -> Any:
-    from .build import Profile
+    from .builder import Profile
 
     return Profile.parse(text)
 
@@ -247,8 +248,8 @@ PROFILE = LibraryValueType("MIN:OPT:MAX", _profile)
 BATCH_TRIPLE = LibraryValueType("MIN,OPT,MAX", _batch_triple)
 HW_LIST = LibraryValueType("H|HxW,...", _hw_list)
 BACKEND_LIST = LibraryValueType("BACKEND,...", _backend_list)
-# rn_deploy.train.datasets' names, then its older aliases (train/ loads lazily: the CLI starts without it)
-DATASET_NAMES = ["fashion-mnist", "mnist", "imagefolder", "mnist-png", "imagenette"]
+# rn_deploy.datasets' names, then its older aliases (that package's names are torch-free)
+DATASET_NAMES = [*DATASETS, *ALIASES]
 
 
 def stderr_log(msg: str) -> None:
@@ -378,7 +379,7 @@ def import_cmd(source: Path, out: Path, classes: str | None, mean: list[float] |
 
 def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], sizes_from: Path | None,
                     bands: int, batch: tuple[int, int, int], channels: int) -> list[Any]:
-    from .build import Profile, profiles_from_sizes, read_sizes, sizes_coverage
+    from .builder import Profile, profiles_from_sizes, read_sizes, sizes_coverage
 
     # Order is the engine's profile order: --min/--opt/--max is profile 0, then each --profile, then --sizes-from.
     out = []
@@ -436,7 +437,7 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
     ONNX sha256, tensors). TensorRT-RTX builds on a machine without a GPU when --target is given.
     A Q/DQ ONNX from `rn-deploy quantize` builds as INT8/FP8 (explicit quantization, strongly typed).
     """
-    from .build import build_engine, onnx_info
+    from .builder import build_engine, onnx_info
 
     channels = (onnx_info(onnx_path).channels or 3) if onnx_path.exists() else 3
     profiles = _parse_profiles(min_, opt, max_, profile, sizes_from, bands, batch, channels)

@@ -162,7 +162,7 @@ def dataset_images(name: str, limit: int = 1000, data: str | Path | None = None)
         raise DataError(f"unknown dataset {name!r}; use fashion-mnist or --images DIR")
     from PIL import Image
 
-    from rn_deploy.train.data import load_fashion_mnist
+    from rn_deploy.datasets.sources import load_fashion_mnist
 
     x = load_fashion_mnist(data, "test").images[:limit]
     out = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .build import Profile, build_engine
+from .builder import Profile, build_engine
 from .errors import RnDeployError
 from .export import export_onnx
 from .log import Log
@@ -83,7 +83,7 @@ def verdict_line(reps: Any, built: list[str]) -> str:
 def _write_samples(folder: Path, n: int, data: str | None) -> Path:
     from PIL import Image
 
-    from rn_deploy.train.data import load_fashion_mnist
+    from rn_deploy.datasets.sources import load_fashion_mnist
 
     test = load_fashion_mnist(data, "test")
     folder.mkdir(parents=True, exist_ok=True)

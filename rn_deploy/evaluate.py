@@ -2,7 +2,7 @@
 
 The library half of ``rn-deploy eval``:
 
-- :func:`load_split` reads a dataset split as a :class:`rn_deploy.train.data.ImageSet` through the same
+- :func:`rn_deploy.datasets.sources.load_split` reads a dataset split as an ``ImageSet`` through the same
   readers and the same ``ImageSet.subset(limit, seed)`` as training, so ``--limit N --seed S``
   selects exactly the images ``train --limit N --seed S`` evaluated on;
 - :func:`predict_split` streams that split through any runner (PyTorch, ONNX Runtime, TensorRT)
@@ -20,70 +20,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from .checkpoint import ModelConfig
+from .datasets import canonical_dataset
+from .datasets.sources import ImageSet, default_split, load_split
 from .errors import DataError, RnDeployError
 from .log import Log
 from .preprocess import eval_batch
-
-if TYPE_CHECKING:
-    from rn_deploy.train.data import ImageSet
-
-def canonical_dataset(name: str) -> str:
-    """``mnist-png`` -> ``mnist``, ``imagenette`` -> ``imagefolder`` (one name everywhere); unknown names are an error."""
-    from rn_deploy.train.datasets import canonical_dataset as canonical
-
-    return canonical(name)
-
-
-def default_split(dataset: str) -> str:
-    """The split training evaluates on: ``test`` for Fashion-MNIST / MNIST, ``val`` for image folders."""
-    return "val" if canonical_dataset(dataset) == "imagefolder" else "test"
-
-
-def load_split(dataset: str, data: str | Path | None, split: str, *, limit: int | None = None, seed: int = 0,
-               presize: int | None = None, channels: int = 3, class_names: Sequence[str] | None = None) -> ImageSet:
-    """One split of a dataset as decoded uint8 images, optionally the ``limit``/``seed`` subset training used.
-
-    Args:
-        dataset: ``fashion-mnist``, ``mnist`` (the MNIST PNG folder layout) or ``imagefolder``.
-        data: dataset folder (None: Fashion-MNIST's default location; required for the others).
-        split: ``train``, ``test`` or ``val``. Fashion-MNIST and MNIST have one held-out split
-            (``test``; ``val`` names the same one); for image folders it is the folder ``ROOT/<split>``.
-        limit: at most this many images, chosen by ``ImageSet.subset(limit, seed)`` as ``train --limit`` does.
-        seed: the subset's seed (training's ``--seed``, default 0).
-        presize: image folders: the decode size (the checkpoint's ``config.presize``).
-        channels: image folders: decode as 1 (L) or 3 (RGB) channels.
-        class_names: image folders: the classes the split must have (e.g. the model's).
-
-    Raises:
-        DataError: missing folder or files, empty folder, unknown dataset or split, nothing selected.
-    """
-    from rn_deploy.train.data import load_fashion_mnist, load_image_folder, load_mnist_png
-
-    name = canonical_dataset(dataset)
-    if split not in ("train", "test", "val"):
-        raise DataError(f"unknown split {split!r}; choose train, test or val")
-    if limit is not None and limit < 1:
-        raise DataError(f"--limit {limit}: must be at least 1")
-    if name == "fashion-mnist":
-        full = load_fashion_mnist(data, "train" if split == "train" else "test")
-    elif data is None:
-        raise DataError(f"dataset {name!r} needs --data DIR")
-    elif name == "mnist":
-        full = load_mnist_png(data, "train" if split == "train" else "test")
-    else:
-        if presize is None:
-            raise DataError(f"{data}: image folders need a decode size (presize); the checkpoint's config.presize is None")
-        full = load_image_folder(data, split, presize=presize, channels=channels,
-                                 class_names=list(class_names) if class_names else None)
-    if len(full) == 0:
-        raise DataError(f"{data or name}: the {split} split has no images")
-    return full.subset(limit, seed)
 
 
 @dataclass

@@ -195,7 +195,7 @@ def provenance(model: nn.Module, train: dict[str, Any]) -> dict[str, str]:
     keys = {SOURCE_KEY: weights_sha256(model)}
     dataset = recorded_dataset(train)
     if dataset:
-        from rn_deploy.train.datasets import ALIASES
+        from rn_deploy.datasets import ALIASES
 
         keys[DATASET_KEY] = ALIASES.get(dataset, dataset)
     return keys

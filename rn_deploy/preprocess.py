@@ -37,6 +37,9 @@ from .errors import RnDeployError
 from .names import LAYOUTS
 
 COLOR_MODES = {1: "L", 3: "RGB"}
+# ImageNet channel statistics: the default normalisation of 3-channel models and image-folder datasets.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_ASPECT = 32.0
 # Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
 # one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.

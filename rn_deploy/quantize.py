@@ -432,7 +432,7 @@ def _source_config(source: Path) -> tuple[Any, str | None, str | None]:
 
 def calib_dataset(source: Path, asked: str | None, recorded: str | None) -> str:
     """The calibration/gate dataset: the recorded one by default; another one asked for is refused by name."""
-    from .evaluate import canonical_dataset
+    from .datasets import canonical_dataset
 
     if asked is None:
         if recorded is None:
@@ -519,7 +519,8 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
         GateFailed: no rung kept top-1 within ``opts.max_drop`` and ``opts.force`` is off; nothing is written.
         QuantizeError / DataError / MissingDependencyError: bad input, in one line.
     """
-    from .evaluate import check_data_fits, default_split, load_split
+    from .datasets.sources import default_split, load_split
+    from .evaluate import check_data_fits
 
     say = log or (lambda _s: None)
     t0 = time.perf_counter()

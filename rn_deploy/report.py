@@ -6,12 +6,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._io import atomic_path, atomic_write_text
-
-if TYPE_CHECKING:  # types only: validate imports this module to write its report
-    from .validate import Cell, ValidationReport
+from .results import Cell, ValidationReport
 
 
 def _num(v: Any, fmt: str) -> str:

@@ -1,8 +1,10 @@
-"""The layers of docs/architecture.md, enforced: no import cycles, no import up the layers.
+"""The layers of docs/architecture.md, enforced: no import cycles, no import up the layers, small rooms.
 
 Every module of rn_deploy (and train/, installed as rn_deploy.train) is parsed with ``ast``; every
-import it makes (module level and inside functions, relative and absolute) is an edge. Imports inside
-``if TYPE_CHECKING:`` never run and are left out.
+import it makes (module level and inside functions, relative and absolute, and type-only imports under
+``if TYPE_CHECKING:``) is an edge. No module is over MAX_LINES lines, each opens with a docstring whose
+first line says its concern, and datasets sit below training: only the CLI and the demo import
+rn_deploy.train.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ LAYER_OF = {
     "rn_deploy.errors": "foundation", "rn_deploy.names": "foundation", "rn_deploy._io": "foundation", "rn_deploy.log": "foundation",
     "rn_deploy.version": "foundation", "rn_deploy.filekind": "foundation", "rn_deploy.preprocess": "foundation",
     "rn_deploy.strictjson": "foundation", "rn_deploy.metrics": "foundation", "rn_deploy.summary": "foundation",
+    "rn_deploy.datasets": "foundation",
     "rn_deploy.models": "model", "rn_deploy.checkpoint": "model", "rn_deploy.importers": "model", "rn_deploy.train": "model",
     "rn_deploy.sizes": "model",
-    "rn_deploy.onnxfile": "artifacts", "rn_deploy.export": "artifacts", "rn_deploy.build": "artifacts",
+    "rn_deploy.onnxfile": "artifacts", "rn_deploy.export": "artifacts", "rn_deploy.builder": "artifacts",
     "rn_deploy.triton": "artifacts", "rn_deploy.foreign": "artifacts",
     # The manifest format and profiles: written by build, read by the runtime checks; a description of an artifact.
     "rn_deploy.runtime.manifest": "artifacts",
     "rn_deploy.runtime": "runtime", "rn_deploy.runners": "runtime", "rn_deploy.engine": "runtime",
     "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts", "rn_deploy.evaluate_sizes": "verdicts",
     "rn_deploy.validate": "verdicts", "rn_deploy.report": "verdicts", "rn_deploy.doctor": "verdicts",
-    "rn_deploy.reference": "verdicts",
+    "rn_deploy.reference": "verdicts", "rn_deploy.results": "verdicts",
     # quantize writes a Q/DQ artifact but only behind its accuracy gate (evaluate on real data): a verdict that writes.
     "rn_deploy.quantize": "verdicts",
     "rn_deploy.serve": "service", "rn_deploy.client": "service",
@@ -58,13 +61,13 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     return skip
 
 
-def _edges() -> dict[str, dict[str, bool]]:
-    """module -> {imported module: imported at module level}."""
+def _edges(type_only: bool = True) -> dict[str, dict[str, bool]]:
+    """module -> {imported module: imported at module level}; ``type_only=False`` leaves out ``if TYPE_CHECKING:`` imports."""
     mods = _modules()
     edges: dict[str, dict[str, bool]] = {}
     for mod, f in mods.items():
         tree = ast.parse(f.read_text(), str(f))
-        skip = _type_checking_nodes(tree)
+        skip = set() if type_only else _type_checking_nodes(tree)
         top = {id(n) for stmt in tree.body if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                for n in ast.walk(stmt)}
         deps: dict[str, bool] = {}
@@ -137,18 +140,20 @@ def test_the_import_graph_is_what_the_walker_sees():
     # The walker finds what it must: relative, absolute, function-level imports.
     assert "rn_deploy.errors" in edges["rn_deploy.runners.base"]
     assert edges["rn_deploy.runners.trt"]["rn_deploy.runtime"] is False  # imported inside a function
-    assert "rn_deploy.train.data" in edges["rn_deploy.evaluate"]
+    assert "rn_deploy.datasets.sources" in edges["rn_deploy.train.data"]
     assert len(edges) > 30
+    # Type-only imports are edges too (a cycle through one is still a cycle), unless asked otherwise.
+    assert "rn_deploy.checkpoint" in edges["rn_deploy"] and "rn_deploy.checkpoint" not in _edges(type_only=False)["rn_deploy"]
 
 
-def test_no_import_cycles():
+def test_no_import_cycles_type_only_included():
     cycles = [c for c in _sccs(_edges()) if len(c) > 1]
     assert not cycles, f"import cycles: {cycles}"
 
 
 def test_imports_go_down_the_layers_only():
     up = []
-    for mod, deps in _edges().items():
+    for mod, deps in _edges().items():  # type-only imports included: a type from above is still a dependency
         for dep in deps:
             if LAYERS.index(_layer(dep)) > LAYERS.index(_layer(mod)) and (mod, dep) not in ALLOWED_UP:
                 up.append(f"{mod} ({_layer(mod)}) -> {dep} ({_layer(dep)})")
@@ -156,13 +161,45 @@ def test_imports_go_down_the_layers_only():
 
 
 def test_train_is_imported_lazily_by_rn_deploy():
-    eager = [f"{m} -> {d}" for m, deps in _edges().items() if not m.startswith("rn_deploy.train")
+    eager = [f"{m} -> {d}" for m, deps in _edges(type_only=False).items() if not m.startswith("rn_deploy.train")
              for d, top in deps.items() if d.startswith("rn_deploy.train") and top]
     assert not eager, f"rn_deploy imports train at module level: {eager}"
 
 
+# Only the command line and the demo (the surface) start training; everything else reads data from rn_deploy.datasets.
+TRAIN_IMPORTERS = ("rn_deploy.train", "rn_deploy.cli", "rn_deploy.demo")
+
+
+def test_datasets_sit_below_training():
+    bad = [f"{m} -> {d}" for m, deps in _edges().items()
+           if not (m in TRAIN_IMPORTERS or m.startswith(tuple(p + "." for p in TRAIN_IMPORTERS)))
+           for d in deps if d == "rn_deploy.train" or d.startswith("rn_deploy.train.")]
+    assert not bad, "only the CLI and the demo may import rn_deploy.train (datasets are rn_deploy.datasets):\n" + "\n".join(bad)
+    assert _layer("rn_deploy.datasets.sources") == "foundation"
+    # training, evaluation, quantization calibration, the client and the demo read data through it
+    users = {m for m, deps in _edges().items() if any(d.startswith("rn_deploy.datasets") for d in deps)}
+    for who in ("rn_deploy.train", "rn_deploy.evaluate", "rn_deploy.quantize", "rn_deploy.client", "rn_deploy.demo"):
+        assert any(u == who or u.startswith(who + ".") for u in users), f"{who} does not read data through rn_deploy.datasets"
+
+
+MAX_LINES = 400
+
+
+def test_no_module_over_400_lines_and_each_says_its_concern():
+    long, undocumented = [], []
+    for mod, f in _modules().items():
+        n = len(f.read_text().splitlines())
+        if n > MAX_LINES:
+            long.append(f"{f.relative_to(ROOT)}: {n} lines")
+        doc = ast.get_docstring(ast.parse(f.read_text()))
+        if mod != "rn_deploy.__main__" and not (doc and doc.splitlines()[0].strip()):
+            undocumented.append(str(f.relative_to(ROOT)))
+    assert not long, f"modules over {MAX_LINES} lines (split them by concern):\n" + "\n".join(long)
+    assert not undocumented, f"modules without a one-line docstring saying their concern: {undocumented}"
+
+
 def test_runtime_never_imports_build_time_code():
-    build_time = ("rn_deploy.build", "rn_deploy.export", "rn_deploy.quantize", "rn_deploy.train")
+    build_time = ("rn_deploy.builder", "rn_deploy.export", "rn_deploy.quantize", "rn_deploy.train")
     bad = [f"{m} -> {d}" for m, deps in _edges().items() if m.startswith(("rn_deploy.runtime", "rn_deploy.runners"))
            for d in deps if d.startswith(build_time)]
     assert not bad, f"runtime imports build-time code: {bad}"

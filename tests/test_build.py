@@ -8,7 +8,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from rn_deploy.build import Profile, build_engine, profiles_from_sizes, read_sizes
+from rn_deploy.builder import Profile, build_engine, profiles_from_sizes, read_sizes
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError, MissingDependencyError, RnDeployError
 from rn_deploy.export import export_onnx
@@ -245,7 +245,7 @@ def test_manifest_provenance_fp16_cache_by_digest_and_absolute_paths(tmp_path: P
     import hashlib
     import os
 
-    from rn_deploy.build import fp16_source_digest
+    from rn_deploy.builder import fp16_source_digest
 
     def sha(p: Path) -> str:
         return hashlib.sha256(p.read_bytes()).hexdigest()
@@ -293,7 +293,7 @@ def test_min_opt_max_is_profile_0_and_profiles_follow_in_order(mnist_onnx: Path,
 
 
 def test_sizes_bands_leave_no_gap_between_the_smallest_and_largest_size():
-    from rn_deploy.build import sizes_coverage
+    from rn_deploy.builder import sizes_coverage
 
     seen = [(64, 64), (100, 90), (90, 700), (300, 300), (480, 640), (720, 1280), (1000, 120), (64, 64), (300, 300)]
     for bands in (1, 2, 3, 4):

@@ -238,7 +238,7 @@ def test_validate_images_says_it_converts_colour_and_report_prints_values(tmp_pa
 
 @needs_rtx
 def test_inspect_prints_values_not_reprs(tmp_path: Path):
-    from rn_deploy.build import Profile, build_engine
+    from rn_deploy.builder import Profile, build_engine
     from rn_deploy.export import export_onnx
 
     ckpt = make_checkpoint(tmp_path / "m.pt", arch="mnist_cnn", n_classes=10, in_channels=1, size=28)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from rn_deploy.build import Profile, build_engine
+from rn_deploy.builder import Profile, build_engine
 from rn_deploy.cli import main
 from rn_deploy.doctor import environment, jetson_info
 from rn_deploy.export import export_onnx

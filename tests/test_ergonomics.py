@@ -11,13 +11,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from rn_deploy.train import TrainConfig, fit
-from rn_deploy.train.data import DeviceLoader, load_fashion_mnist
+from rn_deploy.train.data import DeviceLoader
 from rn_deploy.train.loop import parse_size_schedule
 from rn_deploy.train.lr_find import lr_find, suggest
 from rn_deploy.train.show import CELL_PX, show_batch
 
 from rn_deploy.checkpoint import load_checkpoint
 from rn_deploy.cli import main
+from rn_deploy.datasets.sources import load_fashion_mnist
 from rn_deploy.export import export_onnx
 from rn_deploy.models import count_parameters, create_model, get_model_spec, list_models
 from rn_deploy.summary import summarize

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from rn_deploy.cli import main
-from rn_deploy.evaluate import limits_for, load_split, onnx_precision, run_eval
+from rn_deploy.datasets.sources import load_split
+from rn_deploy.evaluate import limits_for, onnx_precision, run_eval
 from tests.conftest import FASHION_DIR, HAS_CUDA, make_checkpoint, needs_fashion, needs_rtx
 
 pytestmark = needs_fashion
@@ -64,7 +65,7 @@ def test_reference_reproduces_the_accuracy_training_recorded(trained: dict[str, 
 
 
 def test_limit_and_seed_pick_the_images_training_evaluated_on():
-    from rn_deploy.train.data import load_dataset
+    from rn_deploy.datasets.sources import load_dataset
 
     _, val = load_dataset("fashion-mnist", str(FASHION_DIR))
     want = val.subset(1000, 3)
@@ -133,7 +134,7 @@ def test_precision_of_artifacts_and_default_limits(trained: dict[str, Path], tmp
 
 @needs_rtx
 def test_an_engine_that_cannot_run_here_fails_unless_allowed(trained: dict[str, Path], tmp_path: Path):
-    from rn_deploy.build import Profile, build_engine
+    from rn_deploy.builder import Profile, build_engine
 
     eng = tmp_path / "model.tensorrt-rtx.engine"
     build_engine(trained["onnx"], eng, backend="tensorrt-rtx", precision="fp16", targets=["sm86"],
@@ -187,8 +188,8 @@ def test_image_folder_and_mnist_png_references_reproduce_training(tmp_path: Path
 
     from PIL import Image
     from rn_deploy.train import TrainConfig, fit
-    from rn_deploy.train.data import load_fashion_mnist
 
+    from rn_deploy.datasets.sources import load_fashion_mnist
     from tests.conftest import write_imagefolder
 
     root = tmp_path / "folder"

@@ -190,7 +190,8 @@ def test_cli_usage_errors(tmp_path: Path, tiny_ckpt: Path):
 def test_fp16_export_of_a_trained_model_agrees_on_real_images(tmp_path: Path):
     """Train a tiny model on real Fashion-MNIST, export FP16, compare top-1 on 1,000 real test images."""
     from rn_deploy.train import TrainConfig, fit
-    from rn_deploy.train.data import load_fashion_mnist
+
+    from rn_deploy.datasets.sources import load_fashion_mnist
 
     res = fit(TrainConfig(arch="resnet18", dataset="fashion-mnist", data=str(FASHION_DIR), epochs=1, batch_size=64, lr=3e-3,
                           size=32, device="cpu", out=str(tmp_path), limit=2000), progress=False)

@@ -168,7 +168,7 @@ def test_export_triton_names_the_foreign_tensors_and_layout(foreign: dict[str, P
 
 @needs_rtx
 def test_build_takes_nchw_profiles_for_an_nhwc_graph(foreign: dict[str, Path], tmp_path: Path):
-    from rn_deploy.build import Profile, build_engine
+    from rn_deploy.builder import Profile, build_engine
     from rn_deploy.errors import RnDeployError
 
     p = Profile((1, 3, 16, 16), (2, 3, 32, 32), (2, 3, 64, 64))

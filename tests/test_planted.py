@@ -121,7 +121,8 @@ def test_eval_counts_nonfinite_logits_per_image_and_fails(tiny: dict[str, Path],
     Planted, each caught: ``nonfinite += 0`` in rn_deploy/evaluate.predict_split (the count stayed 0); the
     ``if nonfinite:`` failure dropped from rn_deploy/evaluate._judge (the row failed only on agreement, not naming
     NaN/Inf)."""
-    from rn_deploy.evaluate import load_split, run_eval
+    from rn_deploy.datasets.sources import load_split
+    from rn_deploy.evaluate import run_eval
 
     limit = 300
     cfg = load_checkpoint(tiny["ck"]).config

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from rn_deploy.build import Profile, build_engine
+from rn_deploy.builder import Profile, build_engine
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError, EngineCompatibilityError
 from rn_deploy.export import export_onnx

@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from rn_deploy import names
-from rn_deploy.build import ensure_fp16_onnx, fp16_copy_path, fp16_source_digest
+from rn_deploy.builder import ensure_fp16_onnx, fp16_copy_path, fp16_source_digest
 from rn_deploy.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from rn_deploy.cli import main
 from rn_deploy.errors import BuildError
@@ -159,7 +159,7 @@ def test_build_keeps_the_users_fp16_onnx_and_the_manifest_digests_cover_external
                                                                                      tmp_path: Path):
     """Items 4, 5 and 1 through ``build``: the user's file stays; ``onnx_sha256`` covers ``.onnx.data``;
     the manifest copies the ONNX's source digest."""
-    from rn_deploy.build import Profile, build_engine
+    from rn_deploy.builder import Profile, build_engine
 
     src = _copy_onnx(external, tmp_path / "model.onnx")
     user = _copy_onnx(two_runs["a16"], tmp_path / "model.fp16.onnx")
@@ -381,10 +381,9 @@ def test_eval_and_quantize_refuse_a_dataset_other_than_the_recorded_one(small_ru
 
 def test_one_dataset_name_everywhere_and_the_old_ones_accepted():
     from rn_deploy.train import TrainConfig
-    from rn_deploy.train.datasets import ALIASES, DATASETS
 
     from rn_deploy.cli import DATASET_NAMES
-    from rn_deploy.evaluate import canonical_dataset
+    from rn_deploy.datasets import ALIASES, DATASETS, canonical_dataset
     from rn_deploy.quantize import calib_dataset
 
     assert DATASETS == ("fashion-mnist", "mnist", "imagefolder") and DATASET_NAMES == [*DATASETS, *ALIASES]

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from rn_deploy.build import Profile, build_engine
+from rn_deploy.builder import Profile, build_engine
 from rn_deploy.cli import main
+from rn_deploy.datasets.sources import load_split
 from rn_deploy.errors import BuildError
-from rn_deploy.evaluate import load_split
 from rn_deploy.export import export_onnx
 from rn_deploy.quantize import QuantizeError, check_trt_form, evaluate_onnx, qdq_precision, report_paths
 

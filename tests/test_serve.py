@@ -147,7 +147,7 @@ def server(model: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def fashion_test() -> np.ndarray:
-    from rn_deploy.train.data import load_fashion_mnist
+    from rn_deploy.datasets.sources import load_fashion_mnist
 
     return load_fashion_mnist(FASHION_DIR, "test").images[:128, 0].numpy()
 

@@ -199,7 +199,9 @@ def test_range_rules_against_hand_computed_answers():
 @needs_fashion
 def test_multi_scale_training_varies_sizes_and_records_the_range_it_measured(tmp_path: Path):
     from rn_deploy.train import TrainConfig, fit
-    from rn_deploy.train.data import DeviceLoader, load_fashion_mnist
+    from rn_deploy.train.data import DeviceLoader
+
+    from rn_deploy.datasets.sources import load_fashion_mnist
 
     train = load_fashion_mnist(FASHION_DIR, "train").subset(256, 0)
     dl = DeviceLoader(train, 32, (28, 28), torch.device("cpu"), train=True, multi_scale=(20, 36))

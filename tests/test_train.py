@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from rn_deploy.train import TrainConfig, fit
-from rn_deploy.train.data import Augment, augment_batch, load_dataset, load_fashion_mnist, load_image_folder
+from rn_deploy.train.data import augment_batch
 
 from rn_deploy.checkpoint import load_checkpoint
+from rn_deploy.datasets.sources import Augment, load_dataset, load_fashion_mnist, load_image_folder
 from rn_deploy.errors import DataError, RnDeployError
 
 from .conftest import FASHION_DIR, needs_fashion, write_imagefolder
@@ -200,7 +201,9 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path):
 
 
 def test_device_loader_shards_uneven_data_evenly_for_training_and_completely_for_evaluation():
-    from rn_deploy.train.data import DeviceLoader, ImageSet
+    from rn_deploy.train.data import DeviceLoader
+
+    from rn_deploy.datasets.sources import ImageSet
 
     n = 300  # 9 training batches of 32 (uneven over 2 ranks), 5 validation batches of 64
     ds = ImageSet(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous(), torch.arange(n),

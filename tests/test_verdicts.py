@@ -33,10 +33,11 @@ from rn_deploy.export import export_onnx
 from rn_deploy.metrics import parity
 from rn_deploy.models import create_model
 from rn_deploy.report import latency_points, markdown, parity_matrix, write_report
+from rn_deploy.results import NOTHING_COMPARED
 from rn_deploy.runners import OrtRunner, TorchRunner
 from rn_deploy.runners.lru import ShapeLRU
 from rn_deploy.runners.trt import torch_dtype
-from rn_deploy.validate import NOTHING_COMPARED, validate
+from rn_deploy.validate import validate
 
 from .conftest import (
     FASHION_DIR,
@@ -288,7 +289,9 @@ def test_engine_pool_on_cpu_eight_threads_match_one(tiny: dict[str, Path]):
 
 @needs_fashion
 def test_engine_predict_matches_training_evaluation_on_aspect_ratios(tmp_path: Path):
-    from rn_deploy.train.data import DeviceLoader, load_fashion_mnist, load_image_folder
+    from rn_deploy.train.data import DeviceLoader
+
+    from rn_deploy.datasets.sources import load_fashion_mnist, load_image_folder
 
     test = load_fashion_mnist(FASHION_DIR, "test")
     root = tmp_path / "folder"
@@ -483,7 +486,7 @@ def test_engine_pool_on_gpu_eight_threads_match_one(tiny: dict[str, Path], graph
 @pytest.mark.tensorrt
 @requires(HAS_CUDA and HAS_TRT, "needs full TensorRT and a CUDA GPU", kind="tensorrt")
 def test_trt_runner_contexts_graphs_names_and_pool(tiny: dict[str, Path], tmp_path: Path):
-    from rn_deploy.build import Profile, build_engine
+    from rn_deploy.builder import Profile, build_engine
     from rn_deploy.runners import TrtRunner
 
     eng_path = tmp_path / "m.engine"

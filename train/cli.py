@@ -7,10 +7,9 @@ from typing import Any
 
 import click
 
+from rn_deploy.datasets import ALIASES, DATASETS
 from rn_deploy.errors import RnDeployError
 from rn_deploy.strictjson import print_json
-
-from .datasets import ALIASES, DATASETS
 
 
 def data_options(f: Any) -> Any:
@@ -172,7 +171,8 @@ def lr_find_command(start: float, end: float, iters: int, out: str, as_json: boo
 @click.option("--json", "as_json", is_flag=True, help="Print the file written and the grid as JSON.")
 def show_batch_command(size: int, n: int, out: str, as_json: bool, **opts: Any) -> None:
     """Save a grid of augmented training images with their labels (denormalised) as a PNG."""
-    from .data import load_dataset
+    from rn_deploy.datasets.sources import load_dataset
+
     from .show import show_batch
 
     ds, _ = load_dataset(opts["dataset"], opts["data"], presize=max(opts["presize"], size), workers=opts["workers"])

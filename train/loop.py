@@ -24,11 +24,12 @@ from torch import nn
 
 from rn_deploy._io import check_writable
 from rn_deploy.checkpoint import ModelConfig, read_checkpoint, save_checkpoint
+from rn_deploy.datasets.sources import ImageSet, load_dataset
 from rn_deploy.errors import CheckpointError, RnDeployError
 from rn_deploy.models import get_model_spec
 from rn_deploy.strictjson import ToDict
 
-from .data import DeviceLoader, ImageSet, load_dataset
+from .data import DeviceLoader
 
 Log = Callable[[str], None]
 
@@ -98,7 +99,7 @@ class TrainConfig:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        from .datasets import ALIASES
+        from rn_deploy.datasets import ALIASES
 
         self.dataset = ALIASES.get(self.dataset, self.dataset)  # one name everywhere: the checkpoint records this one
         if self.size < 8:
@@ -505,7 +506,7 @@ def _resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[st
         raise CheckpointError(f"{path}: has no optimiser state to resume from (it was not written by a training run)")
     saved = (raw.get("train") or {}).get("options", {})
     if "dataset" in saved:  # a run started under an older dataset name resumes under the current one
-        from .datasets import ALIASES
+        from rn_deploy.datasets import ALIASES
 
         saved = {**saved, "dataset": ALIASES.get(saved["dataset"], saved["dataset"])}
     for key in ("arch", "dataset", "batch_size", "epochs", "lr", "limit", "schedule", "multi_scale"):

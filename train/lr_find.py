@@ -131,8 +131,9 @@ def run_lr_find(cfg: Any, *, start: float = 1e-7, end: float = 10.0, iters: int 
                 ) -> tuple[LRFindResult, Path | None]:
     """The range test for a :class:`train.TrainConfig` (arch, dataset, batch size, size, device...)."""
     from rn_deploy.checkpoint import ModelConfig
+    from rn_deploy.datasets.sources import load_dataset
 
-    from .data import DeviceLoader, load_dataset
+    from .data import DeviceLoader
     from .loop import pick_device
 
     dev = pick_device(cfg.device, 0)

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from rn_deploy._io import atomic_path
+from rn_deploy.datasets.sources import ImageSet
 
-from .data import DeviceLoader, ImageSet
+from .data import DeviceLoader
 
 CELL_PX = 160  # each grid cell is CELL_PX x CELL_PX pixels in the PNG
 

@@ -1,6 +1,6 @@
 """Runtime layer: what runs an engine that exists (manifest checks, deserialisation, inspection).
 
-Runners and the Engine import from here; nothing here imports build-time code (rn_deploy.build).
+Runners and the Engine import from here; nothing here imports build-time code (rn_deploy.builder).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Runtime checks of an engine that exists: compatibility with the installed TensorRT and this GPU,
 deserialisation after the checks, inspection, and the rebuild command a failed check suggests.
 
-Runners and the Engine import this module; it never imports build-time code (rn_deploy.build).
+Runners and the Engine import this module; it never imports build-time code (rn_deploy.builder).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The engine manifest format (``ENGINE.json``), optimisation profiles, the backends and the GPU-family rule.
 
-Shared by the writer (rn_deploy.build) and the readers (rn_deploy.runtime.checks, runners, Engine): it is a
+Shared by the writer (rn_deploy.builder) and the readers (rn_deploy.runtime.checks, runners, Engine): it is a
 description of an artifact, so it sits on the artifacts layer and imports nothing build-time.
 """
 

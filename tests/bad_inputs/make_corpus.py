@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rn_deploy.build import Profile, build_engine
+from rn_deploy.builder import Profile, build_engine
 from rn_deploy.checkpoint import FORMAT, ModelConfig, save_checkpoint
 from rn_deploy.errors import MissingDependencyError
 from rn_deploy.export import export_onnx

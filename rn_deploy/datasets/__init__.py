@@ -1,4 +1,8 @@
-"""Dataset names the training commands accept, in a torch-free module so the CLI can list them at start."""
+"""Datasets: their names (here, torch-free, so the CLI can list them at start) and readers (:mod:`.sources`).
+
+Training, evaluation, quantization calibration, the client and the demo all read data through this package;
+it sits in the foundation layer (docs/architecture.md) and imports nothing above it.
+"""
 
 from rn_deploy.errors import DataError
 
