@@ -214,3 +214,18 @@ def test_importing_the_package_is_light():
     code = "import rn_deploy; print(rn_deploy.Engine.__module__, rn_deploy.ModelConfig.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["rn_deploy.engine", "rn_deploy.checkpoint"], out.stderr
+
+
+def test_no_code_folder_is_named_like_build_output():
+    """`.gitignore` templates and code-mapping tools drop unanchored `build/` (and `dist/`) folders: no package may be one."""
+    bad = [str(d.relative_to(ROOT)) for base in ("rn_deploy", "train") for d in (ROOT / base).rglob("*")
+           if d.is_dir() and d.name in ("build", "dist") and any(d.glob("*.py"))]
+    assert not bad, f"code in folders that ignore rules and tools treat as output: {bad}"
+
+
+def test_the_builder_keeps_its_old_import_path():
+    import rn_deploy.build as old
+    import rn_deploy.builder as new
+
+    assert set(old.__all__) == set(new.__all__) and {"build_engine", "Profile", "profiles_from_sizes"} <= set(old.__all__)
+    assert all(getattr(old, n) is getattr(new, n) for n in new.__all__)
