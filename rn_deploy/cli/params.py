@@ -1,0 +1,119 @@
+"""Option values of the commands: click parameter types and the parsers behind them (sizes, shapes, profiles, lists)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..datasets import ALIASES, DATASETS
+from ..errors import RnDeployError
+
+
+def parse_hw(value: str) -> tuple[int, int]:
+    """'224' -> (224, 224); '97x211' -> (97, 211)."""
+    parts = value.lower().replace("*", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size; use H or HxW, e.g. 224 or 97x211") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise click.BadParameter(f"{value!r} is not a size; use H or HxW with positive numbers")
+    return nums[0], nums[1]
+
+
+class HWType(click.ParamType):
+    name = "HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_hw(str(value))
+        except click.BadParameter as e:
+            self.fail(e.message, param, ctx)
+
+
+class LibraryValueType(click.ParamType):
+    """An option value parsed by a library function: its RnDeployError becomes a usage error (exit 2)."""
+
+    def __init__(self, name: str, parse: Any):
+        self.name, self._parse = name, parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._parse(value)
+        except RnDeployError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _shape(text: str) -> Any:
+    from ..builder import parse_shape
+
+    return parse_shape(text)
+
+
+def _profile(text: str) -> Any:
+    from ..builder import Profile
+
+    return Profile.parse(text)
+
+
+def _batch_triple(text: str) -> tuple[int, int, int]:
+    try:
+        b = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        b = ()
+    if len(b) != 3 or min(b) < 1:
+        raise RnDeployError(f"{text!r}: use MIN,OPT,MAX batch sizes, e.g. 1,8,32")
+    return b  # type: ignore[return-value]
+
+
+def _hw_list(text: str) -> list[tuple[int, int]]:
+    try:
+        return [parse_hw(s) for s in text.split(",") if s.strip()]
+    except click.BadParameter as e:
+        raise RnDeployError(e.message) from None
+
+
+def _backend_list(text: str) -> list[str]:
+    from ..validate import BACKEND_NAMES
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKEND_NAMES]
+    if unknown or not names:
+        raise RnDeployError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKEND_NAMES)}")
+    return names
+
+
+SHAPE = LibraryValueType("NxCxHxW", _shape)
+PROFILE = LibraryValueType("MIN:OPT:MAX", _profile)
+BATCH_TRIPLE = LibraryValueType("MIN,OPT,MAX", _batch_triple)
+HW_LIST = LibraryValueType("H|HxW,...", _hw_list)
+BACKEND_LIST = LibraryValueType("BACKEND,...", _backend_list)
+# rn_deploy.datasets' names, then its older aliases (that package's names are torch-free)
+DATASET_NAMES = [*DATASETS, *ALIASES]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RnDeployError(f"{text!r}: use comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+FLOATS = LibraryValueType("A,B,C", _floats)
+
+
+def split_ints(value: str, what: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use comma-separated integers", param_hint=what) from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"{value!r}: use positive integers", param_hint=what)
+    return out
