@@ -118,8 +118,8 @@ def test_eval_counts_nonfinite_logits_per_image_and_fails(tiny: dict[str, Path],
     and stay exact otherwise; ``nonfinite`` must equal the count of such images, worked out here from the IDX file and
     the checkpoint's mean/std, and the row must fail naming NaN/Inf.
 
-    Planted, each caught: ``nonfinite += 0`` in rn_deploy/evaluate.predict_split (the count stayed 0); the
-    ``if nonfinite:`` failure dropped from rn_deploy/evaluate._judge (the row failed only on agreement, not naming
+    Planted, each caught: ``nonfinite += 0`` in rn_deploy/evaluate/predict.py predict_split (the count stayed 0); the
+    ``if nonfinite:`` failure dropped from rn_deploy/evaluate/gates.py _judge (the row failed only on agreement, not naming
     NaN/Inf)."""
     from rn_deploy.datasets.sources import load_split
     from rn_deploy.evaluate import run_eval

@@ -345,7 +345,7 @@ def test_eval_fails_when_the_reference_does_not_reproduce_training(small_run: Pa
 
 
 def test_reproduction_rule_exact_on_the_training_device_type_else_a_few_images():
-    from rn_deploy.evaluate import _reproduces
+    from rn_deploy.evaluate.recorded import _reproduces
 
     rec = {"correct": 700, "device": "cpu", "precision": "fp32"}
     assert _reproduces(rec, 700, "cpu", 1000) == (True, "exact, same device type")
