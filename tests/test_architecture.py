@@ -30,7 +30,7 @@ LAYER_OF = {
     # The manifest format and profiles: written by build, read by the runtime checks; a description of an artifact.
     "rn_deploy.runtime.manifest": "artifacts",
     "rn_deploy.runtime": "runtime", "rn_deploy.runners": "runtime", "rn_deploy.engine": "runtime",
-    "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts", "rn_deploy.evaluate_sizes": "verdicts",
+    "rn_deploy.compare": "verdicts", "rn_deploy.benchmark": "verdicts", "rn_deploy.evaluate": "verdicts",
     "rn_deploy.validate": "verdicts", "rn_deploy.report": "verdicts", "rn_deploy.doctor": "verdicts",
     "rn_deploy.reference": "verdicts", "rn_deploy.results": "verdicts",
     # quantize writes a Q/DQ artifact but only behind its accuracy gate (evaluate on real data): a verdict that writes.

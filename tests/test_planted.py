@@ -119,7 +119,7 @@ def test_eval_counts_nonfinite_logits_per_image_and_fails(tiny: dict[str, Path],
     the checkpoint's mean/std, and the row must fail naming NaN/Inf.
 
     Planted, each caught: ``nonfinite += 0`` in rn_deploy/evaluate/predict.py predict_split (the count stayed 0); the
-    ``if nonfinite:`` failure dropped from rn_deploy/evaluate/gates.py _judge (the row failed only on agreement, not naming
+    ``if nonfinite:`` failure dropped from rn_deploy/evaluate/gates.py judge (the row failed only on agreement, not naming
     NaN/Inf)."""
     from rn_deploy.datasets.sources import load_split
     from rn_deploy.evaluate import run_eval

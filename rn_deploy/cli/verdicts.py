@@ -137,7 +137,7 @@ def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tup
                           seed=seed, batch=batch, backends=bk, max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log,
                           min_agreement=agreement, allow_other_source=allow_other_source, allow_unreproduced=allow_unreproduced)
     if want_sizes:
-        from ..evaluate_sizes import run_sizes
+        from ..evaluate.sizes import run_sizes
         from ..sizes import sizes_from
 
         rep, files = run_sizes(rep, files, sizes_from(rep["image_size"], *want_sizes), onnx=onnx_paths, engines=engines, backends=bk,

@@ -75,7 +75,8 @@ class Artifact:
         return f"{self.path.name} ({self.backend})"
 
 
-def _make_runner(a: Artifact) -> Any:
+def open_runner(a: Artifact) -> Any:
+    """The runner of one planned artifact (not yet entered)."""
     from ..runners import OrtRunner, TorchRunner, TrtRunner
 
     if a.backend in ("ort-cpu", "ort-cuda"):
@@ -86,10 +87,6 @@ def _make_runner(a: Artifact) -> Any:
         return TorchRunner(a.path, device="cuda", precision="fp16")
     raise RnDeployError(f"unknown backend {a.backend!r}; choose from {', '.join(BACKENDS)}")
 
-
-def open_runner(a: Artifact) -> Any:
-    """The runner of one planned artifact (not yet entered)."""
-    return _make_runner(a)
 
 
 def _gpu_ort() -> bool:

@@ -40,8 +40,9 @@ def parse_min_agreement(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _judge(acc: dict[str, Any], ref_acc: dict[str, Any], agree: float, nonfinite: int,
-           limits: dict[str, float | None]) -> tuple[float, list[str]]:
+def judge(acc: dict[str, Any], ref_acc: dict[str, Any], agree: float, nonfinite: int,
+          limits: dict[str, float | None]) -> tuple[float, list[str]]:
+    """An artifact's top-1 drop (points) below the reference and why it fails (empty: it passes); eval and eval --sizes."""
     drop = 100.0 * (ref_acc["top1"] - acc["top1"])
     fails = []
     if limits["max_drop_points"] is not None and drop > limits["max_drop_points"] + 1e-9:
@@ -52,10 +53,3 @@ def _judge(acc: dict[str, Any], ref_acc: dict[str, Any], agree: float, nonfinite
     if nonfinite:
         fails.append(f"{nonfinite} image(s) gave NaN/Inf logits")
     return drop, fails
-
-
-# Public for rn_deploy.evaluate.sizes, which runs the same judgement at every image size.
-def judge(acc: dict[str, Any], ref_acc: dict[str, Any], agree: float, nonfinite: int,
-          limits: dict[str, float | None]) -> tuple[float, list[str]]:
-    """An artifact's top-1 drop (points) below the reference and why it fails (empty: it passes)."""
-    return _judge(acc, ref_acc, agree, nonfinite, limits)

@@ -60,20 +60,15 @@ def check_data_fits(images: ImageSet, config: ModelConfig, where: str = "data") 
     if n_data != config.n_classes:
         raise DataError(f"{where}: {n_data} classes in the data, the model has {config.n_classes} outputs; "
                         "evaluate on the dataset the model was trained on")
-    if not _default_names(config) and list(images.class_names) != config.class_names:
+    if not default_names(config) and list(images.class_names) != config.class_names:
         diff = next(i for i, (a, b) in enumerate(zip(images.class_names, config.class_names, strict=True)) if a != b)
         raise DataError(f"{where}: class {diff} is {images.class_names[diff]!r} in the data but {config.class_names[diff]!r} "
                         "in the model; evaluate on the dataset the model was trained on")
 
 
-def _default_names(config: ModelConfig) -> bool:
+def default_names(config: ModelConfig) -> bool:
     """Class names "0", "1", ...: the model does not know its classes (an import), so any data's names fit."""
     return config.class_names == [str(i) for i in range(config.n_classes)]
-
-
-def default_names(config: ModelConfig) -> bool:
-    """Whether the model's class names are the placeholders "0", "1", ... (any data's names fit)."""
-    return _default_names(config)
 
 
 def _fit_batch(runner: Any, batch: int, shape: tuple[int, int, int]) -> int:
