@@ -169,7 +169,7 @@ def test_quantize_calibration_images_are_training_images_and_never_gate_images(t
     must be images of the TRAINING IDX file and none of the images the gate judges, which must be TEST images.
 
     Planted, each caught: ``load_split(opts.calib, opts.data, eval_split, ...)`` for the calibration pool in
-    rn_deploy/quantize.quantize (calibration on the held-out split); the gate loaded from ``"train"``."""
+    rn_deploy/quantize/workflow.quantize (calibration on the held-out split); the gate loaded from ``"train"``."""
     import rn_deploy.quantize as q
 
     seen: dict[str, list[Any]] = {"calib": [], "gate": []}
@@ -183,8 +183,10 @@ def test_quantize_calibration_images_are_training_images_and_never_gate_images(t
         seen["gate"].append(images.images.numpy().copy())
         return real_evaluate(path, images, cfg, batch)
 
-    monkeypatch.setattr(q, "quantize_file", spy_quantize_file)
-    monkeypatch.setattr(q, "evaluate_onnx", spy_evaluate)
+    # where the workflow and the gate look them up (rn_deploy/quantize/workflow.py, gate.py)
+    monkeypatch.setattr(q.gate, "quantize_file", spy_quantize_file)
+    monkeypatch.setattr(q.gate, "evaluate_onnx", spy_evaluate)
+    monkeypatch.setattr(q.workflow, "evaluate_onnx", spy_evaluate)
     opts = q.QuantizeOptions(calib="fashion-mnist", calib_size=64, eval_limit=120, max_drop=100.0, ladder=False)
     q.quantize(tiny["onnx"], tmp_path / "m.int8.onnx", opts)
 
