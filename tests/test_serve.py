@@ -512,16 +512,8 @@ def test_export_triton_image_model_is_the_served_contract_and_runs_on_tritonserv
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from rn_deploy.serve import (
-        ServeOptions,
-        _is_ready,
-        _ready_url,
-        _stop_server,
-        server_env,
-        stage_backends,
-        tritonserver_command,
-        write_repository,
-    )
+    from rn_deploy.serve import ServeOptions, server_env, stage_backends, tritonserver_command, write_repository
+    from rn_deploy.serve.server import _is_ready, _ready_url, _stop_server
     from rn_deploy.triton import export_triton
 
     export_triton(model, tmp_path / "repo", "fm", kind="cpu")

@@ -47,7 +47,7 @@ class SizeScheduleType(click.ParamType):
     name = "SIZE|SIZE:EPOCHS,..."
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .loop import parse_size_schedule
+        from .config import parse_size_schedule
 
         if not isinstance(value, str):
             return value
@@ -153,7 +153,7 @@ def lr_find_command(start: float, end: float, iters: int, out: str, as_json: boo
 
     Stops when the smoothed loss exceeds 4x its minimum; suggests the LR of steepest descent.
     """
-    from .loop import TrainConfig
+    from .config import TrainConfig
     from .lr_find import run_lr_find
 
     res, png = run_lr_find(TrainConfig(**opts), start=start, end=end, iters=iters, out=out)

@@ -134,7 +134,7 @@ def run_lr_find(cfg: Any, *, start: float = 1e-7, end: float = 10.0, iters: int 
     from rn_deploy.datasets.sources import load_dataset
 
     from .data import DeviceLoader
-    from .loop import pick_device
+    from .distributed import pick_device
 
     dev = pick_device(cfg.device, 0)
     train_set, _ = load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, cfg.size), workers=cfg.workers)

@@ -1,0 +1,54 @@
+"""Serve a model on a real Triton Inference Server: HTTP/gRPC KServe-v2, dynamic batching, per-request errors, metrics.
+
+    rn-deploy serve exports/demo/model.onnx --name fashion        # or model.tensorrt.engine
+
+``serve`` writes a Triton model repository (:func:`write_repository`: ``NAME/config.pbtxt`` for
+Triton's Python backend and ``NAME/1/model.py``, which runs :class:`TritonPythonModel`) and runs the
+``tritonserver`` that the ``nvidia-pytriton`` wheel bundles on it. The model contract (docs/formats.md):
+
+- input ``image`` BYTES [1]: an encoded PNG/JPEG, decoded here, converted to the model's colour
+  mode (:func:`rn_deploy.preprocess.convert_pil`) and preprocessed with
+  :func:`rn_deploy.preprocess.preprocess`, the training evaluation's own function, so requests of
+  any image size batch together;
+- or input ``pixels`` UINT8 [-1, -1, C]: one raw HxWxC image;
+- outputs ``label`` BYTES [1], ``index`` INT32 [1], ``score`` FP32 [1], ``probs`` FP32 [n_classes],
+  class names from the model's metadata.
+
+Triton's dynamic batcher gathers concurrent requests (up to ``max_batch``, waiting at most
+``max_queue_delay_us``) into one ``execute`` call. Each request is read on its own: one the server
+cannot read (not an image, truncated, over ``--max-pixels`` or ``--max-aspect``) gets its own
+INVALID_ARG error (HTTP 400, gRPC INVALID_ARGUMENT) with one line naming the problem, and the valid
+requests of the same call run as one :class:`Engine` batch. A fault of the server itself is
+answered with an INTERNAL error (HTTP 500) carrying a short id; the server log has the detail
+
+Modules: :mod:`.options` (ServeOptions), :mod:`.decode` (one request's image), :mod:`.backend`
+(Classifier, TritonPythonModel), :mod:`.repository` (the model repository it writes),
+:mod:`.tritonserver` (the bundled server's files, command and environment), :mod:`.server` (the
+process: launch, ports, readiness, SIGTERM) and :mod:`.procfs` (process tree, memory). The generated
+``model.py`` imports ``rn_deploy.serve.TritonPythonModel``: it stays importable from here.
+"""
+
+from __future__ import annotations
+
+from ..triton import IMAGE, INDEX, LABEL, MODEL_PY, PIXELS, PROBS, SCORE, contract_config_pbtxt
+from .backend import Classifier, TritonPythonModel
+from .decode import IMAGE_MAGIC, check_pixels, decode_image
+from .options import DEFAULT_MODEL, SERVE_EXTRA, ServeOptions
+from .procfs import process_tree, tree_rss_mb
+from .repository import config_pbtxt, write_repository
+from .server import START_TIMEOUT_S, check_ports, serve
+from .tritonserver import (
+    RESTRICTED_APIS,
+    prefer_own_libpython,
+    server_env,
+    stage_backends,
+    tritonserver_command,
+    tritonserver_dist,
+)
+
+__all__ = [
+    "DEFAULT_MODEL", "IMAGE", "IMAGE_MAGIC", "INDEX", "LABEL", "MODEL_PY", "PIXELS", "PROBS", "RESTRICTED_APIS", "SCORE",
+    "SERVE_EXTRA", "START_TIMEOUT_S", "Classifier", "ServeOptions", "TritonPythonModel", "check_pixels", "check_ports",
+    "config_pbtxt", "contract_config_pbtxt", "decode_image", "prefer_own_libpython", "process_tree", "serve", "server_env",
+    "stage_backends", "tree_rss_mb", "tritonserver_command", "tritonserver_dist", "write_repository",
+]

@@ -1,0 +1,29 @@
+"""What ``rn-deploy serve`` takes: :class:`ServeOptions` and the service's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+
+DEFAULT_MODEL = "classifier"
+SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"
+
+
+@dataclass
+class ServeOptions:
+    """What ``rn-deploy serve`` takes; ports 0 are not allowed (clients must know where to connect)."""
+
+    model: Path
+    name: str = DEFAULT_MODEL
+    host: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int = 32
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT
+    exit_timeout_s: int = 4  # Triton waits this long for open HTTP connections, then in-flight requests: < 10 s in all

@@ -1,0 +1,138 @@
+"""The server process: checks before it starts, tritonserver's launch, readiness, SIGTERM drain and stop."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import RnDeployError
+from .options import ServeOptions
+from .procfs import _alive, process_tree
+from .repository import write_repository
+from .tritonserver import server_env, stage_backends, tritonserver_command
+
+START_TIMEOUT_S = 180
+
+
+def _ready_url(opts: ServeOptions) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(opts.host, opts.host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{opts.http_port}/v2/models/{opts.name}/ready"
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _stop_server(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """SIGTERM (tritonserver answers what it holds, then exits); SIGKILL of its whole tree if it is still there after ``wait_s``."""
+    if proc.poll() is not None:
+        return
+    stubs = process_tree(proc.pid)  # the backend stubs: once tritonserver is gone they are no longer its children
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # A stub still unloading (torch's shutdown is slow on a loaded machine) holds nothing a client needs any more.
+    deadline = time.monotonic() + 1
+    for pid in [*stubs, proc.pid]:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    proc.wait()
+
+
+def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None,
+          on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Load the model, start tritonserver and serve until SIGTERM/SIGINT (or ``stop`` is set); then drain and exit.
+
+    ``on_ready`` is called once the server answers, with its endpoints (``rn-deploy serve --json``
+    prints them as one JSON object on stdout: a script can wait for that line). tritonserver's own
+    log goes to stderr.
+
+    Raises :class:`RnDeployError` (before any server process starts) for a bad model or a taken port.
+    """
+    from ..engine import Engine
+    from ..triton import check_model_name
+
+    if opts.max_batch < 1 or opts.instances < 1 or opts.max_pixels < 1 or opts.max_queue_delay_us < 0 or opts.max_aspect < 1:
+        raise RnDeployError("--max-batch, --instances, --max-pixels and --max-aspect must be >= 1, --max-queue-delay-us >= 0")
+    check_model_name(opts.name)
+    engine = Engine.load(opts.model)  # refuses a bad model here, in one line, before any server starts
+    cfg = engine.config
+    engine.close()
+    check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port, "--metrics-port": opts.metrics_port})
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="rn-deploy-serve.") as tmp:
+        repo = Path(tmp) / "models"
+        write_repository(repo, opts, cfg.in_channels, cfg.n_classes)
+        cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
+                                env=server_env())
+        try:
+            url, deadline = _ready_url(opts), time.monotonic() + START_TIMEOUT_S
+            while not _is_ready(url):
+                if proc.poll() is not None:
+                    raise RnDeployError(f"tritonserver exited with code {proc.returncode} before model {opts.name!r} was ready; "
+                                        "see its log above")
+                if time.monotonic() > deadline:
+                    raise RnDeployError(f"model {opts.name!r} not ready after {START_TIMEOUT_S} s; see tritonserver's log above")
+                if stop.wait(0.2):
+                    break
+            else:
+                if on_ready is not None:
+                    on_ready({"model": str(opts.model), "name": opts.name, "arch": cfg.arch, "classes": cfg.class_names,
+                              "in_channels": cfg.in_channels, "image_size": cfg.image_size,
+                              "http": f"{opts.host}:{opts.http_port}", "grpc": f"{opts.host}:{opts.grpc_port}",
+                              "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
+                              "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
+                              "pid": os.getpid()})
+                log(f"serving {opts.model} as model {opts.name!r} ({cfg.arch}, {cfg.n_classes} classes, {cfg.in_channels} channel(s), "
+                    f"{cfg.image_size[0]}x{cfg.image_size[1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
+                    f"metrics {opts.host}:{opts.metrics_port}/metrics; SIGTERM or Ctrl-C stops")
+                while not stop.wait(0.5):
+                    if proc.poll() is not None:
+                        raise RnDeployError(f"tritonserver exited unexpectedly (code {proc.returncode}); see its log above")
+            log("stopping: answering requests in flight")
+        finally:
+            _stop_server(proc, opts.exit_timeout_s + 4)
+    log("stopped")
+
+
+def check_ports(host: str, ports: dict[str, int]) -> None:
+    """Fail early, in one line, when a port is taken (tritonserver would die after a slow start)."""
+    if len(set(ports.values())) != len(ports):
+        raise RnDeployError(f"ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}")
+    for flag, port in ports.items():
+        if not 0 < port < 65536:
+            raise RnDeployError(f"{flag} {port}: not a TCP port (1-65535)")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise RnDeployError(f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror}); "
+                                    f"stop what uses it or pass another {flag}") from None

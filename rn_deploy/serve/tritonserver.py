@@ -1,0 +1,66 @@
+"""The bundled tritonserver (nvidia-pytriton): its files, command line, Python backend and environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import MissingDependencyError
+from .options import SERVE_EXTRA, ServeOptions
+
+# APIs a client has no business calling on a classifier service: protected by a header only the server knows.
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
+
+
+def prefer_own_libpython() -> None:
+    """Put this interpreter's ``lib/`` first on LD_LIBRARY_PATH for the tritonserver started here.
+
+    Triton's Python backend stub links ``libpython3.X``; without this it loads the system one, which
+    fails under another build of the same version (pyenv, conda): ``'_thread.RLock' object has no
+    attribute '_recursion_count'`` or ``No module named 'numpy'``.
+    """
+    lib = str(Path(sys.base_prefix) / "lib")
+    parts = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p and p != lib]
+    os.environ["LD_LIBRARY_PATH"] = ":".join([lib, *parts])
+
+
+def tritonserver_dist() -> tuple[Path, Path, Path]:
+    """The bundled tritonserver folder, its libraries and the Python-backend stub for this interpreter (nvidia-pytriton)."""
+    try:
+        import pytriton
+        from pytriton.utils.distribution import get_libs_path, get_stub_path
+    except ImportError as e:
+        raise MissingDependencyError(f"serving needs the tritonserver of nvidia-pytriton ({e}); {SERVE_EXTRA}") from None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    return root, Path(get_libs_path()), Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
+
+
+def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str, *extra: str) -> list[str]:
+    """The tritonserver command line: our addresses and ports, statistics open, admin APIs behind ``token``."""
+    root, _, _ = tritonserver_dist()
+    return [str(root / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
+            f"--http-address={opts.host}", f"--http-port={opts.http_port}", f"--grpc-address={opts.host}",
+            f"--grpc-port={opts.grpc_port}", f"--metrics-address={opts.host}", f"--metrics-port={opts.metrics_port}",
+            "--allow-gpu-metrics=false", f"--exit-timeout-secs={opts.exit_timeout_s}",
+            f"--http-restricted-api={RESTRICTED_APIS}:rn-deploy-token={token}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:rn-deploy-token={token}", *extra]
+
+
+def stage_backends(dest: Path) -> Path:
+    """The Python backend with this interpreter's stub beside it (as PyTriton stages it): ``dest/python/``."""
+    root, _, stub = tritonserver_dist()
+    shutil.copytree(root / "backends", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(stub, dest / "python" / "triton_python_backend_stub")
+    return dest
+
+
+def server_env() -> dict[str, str]:
+    """tritonserver's environment: this interpreter's libpython first, the bundled libraries, this interpreter's import path."""
+    prefer_own_libpython()
+    _, libs, _ = tritonserver_dist()
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join([*env["LD_LIBRARY_PATH"].split(":"), str(libs)])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the stub imports rn_deploy and its dependencies
+    return env
