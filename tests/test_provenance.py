@@ -185,7 +185,7 @@ def _says_its_own_version(path: Path) -> None:
 
 def test_every_onnx_file_states_the_ir_and_opset_it_really_has(two_runs: dict[str, Path], tmp_path: Path):
     """A quantized ONNX (IR 10 from ModelOpt) used to copy "IR 9 ... ORT >= 1.17" from its FP32 source."""
-    from rn_deploy.quantize import Recipe, _finish_model, quantize_file
+    from rn_deploy.quantize import Recipe, finish_model, quantize_file
 
     src = _copy_onnx(two_runs["a32"], tmp_path / "model.onnx")
     half = ensure_fp16_onnx(src, lambda _s: None)
@@ -197,7 +197,7 @@ def test_every_onnx_file_states_the_ir_and_opset_it_really_has(two_runs: dict[st
     onnx.save(qm, str(q))
     src_model = onnx.load(str(src), load_external_data=False)
     assert src_model.ir_version == 9
-    _finish_model(q, src_model, "int8", Recipe("minmax", 16, (), "ort"), [], "fashion-mnist")
+    finish_model(q, src_model, "int8", Recipe("minmax", 16, (), "ort"), [], "fashion-mnist")
     for f in (src, two_runs["a16"], half, q):
         _says_its_own_version(f)
     assert _props(q)[SOURCE_KEY] == _props(src)[SOURCE_KEY]  # provenance carries over
@@ -345,14 +345,14 @@ def test_eval_fails_when_the_reference_does_not_reproduce_training(small_run: Pa
 
 
 def test_reproduction_rule_exact_on_the_training_device_type_else_a_few_images():
-    from rn_deploy.evaluate.recorded import _reproduces
+    from rn_deploy.evaluate.recorded import reproduces_training
 
     rec = {"correct": 700, "device": "cpu", "precision": "fp32"}
-    assert _reproduces(rec, 700, "cpu", 1000) == (True, "exact, same device type")
-    assert _reproduces(rec, 699, "cpu", 1000)[0] is False
-    assert _reproduces({**rec, "device": "cuda:0"}, 699, "cpu", 1000)[0] is True  # 0.1% of 1000: one image may flip
-    assert _reproduces({**rec, "device": "cuda:0"}, 698, "cpu", 1000)[0] is False
-    assert _reproduces({**rec, "precision": "bf16-autocast"}, 1, "cpu", 1000)[0] is None
+    assert reproduces_training(rec, 700, "cpu", 1000) == (True, "exact, same device type")
+    assert reproduces_training(rec, 699, "cpu", 1000)[0] is False
+    assert reproduces_training({**rec, "device": "cuda:0"}, 699, "cpu", 1000)[0] is True  # 0.1% of 1000: one image may flip
+    assert reproduces_training({**rec, "device": "cuda:0"}, 698, "cpu", 1000)[0] is False
+    assert reproduces_training({**rec, "precision": "bf16-autocast"}, 1, "cpu", 1000)[0] is None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .result import TrainResult
 from .schedule import OneCycle
 
 
-def _finished_result(cfg: TrainConfig, ckpt_path: Path, history: list[dict[str, float]], dev: torch.device, world: int,
+def finished_result(cfg: TrainConfig, ckpt_path: Path, history: list[dict[str, float]], dev: torch.device, world: int,
                      n_train: int, n_val: int) -> TrainResult:
     """The result of resuming a run that had already trained every epoch: its last epoch's metrics, nothing new."""
     last = history[-1] if history else {}
@@ -30,13 +30,13 @@ def _finished_result(cfg: TrainConfig, ckpt_path: Path, history: list[dict[str, 
     )
 
 
-def _options(cfg: TrainConfig) -> dict[str, Any]:
+def run_options(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d.pop("history", None)
     return d
 
 
-def _resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The checkpoint to resume and its optimiser state, refused when it was started with other options."""
     raw = read_checkpoint(path)
     state = raw.get("resume")
@@ -53,22 +53,22 @@ def _resume_state(path: Path, cfg: TrainConfig) -> tuple[dict[str, Any], dict[st
     return raw, state
 
 
-def _finished_run(path: Path, cfg: TrainConfig, dev: torch.device, world: int) -> TrainResult | None:
+def finished_run(path: Path, cfg: TrainConfig, dev: torch.device, world: int) -> TrainResult | None:
     """``--resume`` of a run that already trained every epoch, answered from its checkpoint alone (no data load).
 
     None when there is more to train, or the checkpoint predates the recorded image counts (the data then tells them).
     """
     if not path.exists():
         return None
-    raw, state = _resume_state(path, cfg)
+    raw, state = resume_state(path, cfg)
     train = raw.get("train") or {}
     if int(state["epoch"]) < cfg.epochs or "n_train" not in train or "n_val" not in train:
         return None
-    return _finished_result(cfg, path, list(train.get("history", [])), dev, world, int(train["n_train"]), int(train["n_val"]))
+    return finished_result(cfg, path, list(train.get("history", [])), dev, world, int(train["n_train"]), int(train["n_val"]))
 
 
-def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: OneCycle, cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
-    raw, state = _resume_state(path, cfg)
+def resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: OneCycle, cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+    raw, state = resume_state(path, cfg)
     model.load_state_dict(raw["state_dict"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

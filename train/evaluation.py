@@ -31,7 +31,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | No
             for b in model.buffers():
                 dist.broadcast(b, src=0)
     tot = torch.zeros(4, device=dev, dtype=torch.float64)  # loss_sum, correct, correct5, n
-    with torch.no_grad(), _autocast(dev, amp_dtype):
+    with torch.no_grad(), autocast(dev, amp_dtype):
         for x, y in loader:
             out = model(x).float()
             tot[0] += F.cross_entropy(out, y, reduction="sum")
@@ -48,13 +48,13 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | No
     return res
 
 
-def _autocast(dev: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def autocast(dev: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
-def _eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metrics: dict[str, float],
+def eval_record(cfg: TrainConfig, model: nn.Module, val_dl: DeviceLoader, metrics: dict[str, float],
                  amp_dtype: torch.dtype | None, last: bool) -> dict[str, Any]:
     """The saved model's evaluation, as ``rn-deploy eval`` reproduces it: which images, and its top-1.
 

@@ -26,12 +26,12 @@ from rn_deploy.datasets.sources import ImageSet, load_dataset
 from rn_deploy.errors import RnDeployError
 from rn_deploy.models import get_model_spec
 
-from .checkpoints import _finished_result, _finished_run, _options, _resume
+from .checkpoints import finished_result, finished_run, resume, run_options
 from .config import TrainConfig, parse_size_schedule
 from .data import DeviceLoader
-from .distributed import _dist_info, init_distributed, pick_device
-from .evaluation import _autocast, _eval_record, evaluate, measure_sizes
-from .progress import Log, _Progress, plural
+from .distributed import dist_info, init_distributed, pick_device
+from .evaluation import autocast, eval_record, evaluate, measure_sizes
+from .progress import Log, ProgressBar, plural
 from .result import TrainingInterrupted, TrainResult
 from .schedule import OneCycle
 
@@ -55,7 +55,7 @@ def fit(cfg: TrainConfig, log: Log | None = None, *, data: tuple[ImageSet, Image
         data: pre-loaded (train, val) sets, instead of reading ``cfg.dataset``.
         progress: show a progress bar on stderr.
     """
-    rank, local_rank, world = _dist_info()
+    rank, local_rank, world = dist_info()
     say = (log or (lambda _s: None)) if rank == 0 else (lambda _s: None)
     dev = pick_device(cfg.device, local_rank)
     init_distributed(dev, world)
@@ -78,7 +78,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
     get_model_spec(cfg.arch)  # unknown arch fails before the data loads
     # An unwritable output folder fails before any training; the folder itself appears with the first checkpoint.
     check_writable(cfg.out, folder=True, option="--out")
-    if cfg.resume and (done := _finished_run(Path(cfg.out) / "model.pt", cfg, dev, world)) is not None:
+    if cfg.resume and (done := finished_run(Path(cfg.out) / "model.pt", cfg, dev, world)) is not None:
         saved.update(epochs=done.epochs, checkpoint=done.checkpoint)
         return done  # checked before the data loads: a finished run has nothing to do
     train_set, val_set = data or load_dataset(cfg.dataset, cfg.data, presize=max(cfg.presize, *cfg.epoch_sizes()),
@@ -108,10 +108,10 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
     ckpt_path = Path(cfg.out) / "model.pt"
     start_epoch, history = 0, list[dict[str, float]]()
     if cfg.resume:
-        start_epoch, history = _resume(ckpt_path, model, opt, sched, cfg)
+        start_epoch, history = resume(ckpt_path, model, opt, sched, cfg)
         saved.update(epochs=start_epoch, checkpoint=str(ckpt_path))
         if start_epoch >= cfg.epochs:
-            return _finished_result(cfg, ckpt_path, history, dev, world, len(train_set), len(val_set))
+            return finished_result(cfg, ckpt_path, history, dev, world, len(train_set), len(val_set))
         say(f"resume: {ckpt_path} after {plural(start_epoch, 'epoch')}")
     net: nn.Module = model
     if world > 1:
@@ -125,7 +125,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
     train_imgs, train_time = 0, 0.0
     metrics: dict[str, float] = {}
     train_loss = float("nan")
-    with _Progress(show) as bar:
+    with ProgressBar(show) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             net.train()
             train_dl.set_epoch(epoch)
@@ -134,7 +134,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             loss_sum = torch.zeros((), device=dev)
             n_seen, shown, t0 = 0, 0, time.perf_counter()
             for i, (x, y) in enumerate(train_dl):
-                with _autocast(dev, amp_dtype):
+                with autocast(dev, amp_dtype):
                     if cfg.mixup > 0:
                         xm, ya, yb, lam = _mixup(x, y, cfg.mixup)
                         out = net(xm)
@@ -165,7 +165,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             row = {"epoch": epoch + 1, "size": sizes[epoch], "train_loss": train_loss, **metrics, "img_per_s": n_seen * world / ep_time,
                    "seconds": time.perf_counter() - t_start}
             history.append(row)
-            record = _eval_record(cfg, model, val_dl, metrics, amp_dtype, last=epoch + 1 == cfg.epochs)
+            record = eval_record(cfg, model, val_dl, metrics, amp_dtype, last=epoch + 1 == cfg.epochs)
             measured = None
             if cfg.range_sizes and epoch + 1 == cfg.epochs:
                 measured = measure_sizes(cfg, model, val_dl, record, say)
@@ -173,7 +173,7 @@ def _fit(cfg: TrainConfig, say: Log, dev: torch.device, rank: int, world: int,
             if rank == 0:
                 train_meta = {"epochs": epoch + 1, "dataset": cfg.dataset, "n_train": len(train_set), "n_val": len(val_set), **metrics,
                               "train_loss": train_loss,
-                              "history": history, "options": _options(cfg), "eval": record}
+                              "history": history, "options": run_options(cfg), "eval": record}
                 if measured:
                     train_meta["sizes"] = measured
                 save_checkpoint(ckpt_path, model, config, train_meta,

@@ -8,14 +8,14 @@ from typing import Any
 Log = Callable[[str], None]
 
 
-class _Progress:
+class ProgressBar:
     """A rich progress bar on stderr (rank 0), or nothing."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar: Any = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> ProgressBar:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

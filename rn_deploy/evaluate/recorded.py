@@ -10,7 +10,7 @@ from ..datasets.sources import ImageSet
 from ..errors import DataError
 
 
-def _recorded_dataset(checkpoint: str | Path, train: dict[str, Any], dataset: str | None, data: str | Path | None
+def recorded_dataset(checkpoint: str | Path, train: dict[str, Any], dataset: str | None, data: str | Path | None
                       ) -> tuple[str, str | Path | None]:
     """The dataset (and folder) to judge on: the one training recorded by default; another one is refused by name."""
     from ..checkpoint import recorded_dataset, recorded_eval
@@ -30,7 +30,7 @@ def _recorded_dataset(checkpoint: str | Path, train: dict[str, Any], dataset: st
     return dataset, data
 
 
-def _recorded(train: dict[str, Any], dataset: str, split: str, limit: int | None, seed: int, images: ImageSet) -> dict[str, Any] | None:
+def recorded_evaluation(train: dict[str, Any], dataset: str, split: str, limit: int | None, seed: int, images: ImageSet) -> dict[str, Any] | None:
     """Training's own evaluation from the checkpoint, with ``same_images``: whether it judged exactly these images."""
     rec = train.get("eval")
     if not isinstance(rec, dict):
@@ -47,7 +47,7 @@ def _recorded(train: dict[str, Any], dataset: str, split: str, limit: int | None
     return {**rec, "same_images": bool(same)}
 
 
-def _reproduces(recorded: dict[str, Any], correct: int, device: str, count: int) -> tuple[bool | None, str]:
+def reproduces_training(recorded: dict[str, Any], correct: int, device: str, count: int) -> tuple[bool | None, str]:
     """Whether the reference's ``correct`` count reproduces training's on the same images, and the rule applied.
 
     Exact on the device type training evaluated on; on another (CPU vs CUDA kernels) up to 0.1% of the images (at least

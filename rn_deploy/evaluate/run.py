@@ -15,7 +15,7 @@ from ..log import Log
 from .artifacts import artifact_source, cannot_run_here, open_runner, plan_artifacts, source_status
 from .gates import DEFAULT_MIN_AGREEMENT, judge, limits_for
 from .predict import SplitPredictions, check_data_fits, default_names, predict_split
-from .recorded import _recorded, _recorded_dataset, _reproduces
+from .recorded import recorded_dataset, recorded_evaluation, reproduces_training
 from .report import write_eval_report
 from .scores import accuracy, agreement, confusion
 
@@ -65,7 +65,7 @@ def run_eval(checkpoint: str | Path | None, *, onnx: Sequence[str | Path] = (), 
         reference_digest = weights_sha256(ckpt.model)
     raw_rec = train.get("eval")
     rec: dict[str, Any] = raw_rec if isinstance(raw_rec, dict) else {}
-    dataset, data = _recorded_dataset(checkpoint, train, dataset, data)
+    dataset, data = recorded_dataset(checkpoint, train, dataset, data)
     split = split or default_split(dataset)
     seed = int(rec.get("seed", 0)) if seed is None else seed
     artifacts = plan_artifacts(checkpoint, config, onnx, engines, backends)
@@ -90,11 +90,11 @@ def run_eval(checkpoint: str | Path | None, *, onnx: Sequence[str | Path] = (), 
     with ref_runner:
         ref = predict_split(ref_runner, images, config, batch=batch, log=say, progress=progress)
     ref_acc = accuracy(ref, config.class_names)
-    recorded = _recorded(train, dataset, split, limit, seed, images)
+    recorded = recorded_evaluation(train, dataset, split, limit, seed, images)
     reproduces = None
     failures: list[str] = []
     if recorded and recorded["same_images"]:
-        reproduces, rule = _reproduces(recorded, ref_acc["correct"], ref_device, len(images))
+        reproduces, rule = reproduces_training(recorded, ref_acc["correct"], ref_device, len(images))
         recorded["rule"] = rule
         say(f"reference top-1 {100 * ref_acc['top1']:.2f}%; training recorded {100 * float(recorded['top1']):.2f}% on the same "
             f"images: {'reproduced' if reproduces else 'NOT reproduced' if reproduces is False else 'not comparable'} ({rule})")

@@ -17,13 +17,13 @@ passes; if none does, nothing is written unless ``force``.
 from ..onnxfile import qdq_precision
 from .calibration import calib_dataset, calibration_array
 from .form import QuantizeError, check_trt_form, resolve_exclude
-from .gate import LADDER_CALIB_FACTOR, QuantizeOptions, _finish_model, evaluate_onnx, try_recipe
+from .gate import LADDER_CALIB_FACTOR, QuantizeOptions, evaluate_onnx, finish_model, try_recipe
 from .recipes import METHODS, MODELOPT_INSTALL, PERCENTILE, PRECISIONS, QUANTIZERS, Recipe, quantize_file
 from .report import GateFailed, QuantizeReport, Rung, report_paths
 from .workflow import quantize
 
 __all__ = [
     "LADDER_CALIB_FACTOR", "METHODS", "MODELOPT_INSTALL", "PERCENTILE", "PRECISIONS", "QUANTIZERS", "GateFailed", "QuantizeError",
-    "QuantizeOptions", "QuantizeReport", "Recipe", "Rung", "_finish_model", "calib_dataset", "calibration_array", "check_trt_form",
+    "QuantizeOptions", "QuantizeReport", "Recipe", "Rung", "finish_model", "calib_dataset", "calibration_array", "check_trt_form",
     "evaluate_onnx", "qdq_precision", "quantize", "quantize_file", "report_paths", "resolve_exclude", "try_recipe",
 ]

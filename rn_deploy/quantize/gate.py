@@ -64,7 +64,7 @@ def ladder(first: Recipe, train_size: int, tried: list[Rung]) -> list[tuple[str,
             ("first/last layers in higher precision", replace(best, exclude=keep))]
 
 
-def _finish_model(path: Path, src: onnx.ModelProto, precision: str, recipe: Recipe, excluded: list[str], calib: str) -> dict[str, int]:
+def finish_model(path: Path, src: onnx.ModelProto, precision: str, recipe: Recipe, excluded: list[str], calib: str) -> dict[str, int]:
     """Carry the source's rn-deploy metadata over, mark the precision and recipe, check the TensorRT form."""
     q = onnx.load(str(path))
     meta = {p.key: p.value for p in src.metadata_props}
@@ -107,7 +107,7 @@ def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any
     excluded = resolve_exclude(src_model, recipe.exclude, str(fp32))
     quantize_file(fp32, dst, calibration_array(calib_pool, recipe.calib_size, cfg, opts.seed), method=recipe.method,
                   precision=opts.precision, exclude_nodes=excluded, quantizer=recipe.quantizer)
-    counts = _finish_model(dst, src_model, opts.precision, recipe, excluded, opts.calib or "")
+    counts = finish_model(dst, src_model, opts.precision, recipe, excluded, opts.calib or "")
     acc, hit = evaluate_onnx(dst, test, cfg, opts.batch)
     ref_acc, ref_hit = ref
     drop = round((ref_acc["top1"] - acc["top1"]) * 100, 4)

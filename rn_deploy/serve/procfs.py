@@ -30,7 +30,7 @@ def tree_rss_mb(pid: int) -> float:
     return kb / 1024
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import RnDeployError
 from .options import ServeOptions
-from .procfs import _alive, process_tree
+from .procfs import alive, process_tree
 from .repository import write_repository
 from .tritonserver import server_env, stage_backends, tritonserver_command
 
@@ -52,9 +52,9 @@ def _stop_server(proc: subprocess.Popen[bytes], wait_s: float) -> None:
     # A stub still unloading (torch's shutdown is slow on a loaded machine) holds nothing a client needs any more.
     deadline = time.monotonic() + 1
     for pid in [*stubs, proc.pid]:
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
