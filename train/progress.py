@@ -1,11 +1,10 @@
-"""What a run shows while it trains: the one-line log callback type, a rich progress bar on stderr, plural wording."""
+"""What a run shows while it trains: a rich progress bar on stderr, plural wording (lines go through :data:`rn_deploy.log.Log`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-Log = Callable[[str], None]
+from rn_deploy.log import Log as Log  # the one log type, re-exported for rn_deploy.train.loop
 
 
 class ProgressBar:

@@ -30,7 +30,7 @@ import torch
 from .._io import atomic_path
 from ..errors import DataError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, convert_pil, fit_uint8
-from . import canonical_dataset
+from .names import canonical_dataset
 
 FASHION_MNIST_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
