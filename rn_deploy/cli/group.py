@@ -94,14 +94,13 @@ class _Group(click.Group):
         return _guard(cmd) if cmd is not None else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from click.utils import make_default_short_help
-
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(len(n) for n in names)
         rows = []
         for name in names:
             if name in LAZY_COMMANDS and name not in self.commands:
-                rows.append((name, make_default_short_help(LAZY_COMMANDS[name][1], limit)))
+                # click's own shortening, through public API (click 8.5 made make_default_short_help private)
+                rows.append((name, click.Command(name, help=LAZY_COMMANDS[name][1]).get_short_help_str(limit)))
                 continue
             cmd = self.get_command(ctx, name)
             if cmd is not None and not cmd.hidden:
