@@ -27,10 +27,10 @@ from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolera
 from .errors import RnDeployError
 from .log import Log
 from .reference import check_onnx_fits, onnx_reference
-from .results import Cell, ValidationReport
+from .results import NOTHING_COMPARED, REPORT_FORMAT, Cell, ValidationReport
 from .runners import Runner, RunnerUnavailable
 
-__all__ = ["DEFAULT_TOLERANCES", "Cell", "Latency", "ValidationReport", "check", "run_validation", "validate"]
+__all__ = ["DEFAULT_TOLERANCES", "NOTHING_COMPARED", "REPORT_FORMAT", "Cell", "Latency", "ValidationReport", "check", "run_validation", "validate"]
 
 def parse_tolerance_overrides(items: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """``["rel_l2=1e-2", "fp32.cosine=0.99999"]`` -> overrides for both or one precision."""

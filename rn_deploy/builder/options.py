@@ -1,5 +1,7 @@
-"""Builder options checked and applied: TensorRT-RTX targets, FP8 targets, DLA (Jetson), portability
-(hardware- and version-compatible engines)."""
+"""Builder options checked and applied: TensorRT-RTX targets, FP8 targets, DLA (Jetson), portability.
+
+Portability: hardware- and version-compatible engines (full TensorRT only).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Precision decisions before a build: what the ONNX holds (:class:`OnnxInfo`) and the FP16 copy that strongly
-typed builders need."""
+"""Precision decisions before a build: what the ONNX holds (:class:`OnnxInfo`) and the FP16 copy for strong typing.
+
+Strongly typed builders (TensorRT >= 11, TensorRT-RTX) take precision from the ONNX, so an FP16 build needs an FP16 copy.
+"""
 
 from __future__ import annotations
 

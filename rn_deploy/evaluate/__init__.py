@@ -16,6 +16,7 @@ The library half of ``rn-deploy eval``, one concern per module:
 - :mod:`.sizes`: the same verdict at each image size (``rn-deploy eval --sizes``).
 """
 
+from ..datasets import canonical_dataset
 from ..datasets.sources import ImageSet, default_split, load_split
 from .artifacts import (
     BACKENDS,
@@ -41,11 +42,12 @@ from .recorded import checkpoint_info
 from .report import format_table, markdown, summary_table, write_eval_report
 from .run import FORMAT, MAX_LISTED, EvalFailed, run_eval
 from .scores import accuracy, agreement, confusion
+from .sizes import at_size, run_sizes, size_markdown
 
 __all__ = [
     "BACKENDS", "DEFAULT_MAX_DROP", "DEFAULT_MIN_AGREEMENT", "FORMAT", "FP32_MIN_AGREEMENT", "MAX_LISTED",
     "OTHER_PRECISION_MIN_AGREEMENT", "Artifact", "EvalFailed", "ImageSet", "SplitPredictions", "accuracy", "agreement",
-    "artifact_source", "cannot_run_here", "check_data_fits", "checkpoint_info", "confusion", "default_names", "default_split",
+    "artifact_source", "at_size", "canonical_dataset", "cannot_run_here", "check_data_fits", "checkpoint_info", "confusion", "default_names", "default_split",
     "format_table", "judge", "limits_for", "load_split", "markdown", "onnx_precision", "open_runner", "parse_min_agreement",
-    "plan_artifacts", "predict_split", "run_eval", "source_status", "summary_table", "write_eval_report",
+    "plan_artifacts", "predict_split", "run_eval", "run_sizes", "size_markdown", "source_status", "summary_table", "write_eval_report",
 ]

@@ -1,5 +1,7 @@
-"""Runtime checks of an engine that exists: compatibility with the installed TensorRT and this GPU,
-deserialisation after the checks, inspection, and the rebuild command a failed check suggests.
+"""Runtime checks of an engine that exists: compatibility, checked deserialisation, inspection, the rebuild command.
+
+Compatibility with the installed TensorRT and this GPU comes first; deserialisation runs only after the checks,
+and a failed check suggests the command that rebuilds the engine for here.
 
 Runners and the Engine import this module; it never imports build-time code (rn_deploy.builder).
 """
