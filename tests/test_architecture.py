@@ -62,6 +62,15 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     return skip
 
 
+def _from_target(mod: str, f: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from X import ...`` in module ``mod`` (file ``f``) names, relative levels resolved."""
+    if not node.level:
+        return node.module or ""
+    base = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base) + ("." + node.module if node.module else "")
+
+
 IMPORT_CALLS = ("import_module", "__import__")  # importlib.import_module("a.b") / __import__("a.b") with a literal name
 
 
@@ -101,12 +110,7 @@ def _edges(type_only: bool = True, packages: bool = False) -> dict[str, dict[str
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
-                if node.level:
-                    base = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
-                    base = base[: len(base) - (node.level - 1)]
-                    tgt = ".".join(base) + ("." + node.module if node.module else "")
-                else:
-                    tgt = node.module or ""
+                tgt = _from_target(mod, f, node)
                 subs = [f"{tgt}.{a.name}" for a in node.names if f"{tgt}.{a.name}" in mods]
                 targets = subs + ([tgt] if len(subs) < len(node.names) else [])
             for t in targets:
@@ -272,15 +276,7 @@ def _internal_from_imports() -> list[tuple[str, Path, ast.ImportFrom, str]]:
     out = []
     for mod, f in _modules().items():
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            if node.level:
-                base = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                tgt = ".".join(base) + ("." + node.module if node.module else "")
-            else:
-                tgt = node.module or ""
-            if tgt.startswith("rn_deploy"):
+            if isinstance(node, ast.ImportFrom) and (tgt := _from_target(mod, f, node)).startswith("rn_deploy"):
                 out.append((mod, f, node, tgt))
     return out
 
