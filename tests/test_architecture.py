@@ -10,6 +10,7 @@ rn_deploy.train.
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ LAYER_OF = {
 ALLOWED_UP: set[tuple[str, str]] = set()
 
 
+@functools.cache
+def _tree(f: Path) -> ast.Module:
+    return ast.parse(f.read_text(), str(f))
+
+
+@functools.cache
 def _modules() -> dict[str, Path]:
     mods: dict[str, Path] = {}
     for base, prefix in (("rn_deploy", "rn_deploy"), ("train", "rn_deploy.train")):
@@ -83,6 +90,7 @@ def _import_call(node: ast.AST) -> str | None:
     return node.args[0].value if name in IMPORT_CALLS and not node.args[0].value.startswith(".") else None
 
 
+@functools.cache  # every rule walks the same graph: parse the tree once per run
 def _edges(type_only: bool = True, packages: bool = False) -> dict[str, dict[str, bool]]:
     """module -> {imported module: imported at module level}.
 
@@ -93,7 +101,7 @@ def _edges(type_only: bool = True, packages: bool = False) -> dict[str, dict[str
     mods = _modules()
     edges: dict[str, dict[str, bool]] = {}
     for mod, f in mods.items():
-        tree = ast.parse(f.read_text(), str(f))
+        tree = _tree(f)
         skip = set() if type_only else _type_checking_nodes(tree)
         # Function bodies run later; everything else (module level, class bodies) runs at import.
         later = {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
@@ -231,7 +239,7 @@ def test_no_module_over_400_lines_and_each_says_its_concern():
         n = len(f.read_text().splitlines())
         if n > MAX_LINES:
             long.append(f"{f.relative_to(ROOT)}: {n} lines")
-        doc = ast.get_docstring(ast.parse(f.read_text()))
+        doc = ast.get_docstring(_tree(f))
         if not (doc and doc.splitlines()[0].strip() and "\n" not in doc.split("\n\n")[0]):  # a one-line summary first
             undocumented.append(str(f.relative_to(ROOT)))
     assert not long, f"modules over {MAX_LINES} lines (split them by concern):\n" + "\n".join(long)
@@ -275,7 +283,7 @@ def _internal_from_imports() -> list[tuple[str, Path, ast.ImportFrom, str]]:
     """(module, file, node, absolute target) of every ``from X import ...`` of rn_deploy/train code by rn_deploy/train code."""
     out = []
     for mod, f in _modules().items():
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        for node in ast.walk(_tree(f)):
             if isinstance(node, ast.ImportFrom) and (tgt := _from_target(mod, f, node)).startswith("rn_deploy"):
                 out.append((mod, f, node, tgt))
     return out
