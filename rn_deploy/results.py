@@ -11,12 +11,17 @@ from typing import Any
 
 from .benchmark import Latency
 
-__all__ = ["NOTHING_COMPARED", "REPORT_FORMAT", "Cell", "ValidationReport"]
+__all__ = ["NOTHING_COMPARED", "NOTHING_COMPARED_ONNX", "REPORT_FORMAT", "Cell", "ValidationReport"]
 
 REPORT_FORMAT = "rn-deploy-report/2"
 NOTHING_COMPARED = ("nothing was compared: every backend that ran is the PyTorch FP32 reference itself; pass --onnx MODEL.onnx "
                     "(ONNX Runtime CPU runs anywhere), --engine MODEL.engine on a machine with a GPU, or install "
                     "onnxruntime-gpu on a GPU machine for ort-cuda")
+# Without --checkpoint the --onnx itself, on ONNX Runtime CPU, is the reference: asking for --onnx again cannot help.
+NOTHING_COMPARED_ONNX = ("nothing was compared: without --checkpoint the FP32 reference is the --onnx model itself on ONNX "
+                         "Runtime CPU, and no backend independent of it ran here; pass --checkpoint MODEL.pt to compare the "
+                         "ONNX with PyTorch, --engine MODEL.engine on a machine with a GPU, or install onnxruntime-gpu on a GPU "
+                         "machine for ort-cuda")
 
 
 @dataclass
@@ -81,7 +86,7 @@ class ValidationReport:
         if self.problems:
             more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
             return self.problems[0] + more
-        return NOTHING_COMPARED
+        return NOTHING_COMPARED_ONNX if self.reference.startswith("ort-") else NOTHING_COMPARED
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -360,10 +360,12 @@ def run_validation(
                 raise RnDeployError(f"backend {name} was asked for but cannot run here: {e}") from None
             skipped[name] = str(e)
     runs = {Path(a) for r in runners if (a := getattr(r, "artifact", None))}
+    if ckpt_p is None:  # the --onnx is the reference then, judged by nothing: a report with no other backend says so
+        runs.add(ref_artifact[1])
     unjudged = [(flag, p) for flag, p in (("--onnx", onnx_p), ("--engine", engine_p)) if p is not None and p not in runs]
     if unjudged and not allow_skip:  # say so now, not after minutes of the other backends
         flag, p = unjudged[0]
-        why = "; ".join(r for n, r in skipped.items() if n.startswith("ort-" if flag == "--onnx" else "trt"))
+        why = "; ".join(dict.fromkeys(r for n, r in skipped.items() if n.startswith("ort-" if flag == "--onnx" else "trt")))
         raise RnDeployError(f"{flag} {p} was named but not judged ({why or 'no backend for it was asked for (--backends)'}); "
                             "run where it can run, or pass --allow-skip to accept a report without it")
     if sizes:

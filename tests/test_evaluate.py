@@ -215,3 +215,16 @@ def test_image_folder_and_mnist_png_references_reproduce_training(tmp_path: Path
     rep, _ = run_eval(res.checkpoint, dataset="mnist", data=mn, limit=100, out_dir=tmp_path, progress=False)
     assert rep["seed"] == 7 and rep["count"] == 100  # the recorded seed is the default
     assert rep["reproduces_training"] is True and rep["artifacts"][0]["correct"] == round(res.accuracy * 100)
+
+
+def test_an_image_folder_unlike_the_models_classes_is_blamed_on_the_model_not_a_training_split(tmp_path: Path):
+    """eval/quantize compare a folder with the checkpoint's class names: the error says so (issue 32.12)."""
+    from rn_deploy.errors import DataError
+    from tests.conftest import write_imagefolder
+
+    write_imagefolder(tmp_path, {"cat": (200, 0, 0), "dog": (0, 200, 0)}, 2)
+    with pytest.raises(DataError) as e:
+        load_split("imagefolder", tmp_path, "val", presize=16, class_names=["cat", "eel"])
+    msg = str(e.value)
+    assert "the model's class names" in msg and "training split" not in msg
+    assert "only here: ['dog']" in msg and "missing: ['eel']" in msg and str(tmp_path / "val") in msg

@@ -33,7 +33,7 @@ from rn_deploy.export import export_onnx
 from rn_deploy.metrics import parity
 from rn_deploy.models import create_model
 from rn_deploy.report import latency_points, markdown, parity_matrix, write_report
-from rn_deploy.results import NOTHING_COMPARED
+from rn_deploy.results import NOTHING_COMPARED, NOTHING_COMPARED_ONNX
 from rn_deploy.runners import OrtRunner, TorchRunner
 from rn_deploy.runners.lru import ShapeLRU
 from rn_deploy.runners.trt import torch_dtype
@@ -101,6 +101,22 @@ def test_checkpoint_alone_compares_nothing_and_fails(tiny: dict[str, Path], tmp_
     assert cell["latency"]["p50_ms"] > 0  # timed all the same
     assert rep["backends"]["torch-cpu-fp32"]["compared"] is False
     assert "timed only (the reference itself)" in (tmp_path / "report.md").read_text()
+
+
+def test_onnx_alone_that_compares_nothing_does_not_ask_for_onnx(tiny: dict[str, Path], tmp_path: Path):
+    """Without --checkpoint the --onnx is the reference: the failure must not say "pass --onnx" (issue 32.12).
+
+    ``--backends ort-cpu`` is the reference's twin on any machine; the default backends compare nothing on a CPU."""
+    runs = [("--backends", "ort-cpu")] + ([] if HAS_CUDA else [()])
+    for extra in runs:
+        out = tmp_path / str(len(extra))
+        res = _validate_cli("--onnx", str(tiny["onnx"]), "--sizes", "28", "--batch", "1", "--out", str(out), *extra)
+        assert res.exit_code == 1, res.output
+        err = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and "nothing was compared" in err[0], res.output
+        assert "PyTorch FP32 reference itself" not in err[0] and "--checkpoint" in err[0]
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["failure"] == NOTHING_COMPARED_ONNX and rep["reference"].startswith("ort-cpu")
 
 
 def test_reference_twin_is_timed_not_compared(tiny: dict[str, Path]):

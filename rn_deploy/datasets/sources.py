@@ -138,14 +138,21 @@ def _class_folders(split_dir: Path) -> list[Path]:
     return classes
 
 
-def _list_split(root: Path, split: str, class_names: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+# Where the class names a split is checked against come from: the other split (training) or the model (eval, quantize).
+TRAINING_SPLIT = "the training split's class folders"
+MODEL_CLASSES = "the model's class names (config.class_names)"
+
+
+def _list_split(root: Path, split: str, class_names: list[str] | None, names_of: str = TRAINING_SPLIT
+                ) -> tuple[list[Path], list[int], list[str]]:
     folders = _class_folders(root / split)
     names = [p.name for p in folders]
     if class_names is not None and names != class_names:
         only_here = sorted(set(names) - set(class_names))
         only_there = sorted(set(class_names) - set(names))
-        raise DataError(f"{root / split}: class folders differ from the training split's (only here: {only_here}, "
-                        f"missing: {only_there}); both splits need the same classes")
+        fix = "both splits need the same classes" if names_of == TRAINING_SPLIT else "the folder needs one class folder per model class, named as the model's"
+        raise DataError(f"{root / split}: class folders differ from {names_of} (only here: {only_here}, "
+                        f"missing: {only_there}); {fix}")
     files, labels = [], []
     for i, folder in enumerate(folders):
         for f in sorted(folder.iterdir()):
@@ -229,8 +236,9 @@ def _decode_cached(files: list[Path], size: int, channels: int, workers: int, cp
 
 
 def _load_folder_split(root: Path, split: str, class_names: list[str] | None, size: int, channels: int,
-                       workers: int, max_bad: float, cache: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
-    files, labels, names = _list_split(root, split, class_names)
+                       workers: int, max_bad: float, cache: bool, names_of: str = TRAINING_SPLIT
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    files, labels, names = _list_split(root, split, class_names, names_of)
     arr, ok = _decode_cached(files, size, channels, workers, _cache_path(root, split, files, size, channels) if cache else None)
     bad = int((~ok).sum())
     labels_t = torch.tensor(labels, dtype=torch.int64)
@@ -245,13 +253,18 @@ def _load_folder_split(root: Path, split: str, class_names: list[str] | None, si
 
 
 def load_image_folder(root: str | Path, split: str, *, presize: int, channels: int = 3, class_names: list[str] | None = None,
-                      workers: int | None = None, max_bad: float = 0.05, cache: bool = True) -> ImageSet:
-    """Imagenette/ImageFolder layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``."""
+                      workers: int | None = None, max_bad: float = 0.05, cache: bool = True,
+                      names_of: str = TRAINING_SPLIT) -> ImageSet:
+    """Imagenette/ImageFolder layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``.
+
+    ``class_names``, when given, are the class folders the split must have; ``names_of`` says in an error where they
+    came from (:data:`TRAINING_SPLIT` or :data:`MODEL_CLASSES`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; expected ROOT/train/<class>/ and ROOT/val/<class>/")
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    imgs, labels, names, bad = _load_folder_split(root, split, class_names, presize, channels, workers, max_bad, cache)
+    imgs, labels, names, bad = _load_folder_split(root, split, class_names, presize, channels, workers, max_bad, cache, names_of)
     mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3 else ([0.5], [0.5])
     return ImageSet(imgs, labels, names, mean, std, Augment(min_scale=0.5, flip=True), bad, presize)
 
@@ -300,7 +313,7 @@ def load_split(dataset: str, data: str | Path | None, split: str, *, limit: int 
         seed: the subset's seed (training's ``--seed``, default 0).
         presize: image folders: the decode size (the checkpoint's ``config.presize``).
         channels: image folders: decode as 1 (L) or 3 (RGB) channels.
-        class_names: image folders: the classes the split must have (e.g. the model's).
+        class_names: image folders: the model's classes, which the split's class folders must be.
 
     Raises:
         DataError: missing folder or files, empty folder, unknown dataset or split, nothing selected.
@@ -320,7 +333,7 @@ def load_split(dataset: str, data: str | Path | None, split: str, *, limit: int 
         if presize is None:
             raise DataError(f"{data}: image folders need a decode size (presize); the checkpoint's config.presize is None")
         full = load_image_folder(data, split, presize=presize, channels=channels,
-                                 class_names=list(class_names) if class_names else None)
+                                 class_names=list(class_names) if class_names else None, names_of=MODEL_CLASSES)
     if len(full) == 0:
         raise DataError(f"{data or name}: the {split} split has no images")
     return full.subset(limit, seed)
