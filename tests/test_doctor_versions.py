@@ -50,3 +50,22 @@ def test_doctor_reports_the_installed_versions_in_json_and_text():
     assert block["known_bad"] == [], block["known_bad"]
     text = CliRunner().invoke(main, ["doctor"]).stdout
     assert f"numpy {np.__version__}" in text and "packages:" in text
+
+
+def test_a_stubs_only_package_is_named_as_stubs_not_as_a_broken_install(tmp_path, monkeypatch):
+    """README's install has tensorrt-stubs: a ``tensorrt/`` folder of ``.pyi`` files, which doctor must call stubs
+    (issue 32.12); an empty folder is still a failed install. A fake module stands in for tensorrt here."""
+    from rn_deploy.doctor.probes import module_version
+
+    (tmp_path / "rnfake_rt").mkdir()
+    (tmp_path / "rnfake_rt" / "__init__.pyi").write_text("def f() -> int: ...\n")
+    info = tmp_path / "rnfake_rt_stubs-10.13.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rnfake-rt-stubs\nVersion: 10.13.0\n")
+    (info / "RECORD").write_text("rnfake_rt/__init__.pyi,,\nrnfake_rt_stubs-10.13.0.dist-info/METADATA,,\n")
+    (tmp_path / "rnfake_empty").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    version, why = module_version("rnfake_rt")
+    assert version is None and why is not None
+    assert "type stubs (rnfake-rt-stubs 10.13.0" in why and "no runtime" in why and "empty" not in why
+    assert "empty 'rnfake_empty' folder" in (module_version("rnfake_empty")[1] or "")

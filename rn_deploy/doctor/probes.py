@@ -79,7 +79,24 @@ def gpus() -> list[dict[str, Any]]:
         return []
 
 
-def _module_version(module: str) -> tuple[str | None, str | None]:
+def stubs_owner(module: str, folders: Sequence[str]) -> str | None:
+    """``"NAME VERSION"`` of the distribution whose type stubs (``.pyi`` only) fill ``module``'s folders, or None.
+
+    ``tensorrt-stubs`` (README's install, for mypy) writes a ``tensorrt/`` folder of ``.pyi`` files: an importable
+    namespace package with no runtime in it, which is not a broken TensorRT.
+    """
+    from importlib import metadata
+
+    files = [f for d in folders for f in Path(d).rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+    if not files or not all(f.suffix == ".pyi" or f.name == "py.typed" for f in files):
+        return None
+    for dist in metadata.distributions():
+        if any(f.parts[:1] == (module,) and f.suffix == ".pyi" for f in dist.files or ()):
+            return f"{dist.metadata['Name']} {dist.version}"
+    return "a stubs package"
+
+
+def module_version(module: str) -> tuple[str | None, str | None]:
     """(version, None) or (None, why not)."""
     if importlib.util.find_spec(module) is None:
         return None, "not installed"
@@ -91,12 +108,16 @@ def _module_version(module: str) -> tuple[str | None, str | None]:
     if version:
         return str(version), None
     if getattr(mod, "__file__", None) is None:
+        stubs = stubs_owner(module, list(getattr(mod, "__path__", [])))
+        if stubs is not None:
+            return None, (f"not installed: only its type stubs ({stubs}: .pyi files for mypy, no runtime); install "
+                          f"{module} itself on a machine that can run it")
         return None, f"only an empty '{module}' folder (a failed or partial install); reinstall it"
     return None, "no __version__ (incomplete install?)"
 
 
 def torch_info() -> dict[str, Any]:
-    version, why = _module_version("torch")
+    version, why = module_version("torch")
     if version is None:
         return {"version": None, "reason": why}
     import torch
@@ -106,7 +127,7 @@ def torch_info() -> dict[str, Any]:
 
 
 def onnxruntime_info() -> dict[str, Any]:
-    version, why = _module_version("onnxruntime")
+    version, why = module_version("onnxruntime")
     if version is None:
         return {"version": None, "reason": why}
     import onnxruntime as ort
@@ -118,7 +139,7 @@ def trt_info() -> dict[str, Any]:
     """Versions of full TensorRT and TensorRT-RTX (or why each is absent)."""
     out: dict[str, Any] = {}
     for key, module in (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx_bindings")):
-        version, why = _module_version(module)
+        version, why = module_version(module)
         out[key] = {"version": version} if version else {"version": None, "reason": why}
     return out
 
