@@ -359,7 +359,10 @@ def import_weights(source: str | Path, out: str | Path, *, class_names: Sequence
     """
     source = Path(source)
     state = read_state_dict(source)
-    rec, ours = convert(state)
+    try:
+        rec, ours = convert(state)
+    except CheckpointError as e:  # recognition judges keys and shapes, not files: the user needs to know which file
+        raise CheckpointError(f"{source}: {e}") from None
     found: dict[str, Any] = {}
     beside = source.with_name("config.json")
     if meta is None and source.suffix == ".safetensors" and beside.is_file():

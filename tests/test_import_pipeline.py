@@ -20,12 +20,14 @@ from click.testing import CliRunner
 
 from rn_deploy.cli import main
 
-from .conftest import HAS_CUDA, needs_rtx, requires, write_imagefolder
-from .test_importers import HAS_LIBS, randomised, source_model
+from .conftest import HAS_CUDA, needs_rtx, write_imagefolder
+from .test_importers import NEEDS, randomised, source_model
 
-pytestmark = [needs_rtx, pytest.mark.slow, requires(HAS_LIBS, "timm and fastai not installed (pip install -e '.[test]', see README)")]
+pytestmark = [needs_rtx, pytest.mark.slow]
 
-SOURCES = [("fastai", "xresnet50"), ("timm", "resnet50d"), ("torchvision", "resnet50")]
+# Each source needs only its own library.
+SOURCES = [pytest.param((lib, name), marks=NEEDS[lib], id=f"{lib}-{name}")
+           for lib, name in (("fastai", "xresnet50"), ("timm", "resnet50d"), ("torchvision", "resnet50"))]
 COLOURS = {"0": (200, 30, 30), "1": (30, 200, 30), "2": (30, 30, 200)}
 
 
@@ -42,7 +44,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=SOURCES, ids=[f"{lib}-{name}" for lib, name in SOURCES])
+@pytest.fixture(scope="module", params=SOURCES)
 def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One source through import, export and build; shared by the tests below."""
     library, name = request.param

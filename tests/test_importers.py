@@ -11,6 +11,7 @@ loads (same shapes) and fails the logits comparison.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,28 @@ from .conftest import randomise_batchnorm, requires
 
 try:
     import timm
-    import torchvision
+
+    HAS_TIMM = True
+except ImportError:
+    HAS_TIMM = False
+try:
     from fastai.vision.models.xresnet import xresnet18, xresnet50
 
-    HAS_LIBS = True
+    HAS_FASTAI = True
 except ImportError:
-    HAS_LIBS = False
+    HAS_FASTAI = False
+try:
+    import torchvision
 
-pytestmark = requires(HAS_LIBS, "timm and fastai not installed (pip install -e '.[test]', see README)")
+    HAS_TORCHVISION = True
+except ImportError:
+    HAS_TORCHVISION = False
+
+# Each test needs only the library that writes its source (none for the pickle-safety and unknown-layout tests).
+NEEDS = {"fastai": requires(HAS_FASTAI, "fastai not installed (pip install -e '.[test]', see README)"),
+         "timm": requires(HAS_TIMM, "timm not installed (pip install -e '.[test]', see README)"),
+         "torchvision": requires(HAS_TORCHVISION, "torchvision not installed (pip install torchvision)")}
+needs_fastai, needs_timm = NEEDS["fastai"], NEEDS["timm"]
 
 N_CLASSES = 5
 SIZES = [(32, 32), (47, 61), (64, 64)]
@@ -74,7 +89,7 @@ CASES = [("fastai", "xresnet18", "resnet18"), ("fastai", "xresnet50", "resnet50"
          ("timm", "resnet50d", "resnet50"), ("timm", "resnet18", "tv_resnet18"), ("torchvision", "resnet18", "tv_resnet18")]
 
 
-@pytest.mark.parametrize(("library", "name", "arch"), CASES, ids=[f"{lib}-{n}" for lib, n, _ in CASES])
+@pytest.mark.parametrize(("library", "name", "arch"), [pytest.param(*c, marks=NEEDS[c[0]], id=f"{c[0]}-{c[1]}") for c in CASES])
 def test_imported_logits_equal_the_source_library(tmp_path: Path, library: str, name: str, arch: str):
     src = randomised(source_model(library, name))
     torch.save(src.state_dict(), tmp_path / "weights.pth")
@@ -87,6 +102,7 @@ def test_imported_logits_equal_the_source_library(tmp_path: Path, library: str, 
     assert_same_logits(src, ck.model)
 
 
+@needs_fastai
 def test_fastai_learn_save_with_optimizer_state(tmp_path: Path):
     """learn.save() stores {'model', 'opt'}; the optimiser state names fastcore's L, which is never built."""
     from fastai.learner import save_model
@@ -106,6 +122,7 @@ def test_fastai_learn_save_with_optimizer_state(tmp_path: Path):
     assert_same_logits(src, load_checkpoint(tmp_path / "m.pt").model)
 
 
+@needs_fastai
 def test_fastai_export_pickle_is_refused_without_running_it(tmp_path: Path):
     from fastai.data.core import Datasets
     from fastai.learner import Learner
@@ -136,19 +153,40 @@ def test_a_pickle_with_code_never_runs(tmp_path: Path):
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.parametrize(("state", "message"), [
-    (lambda: __import__("fastai.vision.learner", fromlist=["x"]).create_vision_model(xresnet18, 3, pretrained=False).state_dict(),
-     "vision_learner"),
-    (lambda: __import__("fastai.vision.models.xresnet", fromlist=["x"]).xresnet18_deep(n_out=3).state_dict(), "6 groups"),
-    (lambda: timm.create_model("resnet50c", num_classes=3).state_dict(), "resnet\\*c"),
-    (lambda: timm.create_model("resnet26t", num_classes=3).state_dict(), "stem widths \\[24, 32, 64\\]"),
-    (lambda: {"features.weight": torch.zeros(2)}, "not a ResNet state_dict"),
-], ids=["vision_learner", "xresnet18_deep", "timm-resnet50c", "timm-resnet26t", "unknown"])
+REFUSED = [
+    pytest.param(lambda: __import__("fastai.vision.learner", fromlist=["x"]).create_vision_model(xresnet18, 3, pretrained=False)
+                 .state_dict(), "vision_learner", marks=needs_fastai, id="vision_learner"),
+    pytest.param(lambda: __import__("fastai.vision.models.xresnet", fromlist=["x"]).xresnet18_deep(n_out=3).state_dict(), "6 groups",
+                 marks=needs_fastai, id="xresnet18_deep"),
+    pytest.param(lambda: timm.create_model("resnet50c", num_classes=3).state_dict(), "resnet\\*c", marks=needs_timm,
+                 id="timm-resnet50c"),
+    pytest.param(lambda: timm.create_model("resnet26t", num_classes=3).state_dict(), "stem widths \\[24, 32, 64\\]",
+                 marks=needs_timm, id="timm-resnet26t"),
+    pytest.param(lambda: torchvision.models.efficientnet_b0(num_classes=3).state_dict(), "not a ResNet state_dict",
+                 marks=NEEDS["torchvision"], id="torchvision-efficientnet_b0"),
+    pytest.param(lambda: {"head.weight": torch.zeros(3, 8), "head.bias": torch.zeros(3)}, "not a ResNet state_dict", id="head-only"),
+    pytest.param(lambda: {"features.weight": torch.zeros(2)}, "not a ResNet state_dict", id="unknown"),
+]
+
+
+@pytest.mark.parametrize(("state", "message"), REFUSED)
 def test_architectures_without_an_equivalent_are_refused(state, message: str):
     with pytest.raises(CheckpointError, match=message):
         convert(state())
 
 
+@pytest.mark.parametrize(("state", "message"), REFUSED)
+def test_every_refusal_names_the_file_in_one_line(state, message: str, tmp_path: Path):
+    """``rn-deploy import`` of each refused layout: one line that starts with the file's path (issue 32.12)."""
+    src = tmp_path / "their weights.pth"
+    torch.save(state(), src)
+    res = CliRunner().invoke(main, ["import", str(src), "-o", str(tmp_path / "m.pt")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith(f"error: {src}: ") and re.search(message, res.output), res.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+@needs_timm
 def test_metadata_from_json_flags_and_wrappers(tmp_path: Path):
     src = randomised(timm.create_model("resnet18d", num_classes=3))
     # DDP-wrapped keys and a training checkpoint's {'state_dict': ...}
@@ -165,6 +203,7 @@ def test_metadata_from_json_flags_and_wrappers(tmp_path: Path):
     assert bad.exit_code == 1 and "2 class names for n_classes=3" in bad.output and not (tmp_path / "n.pt").exists()
 
 
+@needs_timm
 def test_safetensors_with_a_timm_config_beside(tmp_path: Path):
     """A timm/Hugging Face folder (model.safetensors + config.json) carries its labels, mean/std and input size."""
     from safetensors.torch import save_file
