@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+from .errors import RnDeployError
 
 INPUT = "input"
 OUTPUT = "logits"
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"
 # Memory layouts of an image input: ours is NCHW; a foreign ONNX may take NHWC (rn_deploy.preprocess.to_layout).
 LAYOUTS = ("NCHW", "NHWC")
+# The backends `validate` runs (rn_deploy.validate.BACKEND_NAMES): here so the CLI judges --backends without torch.
+VALIDATE_BACKENDS = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt", "trt-graph")
+# A Triton model name: both its folder and its config name.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str) -> None:
+    """One line refusing a name Triton would not take as both folder and config name (quotes, slashes, newlines...)."""
+    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise RnDeployError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only (not first), at most 128, "
+                            "like resnet18_fmnist")
 
 
 def layout_shape(shape: Sequence[int], layout: str) -> tuple[int, ...]:

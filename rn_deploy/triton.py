@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,12 +34,12 @@ import onnx
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
+from .names import check_model_name
 from .sizes import policy_text
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
 # Model names Triton takes as folder and config name alike: letters, digits, '_', '-', '.', not starting with '.'.
-MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
               "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
@@ -119,13 +118,6 @@ def check_data_location(path: Path, location: str) -> None:
     if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
         raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
                             "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
-
-
-def check_model_name(name: str) -> None:
-    """One line refusing a name Triton would not take as both folder and config name (quotes, slashes, newlines...)."""
-    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
-        raise RnDeployError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only (not first), at most 128, "
-                            "like resnet18_fmnist")
 
 
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
 from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
 from .log import Log
+from .names import VALIDATE_BACKENDS
 from .reference import check_onnx_fits, onnx_reference
 from .results import NOTHING_COMPARED, REPORT_FORMAT, Cell, ValidationReport
 from .runners import Runner, RunnerUnavailable
@@ -208,7 +209,7 @@ def default_grid(image_size: Sequence[int], min_size: int, profiles: Sequence[An
     return [(b, h, w) for h, w in uniq for b in batches]
 
 
-BACKEND_NAMES = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt", "trt-graph")
+BACKEND_NAMES = VALIDATE_BACKENDS
 
 
 def _make_runner(name: str, checkpoint: Path | None, onnx_path: Path | None, engine_path: Path | None) -> Runner:

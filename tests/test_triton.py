@@ -216,8 +216,9 @@ def test_external_data_outside_the_model_folder_is_refused_and_nothing_written(o
 @pytest.mark.parametrize("name", ['fm"\nplatform: "pytorch_libtorch', "a\\b", "a/b", ".hidden", "", "x y", "..", "é"])
 def test_model_names_triton_would_not_take_are_one_line_refusals(onnx_model: Path, tmp_path: Path, name: str):
     res = CliRunner().invoke(main, ["export-triton", str(onnx_model), "--repo", str(tmp_path / "repo"), "--name", name])
-    assert res.exit_code == 1, res.output
-    assert len(res.output.strip().splitlines()) == 1 and res.output.startswith(f"error: model name {name!r}: use letters"), res.output
+    assert res.exit_code == 2, res.output  # a bad option value: a usage error, judged before any work (issue 32.12)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Invalid value for '--name': ") and f"model name {name!r}: use letters" in lines[0]
     assert not (tmp_path / "repo").exists()
 
 

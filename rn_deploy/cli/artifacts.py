@@ -9,14 +9,14 @@ from typing import Any
 import click
 
 from .group import echo_json, main, stderr_log
-from .params import BATCH_TRIPLE, DATASET_NAMES, FLOATS, PROFILE, SHAPE, HWType
+from .params import BATCH_TRIPLE, DATASET_NAMES, FLOATS, MODEL_NAME, POINTS, POSITIVE_FLOATS, PROFILE, SHAPE, HWType
 
 
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX file to write [default: model.onnx (model.fp16.onnx with --fp16) beside the checkpoint].")
-@click.option("--opset", type=int, default=None,
+@click.option("--opset", type=click.IntRange(min=18), default=None,
               help="ONNX opset, 18 or newer [default: 20, IR 9: ONNX Runtime >= 1.17; 18 gives IR 8: ONNX Runtime >= 1.14].")
 @click.option("--fp16", is_flag=True, help="FP16 weights/compute for strongly typed builders (TensorRT >= 11, TensorRT-RTX).")
 @click.option("--fp16-io", is_flag=True, help="With --fp16: FP16 input/output too (default FP32 I/O).")
@@ -65,7 +65,7 @@ def export_cmd(checkpoint: Path, out: Path | None, opset: int | None, fp16: bool
               help="File to write: exports/NAME/model.pt for weights, exports/NAME/model.onnx for an ONNX.")
 @click.option("--classes", default=None, help="Class names: a file with one per line, or a comma list [default: 0..N-1].")
 @click.option("--mean", type=FLOATS, default=None, help="Per-channel mean of pixels in [0, 1] [default: ImageNet's].")
-@click.option("--std", type=FLOATS, default=None, help="Per-channel std [default: ImageNet's].")
+@click.option("--std", type=POSITIVE_FLOATS, default=None, help="Per-channel std [default: ImageNet's].")
 @click.option("--size", type=HWType(), default=None, help="Training image size H or HxW [default: an ONNX's fixed size, else 224].")
 @click.option("--meta", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights: JSON with class_names/mean/std/image_size (or a timm config.json); flags win over it.")
@@ -129,10 +129,7 @@ def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], si
 
     # Order is the engine's profile order: --min/--opt/--max is profile 0, then each --profile, then --sizes-from.
     out = []
-    given = [v is not None for v in (min_, opt, max_)]
-    if any(given):
-        if not all(given):
-            raise click.UsageError("--min, --opt and --max go together")
+    if min_ is not None:  # with --opt and --max: build_cmd checked that
         out.append(Profile(min_, opt, max_))
     out += list(profile)
     if sizes_from is not None:
@@ -161,10 +158,10 @@ def _parse_profiles(min_: Any, opt: Any, max_: Any, profile: tuple[Any, ...], si
               help="With --sizes-from: one profile per size band, nested so every size between the smallest and largest is covered.")
 @click.option("--batch", type=BATCH_TRIPLE, default="1,8,32", show_default=True, help="With --sizes-from: MIN,OPT,MAX batch.")
 @click.option("--target", default=None, help="TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120.")
-@click.option("--workspace", type=int, default=None, help="Workspace limit in MiB.")
+@click.option("--workspace", type=click.IntRange(min=1), default=None, help="Workspace limit in MiB.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TensorRT timing cache file.")
-@click.option("--dla-core", type=int, default=None, help="Full TensorRT on Jetson: run on this DLA core (FP16/INT8).")
+@click.option("--dla-core", type=click.IntRange(min=0), default=None, help="Full TensorRT on Jetson: run on this DLA core (FP16/INT8).")
 @click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
 @click.option("--hardware-compat", type=click.Choice(["none", "ampere-plus", "same-cc"]), default="none", show_default=True,
               help="Full TensorRT: run on any GPU of compute capability >= 8.0 (ampere-plus) or of the build GPU's (same-cc).")
@@ -183,12 +180,23 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
     ONNX sha256, tensors). TensorRT-RTX builds on a machine without a GPU when --target is given.
     A Q/DQ ONNX from `rn-deploy quantize` builds as INT8/FP8 (explicit quantization, strongly typed).
     """
+    given = [v is not None for v in (min_, opt, max_)]
+    if any(given) and not all(given):
+        raise click.UsageError("--min, --opt and --max go together")
+    if all(given):  # judged before the (slow) builder import: a usage error, exit 2
+        from ..errors import BuildError
+        from ..runtime.manifest import Profile, fmt_shape
+
+        try:
+            Profile(min_, opt, max_).check_order(f"--min {fmt_shape(min_)} --opt {fmt_shape(opt)} --max {fmt_shape(max_)}")
+        except BuildError as e:
+            raise click.BadParameter(str(e), param_hint="--min/--opt/--max") from None
+    if gpu_fallback and dla_core is None:
+        raise click.UsageError("--gpu-fallback goes with --dla-core")
     from ..builder import build_engine, onnx_info
 
     channels = (onnx_info(onnx_path).channels or 3) if onnx_path.exists() else 3
     profiles = _parse_profiles(min_, opt, max_, profile, sizes_from, bands, batch, channels)
-    if gpu_fallback and dla_core is None:
-        raise click.UsageError("--gpu-fallback goes with --dla-core")
     if out is None:
         quant = next((q for q in ("int8", "fp8") if onnx_path.name.endswith(f".{q}.onnx")), None)
         out = onnx_path.with_name(f"model.{quant + '.' if quant else ''}{backend}.engine")
@@ -216,7 +224,7 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 @click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True,
               help="INT8 (any TensorRT GPU, Jetson DLA) or FP8 (sm89 and newer).")
 @click.option("--exclude", multiple=True, help="Keep nodes in higher precision: first, last or node names (comma list, repeatable).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost.")
+@click.option("--max-drop", type=POINTS, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost.")
 @click.option("--ladder/--no-ladder", default=True, show_default=True,
               help="On a failed gate, try another method, more calibration images, then first/last layers kept.")
 @click.option("--force", is_flag=True, help="Write the best rung even when it fails the gate.")
@@ -261,8 +269,8 @@ def quantize_cmd(source: Path, out: Path | None, calib: str | None, data: str | 
 @main.command("export-triton")
 @click.argument("model", metavar="ENGINE|ONNX", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True, help="Triton model repository folder.")
-@click.option("--name", required=True, help="Model name (the folder inside the repository).")
-@click.option("--max-batch", type=int, default=None,
+@click.option("--name", type=MODEL_NAME, required=True, help="Model name (the folder inside the repository).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="max_batch_size [default: an engine's largest profile batch (the max over its profiles); 32 for ONNX].")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default=None,
               help="Instance kind for ONNX models (KIND_GPU or KIND_CPU) [default: gpu]; plans run on the GPU.")

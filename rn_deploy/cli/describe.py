@@ -13,8 +13,8 @@ from .params import HWType
 
 
 @main.command("models")
-@click.option("--n-classes", default=1000, show_default=True, help="Outputs used for the parameter count.")
-@click.option("--in-channels", default=None, type=int, help="Input channels (default: each model's own).")
+@click.option("--n-classes", type=click.IntRange(min=1), default=1000, show_default=True, help="Outputs used for the parameter count.")
+@click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels (default: each model's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of a table.")
 def models_cmd(n_classes: int, in_channels: int | None, as_json: bool) -> None:
     """List registered architectures with their parameter counts and the smallest H/W each runs at.

@@ -66,8 +66,8 @@ def _option_name(cmd: click.Command, param: str | None) -> str:
 
 
 class _Group(click.Group):
-    """Prints our errors as one line on stderr (no traceback) and exits 1; Ctrl-C exits 130 saying what was kept;
-    loads training commands lazily."""
+    """Prints our errors as one line on stderr (no traceback) and exits 1, usage errors as one line and exits 2;
+    Ctrl-C exits 130 saying what was kept; loads training commands lazily."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -75,6 +75,10 @@ class _Group(click.Group):
         except RnDeployError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
+        except click.UsageError as e:  # a bad option value: one line too (click's own print is 4), exit 2
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             from .._io import WRITTEN
 

@@ -1,4 +1,8 @@
-"""Option values of the commands: click parameter types and the parsers behind them (sizes, shapes, profiles, lists)."""
+"""Option values of the commands: click parameter types and the parsers behind them (sizes, shapes, profiles, lists).
+
+Every value that can be judged alone is judged here, while click parses, so a bad one is a usage error (exit 2)
+before any work; the types import nothing heavy (torch, onnx) unless their option is given.
+"""
 
 from __future__ import annotations
 
@@ -52,13 +56,13 @@ class LibraryValueType(click.ParamType):
 
 
 def _shape(text: str) -> Any:
-    from ..builder import parse_shape
+    from ..runtime.manifest import parse_shape  # not ..builder: that imports torch
 
     return parse_shape(text)
 
 
 def _profile(text: str) -> Any:
-    from ..builder import Profile
+    from ..runtime.manifest import Profile
 
     return Profile.parse(text)
 
@@ -81,7 +85,7 @@ def _hw_list(text: str) -> list[tuple[int, int]]:
 
 
 def _backend_list(text: str) -> list[str]:
-    from ..validate import BACKEND_NAMES
+    from ..names import VALIDATE_BACKENDS as BACKEND_NAMES  # not ..validate: that imports torch
 
     names = [b.strip() for b in text.split(",") if b.strip()]
     unknown = [b for b in names if b not in BACKEND_NAMES]
@@ -107,6 +111,66 @@ def _floats(text: str) -> list[float]:
 
 
 FLOATS = LibraryValueType("A,B,C", _floats)
+
+
+def _positive_floats(text: str) -> list[float]:
+    out = _floats(text)
+    if not out or not all(0 < v < float("inf") for v in out):
+        raise RnDeployError(f"{text!r}: use positive numbers separated by commas, e.g. 0.229,0.224,0.225")
+    return out
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RnDeployError(f"{text!r}: use comma-separated integers, e.g. 1,8") from None
+    if not out or min(out) < 1:
+        raise RnDeployError(f"{text!r}: use positive integers separated by commas, e.g. 1,8")
+    return out
+
+
+def _finite_points(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 <= v < float("inf"):
+        raise RnDeployError(f"{text!r}: use a finite number of points >= 0, e.g. 1.0")
+    return v
+
+
+def _model_name(text: str) -> str:
+    from ..names import check_model_name
+
+    check_model_name(text)
+    return text
+
+
+def _tolerance(text: str) -> str:
+    from ..validate import parse_tolerance_overrides  # imports torch: only when --tol is given
+
+    parse_tolerance_overrides([text])
+    return text
+
+
+def _eval_backends(text: str) -> list[str]:
+    from ..evaluate.artifacts import BACKENDS  # imports torch: only when --backends is given
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown or not names:
+        raise RnDeployError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}")
+    return names
+
+
+POSITIVE_FLOATS = LibraryValueType("A,B,C", _positive_floats)
+POSITIVE_INTS = LibraryValueType("N,N,...", _positive_ints)
+POINTS = LibraryValueType("POINTS", _finite_points)
+MODEL_NAME = LibraryValueType("NAME", _model_name)
+TOLERANCE = LibraryValueType("[PREC.]METRIC=VALUE", _tolerance)
+EVAL_BACKENDS = LibraryValueType("BACKEND,...", _eval_backends)
+PORT = click.IntRange(1, 65535)
 
 
 def split_ints(value: str, what: str) -> list[int]:

@@ -8,16 +8,16 @@ import click
 
 from ..errors import RnDeployError
 from .group import echo_json, main, stderr_log
-from .params import split_ints
+from .params import MODEL_NAME, PORT, POSITIVE_INTS
 
 
 @main.command("serve")
 @click.argument("model", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--name", default="classifier", show_default=True, help="Model name clients address.")
+@click.option("--name", type=MODEL_NAME, default="classifier", show_default=True, help="Model name clients address.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
-@click.option("--http-port", type=int, default=8000, show_default=True, help="KServe-v2 HTTP port.")
-@click.option("--grpc-port", type=int, default=8001, show_default=True, help="KServe-v2 gRPC port.")
-@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics at /metrics.")
+@click.option("--http-port", type=PORT, default=8000, show_default=True, help="KServe-v2 HTTP port.")
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="KServe-v2 gRPC port.")
+@click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="Prometheus metrics at /metrics.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Dynamic batching: largest batch.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Dynamic batching: longest wait for a batch to fill.")
@@ -82,14 +82,14 @@ def classify_cmd(url: str, images: tuple[Path, ...], grpc: bool, model: str | No
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of images to send.")
 @click.option("--dataset", type=click.Choice(["fashion-mnist"]), default=None, help="Send a dataset's test images instead.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="Images to cycle through.")
-@click.option("--concurrency", default="1,4,16,64", show_default=True, help="Comma list of concurrent clients.")
+@click.option("--concurrency", type=POSITIVE_INTS, default="1,4,16,64", show_default=True, help="Comma list of concurrent clients.")
 @click.option("--duration", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="Seconds per level.")
 @click.option("--grpc", is_flag=True, help="URL is the gRPC port (default: HTTP).")
 @click.option("--model", default=None, help="Model name [default: classifier, serve's default].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write loadtest.json, loadtest.md, loadtest.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
-def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int, concurrency: str, duration: float, grpc: bool,
+def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int, concurrency: list[int], duration: float, grpc: bool,
                  model: str | None, out: Path | None, as_json: bool) -> None:
     """Closed-loop load test of a server at URL: requests/s, p50/p90/p99 latency and errors per concurrency."""
     from ..client import dataset_images, folder_images, loadtest, write_report
@@ -97,7 +97,7 @@ def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int,
     if (images is None) == (dataset is None):
         raise click.UsageError("give one of --images DIR or --dataset fashion-mnist")
     data = folder_images(images, limit) if images else dataset_images(str(dataset), limit)
-    rep = loadtest(url, data, split_ints(concurrency, "--concurrency"), duration, grpc=grpc, model=model,
+    rep = loadtest(url, data, concurrency, duration, grpc=grpc, model=model,
                    image_source=str(images or dataset), log=None if as_json else click.echo)
     if out is not None:
         files = write_report(rep, out)

@@ -8,7 +8,7 @@ import click
 
 from ..errors import RnDeployError
 from .group import echo_json, main, stderr_log
-from .params import BACKEND_LIST, DATASET_NAMES, HW_LIST, split_ints
+from .params import BACKEND_LIST, DATASET_NAMES, EVAL_BACKENDS, HW_LIST, POINTS, POSITIVE_INTS, TOLERANCE
 
 
 @main.command("validate")
@@ -20,11 +20,11 @@ from .params import BACKEND_LIST, DATASET_NAMES, HW_LIST, split_ints
               help="Comma list of torch,torch-fp16,ort-cpu,ort-cuda,ort-cuda-graph,trt,trt-graph [default: all that apply].")
 @click.option("--sizes", type=HW_LIST, default=None,
               help="Comma list of H or HxW [default: profiles' min/opt/max or the training size, plus 97x211].")
-@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
+@click.option("--batch", "batches", type=POSITIVE_INTS, default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of real images as inputs.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder [default: the checkpoint's folder].")
-@click.option("--tol", multiple=True, help="Tolerance override, e.g. rel_l2=1e-2 or fp16.cosine=0.998 (repeatable).")
+@click.option("--tol", type=TOLERANCE, multiple=True, help="Tolerance override, e.g. rel_l2=1e-2 or fp16.cosine=0.998 (repeatable).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls per cell before timing.")
 @click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls per cell.")
 @click.option("--allow-skip", is_flag=True,
@@ -34,7 +34,7 @@ from .params import BACKEND_LIST, DATASET_NAMES, HW_LIST, split_ints
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path | None, backends: list[str] | None,
                  sizes: list[tuple[int, int]] | None,
-                 batches: str, images: Path | None, out: Path | None, tol: tuple[str, ...], warmup: int, iters: int,
+                 batches: list[int], images: Path | None, out: Path | None, tol: tuple[str, ...], warmup: int, iters: int,
                  allow_skip: bool, allow_other_source: bool, as_json: bool) -> None:
     """Check parity (vs PyTorch FP32) and latency of torch / ONNX Runtime / TensorRT across sizes and batches.
 
@@ -61,7 +61,7 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
         raise click.BadParameter(str(e), param_hint="--tol") from None
     rep, files = run_validation(
         checkpoint, onnx_path=onnx_path, engine_path=engine, backends=backends, sizes=sizes,
-        batches=split_ints(batches, "--batch"), images=images, out_dir=out or (checkpoint or onnx_path or Path(".")).parent,
+        batches=batches, images=images, out_dir=out or (checkpoint or onnx_path or Path(".")).parent,
         tolerances=tolerances, warmup=warmup, iters=iters, allow_skip=allow_skip, log=stderr_log,
         allow_other_source=allow_other_source,
     )
@@ -88,8 +88,8 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the subset `train --limit N` evaluated on.")
 @click.option("--seed", type=int, default=None, help="Seed of that subset [default: the recorded training seed, else 0].")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Images per inference call.")
-@click.option("--backends", default=None, help="Comma list of ort-cpu,ort-cuda,trt,torch-fp16 [default: ort-cuda or ort-cpu, trt].")
-@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+@click.option("--backends", type=EVAL_BACKENDS, default=None, help="Comma list of ort-cpu,ort-cuda,trt,torch-fp16 [default: ort-cuda or ort-cpu, trt].")
+@click.option("--max-drop", type=POINTS, default=None,
               help="Allowed top-1 drop in points vs the reference [default: 0.3 fp16, 1.0 int8].")
 @click.option("--min-agreement", multiple=True,
               help="Least fraction of images on which an artifact picks the reference's class: FRACTION for every precision "
@@ -110,7 +110,7 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
 def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
-             split: str | None, limit: int | None, seed: int | None, batch: int, backends: str | None, max_drop: float | None,
+             split: str | None, limit: int | None, seed: int | None, batch: int, backends: list[str] | None, max_drop: float | None,
              min_agreement: tuple[str, ...], allow_skip: bool, allow_other_source: bool, allow_unreproduced: bool,
              size_list: str | None, scales: str | None, size_drop: float, range_drop: float, record_range: bool, out: Path | None,
              as_json: bool) -> None:
@@ -123,16 +123,16 @@ def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tup
     recorded. Artifacts made from another checkpoint (their recorded digest) are refused unless
     --allow-other-source.
     """
+    want_sizes = _size_options(size_list, scales, record_range)  # before the (slow) evaluate import: exit 2 at once
+    if want_sizes and checkpoint is None:
+        raise click.UsageError("--sizes/--scales measure against the checkpoint: pass --checkpoint")
     from ..evaluate import EvalFailed, format_table, parse_min_agreement, run_eval
 
     try:
         agreement = parse_min_agreement(min_agreement)
     except RnDeployError as e:
         raise click.BadParameter(str(e), param_hint="--min-agreement") from None
-    want_sizes = _size_options(size_list, scales, record_range)
-    if want_sizes and checkpoint is None:
-        raise click.UsageError("--sizes/--scales measure against the checkpoint: pass --checkpoint")
-    bk = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    bk = backends or None
     rep, files = run_eval(checkpoint, onnx=onnx_paths, engines=engines, dataset=dataset, data=data, split=split, limit=limit,
                           seed=seed, batch=batch, backends=bk, max_drop=max_drop, allow_skip=allow_skip, out_dir=out, log=stderr_log,
                           min_agreement=agreement, allow_other_source=allow_other_source, allow_unreproduced=allow_unreproduced)

@@ -101,6 +101,8 @@ def parse_shape(text: str) -> Shape:
         raise BuildError(f"shape {text!r} is not NxCxHxW (e.g. 8x3x224x224)") from None
     if len(dims) != 4:
         raise BuildError(f"shape {text!r} has rank {len(dims)}; the input is NxCxHxW (rank 4)")
+    if min(dims) < 1:
+        raise BuildError(f"shape {text!r} has a dimension < 1; every one of N, C, H, W is at least 1")
     return dims  # type: ignore[return-value]
 
 
@@ -119,7 +121,16 @@ class Profile:
         if len(parts) != 3:
             raise BuildError(f"profile {text!r} is not MIN:OPT:MAX, e.g. 1x3x64x64:8x3x224x224:32x3x512x512")
         lo, opt, hi = (parse_shape(p) for p in parts)
-        return cls(lo, opt, hi)
+        profile = cls(lo, opt, hi)
+        profile.check_order(f"profile {text!r}")
+        return profile
+
+    def check_order(self, where: str) -> None:
+        """Refuse, naming ``where``, a profile whose min <= opt <= max fails on some axis."""
+        for i, axis in enumerate(("batch", "channels", "height", "width")):
+            if not self.min[i] <= self.opt[i] <= self.max[i]:
+                raise BuildError(f"{where}: profile {axis} must satisfy min <= opt <= max, got "
+                                 f"{self.min[i]} / {self.opt[i]} / {self.max[i]}")
 
     def covers(self, shape: Sequence[int]) -> bool:
         return len(shape) == 4 and all(a <= s <= b for a, s, b in zip(self.min, shape, self.max, strict=True))
@@ -132,10 +143,7 @@ class Profile:
                 raise BuildError(f"{where}: profile {label} shape {fmt_shape(s)} has a dimension < 1")
             if channels is not None and s[1] != channels:
                 raise BuildError(f"{where}: profile {label} shape {fmt_shape(s)} has {s[1]} channels; the model takes {channels}")
-        for i, axis in enumerate(("batch", "channels", "height", "width")):
-            if not self.min[i] <= self.opt[i] <= self.max[i]:
-                raise BuildError(f"{where}: profile {axis} must satisfy min <= opt <= max, got "
-                                 f"{self.min[i]} / {self.opt[i]} / {self.max[i]}")
+        self.check_order(where)
         if min_hw is not None and min(self.min[2:]) < min_hw:
             raise BuildError(f"{where}: profile min {fmt_shape(self.min)} is below the model's minimum size {min_hw}x{min_hw}")
 
