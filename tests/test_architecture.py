@@ -25,7 +25,7 @@ LAYER_OF = {
     "rn_deploy.strictjson": "foundation", "rn_deploy.metrics": "foundation", "rn_deploy.summary": "foundation",
     "rn_deploy.datasets": "foundation",
     "rn_deploy.models": "model", "rn_deploy.checkpoint": "model", "rn_deploy.importers": "model", "rn_deploy.train": "model",
-    "rn_deploy.sizes": "model",
+    "rn_deploy.sizes": "model", "rn_deploy.modeltable": "model",
     "rn_deploy.build": "artifacts",  # the builder's old import path (re-exports rn_deploy.builder)
     "rn_deploy.onnxfile": "artifacts", "rn_deploy.export": "artifacts", "rn_deploy.builder": "artifacts",
     "rn_deploy.triton": "artifacts", "rn_deploy.foreign": "artifacts",

@@ -60,6 +60,8 @@ LIGHT = [
     (["models", "--n-classes", "0"], "--n-classes"),
     (["models", "--in-channels", "0"], "--in-channels"),
     (["summary", "resnet18", "--size", "0x4"], "--size"),
+    (["summary", "resnet19"], "ARCH"),
+    (["demo", "--arch", "nope", "--epochs", "1"], "--arch"),
     (["loadtest", "localhost:1", "--images", "imgs", "--concurrency", "0"], "--concurrency"),
     (["loadtest", "localhost:1", "--images", "imgs", "--concurrency", "4,a"], "--concurrency"),
 ]

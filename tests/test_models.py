@@ -102,3 +102,49 @@ def test_unknown_and_duplicate_names_are_errors():
         register_model("resnet18")(lambda **kw: nn.Identity())
     with pytest.raises(ModelError, match="n_classes"):
         create_model("resnet18", n_classes=0)
+
+
+def test_the_models_table_matches_every_registered_net():
+    """rn_deploy.modeltable (what ``rn-deploy models`` prints without building a net) against the nets themselves:
+    parameters at several class/channel counts (counted on the meta device: no weights allocated) and the smallest
+    size by a real forward pass (issue 32.12). Regenerate a row with ``ModelFacts(ch, P(1000, ch),
+    P(1001, ch) - P(1000, ch), P(1000, ch + 1) - P(1000, ch), torch_min_size(net, ch, cap=224), spec.description)``.
+    """
+    from rn_deploy.export import torch_min_size
+    from rn_deploy.modeltable import MODELS
+
+    assert list(MODELS) == ALL
+    for name, facts in MODELS.items():
+        spec = get_model_spec(name)
+        assert (facts.in_channels, facts.description) == (spec.default_in_channels, spec.description), name
+        for n, ch in ((7, 5), (10, None)):  # other classes and channels; then the net whose minimum size is measured
+            with torch.device("meta"):
+                net = create_model(name, n_classes=n, in_channels=ch or spec.default_in_channels)
+            assert facts.parameters(n, ch) == count_parameters(net), (name, n, ch)
+        # Real CPU weights without the random init (60 M parameters of kaiming take seconds): constants and BatchNorm's
+        # defaults give a finite output wherever the net runs, and whether it runs is all the minimum size asks.
+        net = net.to_empty(device="cpu")
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(0.01)
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+        assert facts.min_size == torch_min_size(net.eval(), facts.in_channels, cap=224), name
+
+
+def test_models_command_builds_no_net_and_imports_no_torch():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import sys\nfrom rn_deploy.cli import main\ntry:\n    main(['models', '--n-classes', '10', '--json'])\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.strip().splitlines()
+    assert out[-1] == "False"
+    rows = json.loads("\n".join(out[:-1]))
+    with torch.device("meta"):
+        want = count_parameters(create_model("resnet18", n_classes=10))
+    assert [r["name"] for r in rows] == ALL and next(r for r in rows if r["name"] == "resnet18")["params"] == want

@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from .group import echo_json, main, stderr_log
+from .params import ARCH
 
 
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exports/demo"), show_default=True,
               help="Folder for every artifact and the report.")
-@click.option("--arch", default="resnet18", show_default=True, help="Registered model to train (see `rn-deploy models`).")
+@click.option("--arch", type=ARCH, default="resnet18", show_default=True, help="Registered model to train (see `rn-deploy models`).")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True, help="Training epochs.")
 @click.option("--limit", type=click.IntRange(min=64), default=4000, show_default=True, help="Training/validation images.")
 @click.option("--device", default="auto", show_default=True, help="Training device: cuda, cpu or auto.")

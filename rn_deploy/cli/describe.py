@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .group import echo_json, main
-from .params import HWType
+from .params import ARCH, HWType
 
 
 @main.command("models")
@@ -19,18 +19,16 @@ from .params import HWType
 def models_cmd(n_classes: int, in_channels: int | None, as_json: bool) -> None:
     """List registered architectures with their parameter counts and the smallest H/W each runs at.
 
-    The minimum is measured as export measures the one it declares in the ONNX (rn_deploy.min_size).
+    The minimum is the smallest H = W at which PyTorch runs the net (as export measures the one it declares in
+    the ONNX, rn_deploy.min_size). Both come from a table computed once (rn_deploy.modeltable): no model is built.
     """
-    from ..export import torch_min_size
-    from ..models import count_parameters, create_model, get_model_spec, list_models
+    from ..modeltable import MODELS
 
     rows: list[dict[str, Any]] = []
-    for name in list_models():
-        spec = get_model_spec(name)
-        ch = in_channels or spec.default_in_channels
-        model = create_model(name, n_classes=n_classes, in_channels=ch).eval()
-        rows.append({"name": name, "params": count_parameters(model), "in_channels": ch, "min_size": torch_min_size(model, ch, cap=224),
-                     "description": spec.description})
+    for name, facts in MODELS.items():
+        ch = in_channels or facts.in_channels
+        rows.append({"name": name, "params": facts.parameters(n_classes, ch), "in_channels": ch, "min_size": facts.min_size,
+                     "description": facts.description})
     if as_json:
         echo_json(rows)
         return
@@ -46,7 +44,7 @@ def models_cmd(n_classes: int, in_channels: int | None, as_json: bool) -> None:
 
 
 @main.command("summary")
-@click.argument("arch")
+@click.argument("arch", type=ARCH)
 @click.option("--size", type=HWType(), default="224", show_default=True, help="Input H or HxW.")
 @click.option("--in-channels", type=click.IntRange(min=1), default=None, help="Input channels [default: the model's].")
 @click.option("--n-classes", type=click.IntRange(min=1), default=1000, show_default=True, help="Outputs of the final layer.")

@@ -164,6 +164,15 @@ def _eval_backends(text: str) -> list[str]:
     return names
 
 
+def _arch(text: str) -> str:
+    from ..modeltable import MODELS  # the registry's names without importing it (torch)
+
+    if text not in MODELS:
+        raise RnDeployError(f"unknown architecture {text!r}; known: {', '.join(MODELS)} (see `rn-deploy models`)")
+    return text
+
+
+ARCH = LibraryValueType("ARCH", _arch)
 POSITIVE_FLOATS = LibraryValueType("A,B,C", _positive_floats)
 POSITIVE_INTS = LibraryValueType("N,N,...", _positive_ints)
 POINTS = LibraryValueType("POINTS", _finite_points)
