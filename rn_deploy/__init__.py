@@ -6,10 +6,30 @@ imports neither torch nor any submodule, and submodules never depend on the pack
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import os as _os
+import signal as _signal
+import sys as _sys
 
-from .version import __version__
+
+def _interrupted_at_start(_signum: int, _frame: object) -> None:
+    """Ctrl-C before the command runs (while Python imports): nothing was written, so exit 130 at once, quietly."""
+    _os.write(2, b"\ninterrupted: nothing was written; no partial file is left\n")
+    _os._exit(130)
+
+
+_interrupted_at_start.rn_deploy_start = True  # type: ignore[attr-defined]  # cli.group hands SIGINT back to Python here
+# First of all, and only for the command line (`rn-deploy ...`, `python -m rn_deploy[.cli] ...`), never for a program that
+# imports rn_deploy: a KeyboardInterrupt raised inside an import would print its traceback and exit -2.
+_argv = list(getattr(_sys, "orig_argv", []))
+if (_os.path.basename(_sys.argv[0] if _sys.argv else "") == "rn-deploy"
+        or any(a == "-m" and _argv[i + 1:i + 2] in (["rn_deploy"], ["rn_deploy.cli"]) for i, a in enumerate(_argv))):
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not where SIGINT is ignored (a background job)
+        _signal.signal(_signal.SIGINT, _interrupted_at_start)
+
+import importlib  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+from .version import __version__  # noqa: E402
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, ModelConfig, load_checkpoint, save_checkpoint

@@ -44,3 +44,40 @@ def test_training_command_help_imports_no_torch(cmd: str):
     assert "--dataset" in out and "fashion-mnist" in out
     heavy = out.strip().splitlines()[-1]
     assert heavy == "HEAVY=", f"rn-deploy {cmd} --help imported {heavy[6:]}"
+
+
+# Modules `python -m rn_deploy models` finishes importing, in this order, before the command runs: a SIGINT sent as
+# one of them is reported lands while Python imports the package and the CLI (or just after, in the command).
+START_MARKERS = ["rn_deploy.version", "rn_deploy", "click", "rn_deploy.cli.group", "rn_deploy.cli.params",
+                 "rn_deploy.cli.artifacts", "rn_deploy.cli.verdicts", "rn_deploy.cli"]
+
+
+@pytest.mark.parametrize("marker", START_MARKERS)
+def test_ctrl_c_while_the_cli_starts_is_130_without_a_traceback(marker: str, tmp_path: Path):
+    """Issue 32.12: Ctrl-C in the first 0.05 s exited -2 with a KeyboardInterrupt traceback from an import.
+
+    ``-X importtime`` reports each import as it completes, so the signal is sent at a known point of the start-up
+    rather than after a guessed delay (Python's own start-up, before rn_deploy runs a line, cannot be handled by it).
+    Planted (tried): without the start-up handler in rn_deploy/__init__.py every marker up to rn_deploy.cli fails.
+    """
+    import os
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "rn_deploy", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job ignores it
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.split("|")[-1].strip() == marker:
+                proc.send_signal(signal.SIGINT)
+                break
+        _out, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    err = [ln for ln in "".join(seen).splitlines() + rest.splitlines() if not ln.startswith("import time:")]
+    assert proc.returncode == 130, "\n".join(err)[-2000:]
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, "\n".join(err)[-2000:]
+    assert [ln for ln in err if ln.strip()] == [next(ln for ln in err if ln.startswith("interrupted: "))]

@@ -70,6 +70,10 @@ class _Group(click.Group):
     Ctrl-C exits 130 saying what was kept; loads training commands lazily."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import signal
+
+        if getattr(signal.getsignal(signal.SIGINT), "rn_deploy_start", False):  # rn_deploy/__init__'s start-up handler
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt, caught below
         try:
             return super().invoke(ctx)
         except RnDeployError as e:
