@@ -255,3 +255,39 @@ def test_opset_18_is_stamped_ir_8_and_says_which_runtimes_load_it(tmp_path: Path
     assert (default.opset, default.ir_version) == (20, 9) and "ONNX Runtime >= 1.17" in default.runtimes
     with pytest.raises(ExportError, match="--opset 17: the exporter writes opset 18 or newer"):
         export_onnx(tiny_ckpt, tmp_path / "older.onnx", opset=17)
+
+
+def test_height_and_width_are_independent_symbols(tmp_path: Path):
+    """An exported graph's H and W are two symbols, not one (issue 32, tests that catch bugs).
+
+    ONNX Runtime runs a graph whose width shares the height's symbol at any H != W (verification at 97x211 passes),
+    so the check is what a consumer that trusts the names does: TensorRT(-RTX) treats equal dim names as equal
+    sizes and refuses a non-square profile ("Dimensions with name height must be equal"). Planted (tried):
+    ``dynamic_shapes={0: b, 2: h, 3: h}`` in export/trace.py fails the names check and, with that check removed,
+    the TensorRT-RTX build (ahead of time: no GPU needed; skipped where TensorRT-RTX is not installed).
+    """
+    from .conftest import HAS_TRT_RTX
+
+    ck = make_checkpoint(tmp_path / "m.pt", arch="mnist_resnet", n_classes=10, in_channels=1, size=28)
+    path = Path(export_onnx(ck, tmp_path / "m.onnx", verify=False).onnx_path)
+    m = onnx.load(str(path))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    h, w = dims[2].dim_param, dims[3].dim_param
+    assert h and w and h != w, [d.dim_param or d.dim_value for d in dims]
+    onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)  # the graph is consistent as typed
+    model = load_checkpoint(ck).model.eval()
+    sess = _ort(path)
+    for hw in [(28, 40), (40, 28)]:
+        x = torch.randn(2, 1, *hw, generator=torch.Generator().manual_seed(hw[0]))
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = sess.run(None, {names.INPUT: x.numpy()})[0]
+        assert got.shape == (2, 10) and np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4, hw
+    if not HAS_TRT_RTX:
+        return
+    from rn_deploy.builder import Profile, build_engine
+
+    # A non-square profile: built ahead of time for sm89, no GPU needed.
+    man = build_engine(path, tmp_path / "m.engine", backend="tensorrt-rtx", precision="fp32", targets=["sm89"],
+                       profiles=[Profile((1, 1, 20, 28), (1, 1, 28, 40), (2, 1, 40, 56))])
+    assert tuple(man.input_profiles[0].opt) == (1, 1, 28, 40) and (tmp_path / "m.engine").stat().st_size > 0

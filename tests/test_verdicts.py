@@ -532,3 +532,41 @@ def test_trt_runner_contexts_graphs_names_and_pool(tiny: dict[str, Path], tmp_pa
         assert len({id(r.engine) for r in pool.runners}) == 1  # type: ignore[attr-defined]
         got = _threaded(pool, jobs)
     assert [[i for i, _ in g] for g in got] == expected
+
+
+def _last_layer_scaled(src: Path, dst: Path, factor: float) -> Path:
+    """``src`` with the weights (and bias) of its last weighted layer multiplied by ``factor``: every logit scales by it.
+
+    Walks back from the output through weight-free ops (Reshape, ReduceMean, ...) to the Conv/Gemm/MatMul that
+    makes the logits; the graph, its names and its metadata stay as they are."""
+    m = onnx.load(str(src))
+    inits = {t.name: t for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    node = producer[m.graph.output[0].name]
+    while node.op_type not in ("Conv", "Gemm", "MatMul"):
+        node = producer[node.input[0]]
+    for name in node.input[1:]:
+        t = inits[name]
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * np.float32(factor), name))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_an_onnx_off_by_rel_l2_5e_3_fails_fp32_validation(tiny: dict[str, Path], tmp_path: Path):
+    """Logits 0.5 % off the PyTorch reference (rel L2 5e-3, cosine 1, the same top-1) are not FP32 parity.
+
+    FP32's rel_l2 bound is 1e-3; a test that only read the literal "rel_l2 <= 0.001" from a report missed the bound
+    loosened 10x (issue 32). Planted (tried): DEFAULT_TOLERANCES fp32 rel_l2 1e-2 in compare.py: validate passes and
+    this fails."""
+    off = _last_layer_scaled(tiny["onnx"], tmp_path / "off.onnx", 1.005)
+    res = _validate_cli("--checkpoint", str(tiny["ck"]), "--onnx", str(off), "--backends", "ort-cpu", "--sizes", "28,41x23",
+                        "--batch", "1,4", "--out", str(tmp_path))
+    rep = json.loads((tmp_path / "report.json").read_text())
+    cells = [c for c in rep["cells"] if c["compared"]]
+    assert len(cells) == 4 and all(4.9e-3 < c["parity"]["rel_l2"] < 5.1e-3 for c in cells), [c["parity"] for c in cells]
+    assert all(c["parity"]["top1"] == 1.0 for c in cells)  # only the size of the logits is off
+    assert res.exit_code == 1 and rep["passed"] is False, res.output
+    assert all(not c["passed"] and any(f.startswith("rel_l2 5.0") for f in c["failures"]) for c in cells), cells
+    same = _validate_cli("--checkpoint", str(tiny["ck"]), "--onnx", str(tiny["onnx"]), "--backends", "ort-cpu", "--sizes", "28",
+                         "--batch", "1", "--out", str(tmp_path / "same"))
+    assert same.exit_code == 0, same.output  # the untouched export passes the same check
