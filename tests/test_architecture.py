@@ -37,6 +37,8 @@ LAYER_OF = {
     "rn_deploy.reference": "verdicts", "rn_deploy.results": "verdicts",
     # quantize writes a Q/DQ artifact but only behind its accuracy gate (evaluate on real data): a verdict that writes.
     "rn_deploy.quantize": "verdicts",
+    # optimize composes the artifacts (export, quantize, build) with the verdicts (eval's gates, compare, timing).
+    "rn_deploy.optimize": "verdicts",
     "rn_deploy.serve": "service", "rn_deploy.client": "service",
     "rn_deploy.cli": "surface", "rn_deploy.demo": "surface", "rn_deploy.__main__": "surface", "rn_deploy": "surface",
 }

@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import RnDeployError
 from ..preprocess import to_layout
 from .base import BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def _ort() -> Any:
@@ -58,12 +60,13 @@ class OrtRunner(BaseRunner):
         nhwc: let ORT's CUDA EP prefer NHWC kernels.
         max_graphs: the most CUDA-graph sessions kept (one per shape); the least recently used is
             evicted, freeing its GPU memory.
+        graph_opt: ONNX Runtime's graph optimisation level, one of :data:`GRAPH_OPT_LEVELS` (None: ORT's default, all).
     """
 
     framework = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
-                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES):
+                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES, graph_opt: str | None = None):
         from ..onnxfile import check_onnx_file, onnx_interface, weights_fp16
 
         ort = _ort()
@@ -84,6 +87,11 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
+        self.graph_opt = graph_opt
+        if graph_opt is not None:
+            if graph_opt not in GRAPH_OPT_LEVELS:
+                raise RnDeployError(f"graph optimisation level {graph_opt!r}: choose one of {', '.join(GRAPH_OPT_LEVELS)}")
+            self.opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_opt])
         quantized = next((p.value for p in graph.metadata_props if p.key == "rn_deploy.precision" and p.value in ("int8", "fp8")), None)
         self.precision = quantized or ("fp16" if weights_fp16(graph) else "fp32")
         self.sess = self._session(False)
@@ -123,7 +131,7 @@ class OrtRunner(BaseRunner):
             twin.graphs = ShapeLRU(self.graphs.maxsize, twin._evict)
             return twin
         return OrtRunner(self.path, provider=self.provider, cuda_graph=self.cuda_graph, threads=self.threads, nhwc=self.nhwc,
-                         max_graphs=self.graphs.maxsize)
+                         max_graphs=self.graphs.maxsize, graph_opt=self.graph_opt)
 
     def prepare(self, x: torch.Tensor) -> Any:
         dtype = _TORCH[self.in_type]
