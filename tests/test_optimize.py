@@ -205,6 +205,18 @@ def test_ctrl_c_exits_130_keeping_the_finished_candidates_for_the_rerun(run: dic
     assert r.exit_code == 0 and "[onnx-fp32] make: reused" in r.stderr, r.stderr[-2000:]
 
 
+@needs_fashion
+def test_an_fp32_onnx_is_its_own_reference(run: dict[str, Any], tmp_path: Path):
+    """A model given as an FP32 ONNX (an export, or a foreign ONNX brought in by `import`): the reference is that ONNX."""
+    r = CliRunner().invoke(main, ["optimize", str(run["out"] / "model.onnx"), "-o", str(tmp_path / "o"), *FAST,
+                                  "--backends", "ort-cpu", "--precisions", "fp32,fp16", "--json"])
+    assert r.exit_code == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["reference"]["kind"] == "onnx" and doc["reference"]["top1"] == run["doc"]["reference"]["top1"]
+    assert _rows(doc)["onnx-fp32"]["passed"] and not _rows(doc)["onnx-fp16"]["passed"]  # the planted overflow again
+    assert (tmp_path / "o" / "model.fp16.onnx").is_file() and doc["chosen"] in {"onnx-fp32", "onnx-fp32-threads1", "onnx-fp32-opt-basic"}
+
+
 def test_bad_option_values_are_usage_errors(tmp_path: Path):
     for args in (["--backends", "ort-gpu"], ["--precisions", "int4"], ["--batches", "0,8"], ["--max-drop", "-1"]):
         r = CliRunner().invoke(main, ["optimize", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o"), *args])
