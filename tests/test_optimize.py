@@ -214,7 +214,20 @@ def test_an_fp32_onnx_is_its_own_reference(run: dict[str, Any], tmp_path: Path):
     doc = json.loads(r.stdout)
     assert doc["reference"]["kind"] == "onnx" and doc["reference"]["top1"] == run["doc"]["reference"]["top1"]
     assert _rows(doc)["onnx-fp32"]["passed"] and not _rows(doc)["onnx-fp16"]["passed"]  # the planted overflow again
-    assert (tmp_path / "o" / "model.fp16.onnx").is_file() and doc["chosen"] in {"onnx-fp32", "onnx-fp32-threads1", "onnx-fp32-opt-basic"}
+    assert (tmp_path / "o" / "model.fp16.onnx").is_file() and doc["chosen"] != "onnx-fp16" and _rows(doc)[doc["chosen"]]["passed"]
+
+
+@needs_fashion
+def test_no_candidate_within_the_budget_writes_the_reports_and_exits_1(run: dict[str, Any], tmp_path: Path):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["optimize", str(run["out"] / "model.onnx"), "-o", str(out), *FAST, "--backends", "ort-cpu",
+                                  "--precisions", "fp32", "--p99-ms", "1e-6"])
+    assert r.exit_code == 1, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "none chosen: 3 of 3 candidates passed every gate" in errors[0] and "p99 under 1e-06 ms" in errors[0]
+    doc = json.loads((out / "optimize.json").read_text())
+    assert doc["chosen"] is None and not (out / "triton").exists()
+    assert all(not c["passed"] and "over --p99-ms" in c["reason"] for c in doc["candidates"])
 
 
 def test_bad_option_values_are_usage_errors(tmp_path: Path):

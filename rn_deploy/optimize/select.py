@@ -55,8 +55,8 @@ def select(rows: Sequence[Mapping[str, Any]], *, fp32_top1: float | None, object
     eligible = [r for r in gated if not rule_failures(r, fp32_top1, max_drop, p99_ms)]
     budget = f"top-1 within {max_drop:g} pt of FP32" + (f", p99 under {p99_ms:g} ms" if p99_ms is not None else "")
     if not eligible:
-        return None, (f"none chosen: {len(gated)} of {len(rows)} candidates passed every gate and none of them is "
-                      f"measured with {budget}")
+        return None, (f"none chosen: {len(gated)} of {len(rows)} candidates passed every gate, and none of those was "
+                      f"measured within the budget ({budget})")
     ranked = sorted(eligible, key=lambda r: _key(r, objective))
     best = ranked[0]
     what = (f"highest throughput ({best['images_per_s']:,.1f} images/s)" if objective == "throughput"
