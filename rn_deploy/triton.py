@@ -199,7 +199,11 @@ IMAGE, PIXELS = "image", "pixels"
 LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
 IMAGE_SUFFIX = "_image"
 MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.serve.TritonPythonModel (rn-deploy installed)."""\n'
-            "from rn_deploy.serve import TritonPythonModel  # noqa: F401\n")
+            "import os\n"
+            "import sys\n\n"
+            "# `rn-deploy serve` passes its import path here: the backend stub's embedded interpreter reads no PYTHONPATH\n"
+            "sys.path[:0] = [p for p in os.environ.get('RN_DEPLOY_PYTHONPATH', '').split(os.pathsep) if p and p not in sys.path]\n"
+            "from rn_deploy.serve import TritonPythonModel  # noqa: E402, F401\n")
 
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20

@@ -549,3 +549,99 @@ def test_export_triton_image_model_is_the_served_contract_and_runs_on_tritonserv
     finally:
         _stop_server(proc, 10)
 
+
+
+EDITABLE_LAUNCH = """\
+import sys
+from importlib.util import spec_from_file_location
+REPO = sys.argv.pop(1)
+sys.path[:] = [p for p in sys.path if p not in ("", ".", REPO)]
+class EditableFinder:  # what an editable install's .pth hook does: rn_deploy found off sys.path
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "rn_deploy":
+            return spec_from_file_location(name, REPO + "/rn_deploy/__init__.py", submodule_search_locations=[REPO + "/rn_deploy"])
+        return None
+sys.meta_path.insert(0, EditableFinder)
+sys.argv[0] = "rn-deploy"
+from rn_deploy.cli import main
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def editable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``.venv/bin/rn-deploy serve`` from an editable install, venv not activated: rn_deploy comes from an import hook,
+    not sys.path, and the environment has no VIRTUAL_ENV, PYTHONPATH or venv on PATH. The model is a static 28 px
+    ONNX with a recorded range of [28, 56]: a 56 px image passes every check, then fails inside ONNX Runtime."""
+    d = tmp_path_factory.mktemp("editable")
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="mnist_resnet", n_classes=10, in_channels=1, image_size=[28, 28], class_names=FASHION,
+                      mean=[0.286], std=[0.353], size_range=[28, 56])
+    save_checkpoint(d / "model.pt", create_model("mnist_resnet", n_classes=10, in_channels=1), cfg, {"note": "random"})
+    model = Path(export_onnx(d / "model.pt", d / "model.onnx", verify=False, dynamic=False).onnx_path)
+    (d / "launch.py").write_text(EDITABLE_LAUNCH)
+    h, g, m = free_ports(3)
+    env = {"HOME": os.environ.get("HOME", str(d)), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    cmd = [sys.executable, str(d / "launch.py"), str(REPO), "serve", str(model), "--host", "127.0.0.1", "--http-port", str(h),
+           "--grpc-port", str(g), "--metrics-port", str(m), "--max-queue-delay-us", "200000"]
+    with open(d / "serve.log", "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=d, text=True)
+    srv = Server(proc, f"127.0.0.1:{h}", f"127.0.0.1:{g}", d / "serve.log")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(srv.http):
+            log = srv.log.read_text()
+            assert proc.poll() is None and time.monotonic() < deadline and "No module named" not in log, log[-3000:]
+            time.sleep(0.5)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_serve_from_an_editable_install_without_an_activated_venv(editable_server: Server) -> None:
+    """The stub died with ModuleNotFoundError: No module named 'rn_deploy' (issue 32). Planted: the stub's PYTHONPATH
+    without the folder rn_deploy was imported from fails the fixture."""
+    status, label = _status(editable_server.http, png(np.full((28, 28), 200, np.uint8)))
+    assert status == 200 and label in FASHION, label
+
+
+def test_one_failing_request_fails_alone_in_a_batch_on_a_real_server(editable_server: Server) -> None:
+    """Six good requests and one that fails inside the engine, sent together so the 200 ms batching delay puts them in
+    one execute call: the good ones are answered, the guilty one alone gets a 500 with an id. Planted: no retry of a
+    failed batch request by request makes all seven 500."""
+    good, guilty = png(np.full((28, 28), 90, np.uint8)), png(np.full((56, 56), 90, np.uint8))
+    with ThreadPoolExecutor(7) as pool:
+        got = list(pool.map(lambda data: _status(editable_server.http, data), [good] * 3 + [guilty] + [good] * 3))
+    assert [s for s, _ in got] == [200] * 3 + [500] + [200] * 3, got
+    assert got[3][1].startswith("internal server error (id "), got
+    stats = json.loads(urllib_get(f"http://{editable_server.http}/v2/models/classifier/stats"))["model_stats"][0]
+    assert stats["execution_count"] < stats["inference_count"], stats  # requests really were batched together
+
+
+def _answers(http: str) -> bool:
+    c = thttp.InferenceServerClient(http)
+    try:
+        return request(c, "classifier", png(np.zeros((28, 28), np.uint8)))["label"] in FASHION
+    except Exception:  # noqa: BLE001 - not listening or not ready yet
+        return False
+    finally:
+        c.close()
+
+
+def _status(http: str, data: bytes) -> tuple[int, str]:
+    """HTTP status and message of one binary-encoded request (tritonclient: a PNG in a JSON string would be mangled)."""
+    c = thttp.InferenceServerClient(http, network_timeout=120)
+    try:
+        return 200, request(c, "classifier", data)["label"]
+    except InferenceServerException as e:
+        return int(e.status() or 0), server_message(e)
+    finally:
+        c.close()
+
+
+def urllib_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return str(r.read().decode())
