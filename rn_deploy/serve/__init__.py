@@ -34,7 +34,7 @@ from ..triton import IMAGE, INDEX, LABEL, MODEL_PY, PIXELS, PROBS, SCORE, contra
 from .backend import Classifier, TritonPythonModel
 from .decode import IMAGE_MAGIC, check_pixels, decode_image
 from .options import DEFAULT_MODEL, SERVE_EXTRA, ServeOptions
-from .procfs import process_tree, tree_rss_mb
+from .procfs import process_tree, tree_pss_mb, tree_rss_mb
 from .repository import config_pbtxt, write_repository
 from .server import START_TIMEOUT_S, check_ports, serve
 from .tritonserver import (
@@ -50,5 +50,5 @@ __all__ = [
     "DEFAULT_MODEL", "IMAGE", "IMAGE_MAGIC", "INDEX", "LABEL", "MODEL_PY", "PIXELS", "PROBS", "RESTRICTED_APIS", "SCORE",
     "SERVE_EXTRA", "START_TIMEOUT_S", "Classifier", "ServeOptions", "TritonPythonModel", "check_pixels", "check_ports",
     "config_pbtxt", "contract_config_pbtxt", "decode_image", "prefer_own_libpython", "process_tree", "serve", "server_env",
-    "stage_backends", "tree_rss_mb", "tritonserver_command", "tritonserver_dist", "write_repository",
+    "stage_backends", "tree_pss_mb", "tree_rss_mb", "tritonserver_command", "tritonserver_dist", "write_repository",
 ]

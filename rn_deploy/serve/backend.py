@@ -89,6 +89,9 @@ class Classifier:
         for k, req in enumerate(requests):
             try:
                 imgs = self.read(req)
+            except RequestError as e:  # its traceback would hold this frame, `answers` and the request's bytes: a cycle
+                answers[k] = e.with_traceback(None)
+                continue
             except Exception as e:  # noqa: BLE001 - reported per request by the caller
                 answers[k] = e
                 continue
@@ -141,10 +144,13 @@ class Classifier:
 
 
 def release_memory() -> None:
-    """Give freed heap back to the system (glibc ``malloc_trim``): large bodies otherwise stay resident in the stub."""
+    """Free what only a reference cycle still holds, then give freed heap back to the system (glibc ``malloc_trim``):
+    large bodies otherwise stay resident in the stub until the cyclic collector happens to run."""
     import ctypes
     import ctypes.util
+    import gc
 
+    gc.collect()
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
@@ -201,6 +207,7 @@ class TritonPythonModel:
         out = [error(str(a), pb.TritonError.INVALID_ARG) if isinstance(a, RequestError) else fault(a)
                if isinstance(a, Exception) else pb.InferenceResponse(output_tensors=[pb.Tensor(n, v) for n, v in a.items()])
                for a in answers]
+        del answers
         if body > TRIM_AFTER_BYTES:
             release_memory()
         return out
