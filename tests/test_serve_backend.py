@@ -308,3 +308,14 @@ def test_documented_perf_analyzer_command_uses_count_windows_and_says_it_was_not
     assert flags[flags.index("--measurement-mode") + 1] == "count_windows", cmd
     assert int(flags[flags.index("--measurement-request-count") + 1]) >= 100, cmd
     assert "Not run here" in text
+
+
+def test_serve_refuses_a_batch_pixel_budget_below_max_pixels_as_a_bad_option(tmp_path: Path) -> None:
+    """An admitted image could never run: exit 2, one line, before anything starts."""
+    from click.testing import CliRunner
+
+    from rn_deploy.cli import main
+
+    res = CliRunner().invoke(main, ["serve", str(tmp_path / "m.onnx"), "--max-pixels", "1000", "--max-batch-pixels", "999"])
+    assert res.exit_code == 2, res.output
+    assert "--max-batch-pixels" in res.output and "999 is below --max-pixels 1000" in res.output

@@ -97,6 +97,7 @@ def _short(e: BaseException) -> str:
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return type(e).__name__ if "/" in text else text[:120]
 
+
 def check_pixels(a: np.ndarray, channels: int, max_pixels: int, max_aspect: float = DEFAULT_MAX_ASPECT,
                  sizes: Sizes | None = None) -> np.ndarray:
     """One raw HxWxC uint8 image from the ``pixels`` input."""
