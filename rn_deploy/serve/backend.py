@@ -51,7 +51,7 @@ class Classifier:
 
     def check_size(self, request: dict[str, np.ndarray]) -> None:
         """Refuse a request whose bytes are over ``max_request_bytes``, before any of them is decoded."""
-        n = sum(sum(len(b) for b in a.reshape(-1)) if a.dtype == object else a.nbytes for a in request.values())
+        n = request_bytes(request)
         if n > self.max_request_bytes:
             raise RequestError(f"request of {n} bytes is over the server's --max-request-bytes {self.max_request_bytes}; "
                                "send smaller images")
@@ -76,9 +76,10 @@ class Classifier:
             return images
         raise RequestError(f"no input: send {IMAGE!r} (encoded PNG/JPEG bytes) or {PIXELS!r} (uint8 H x W x {ch})")
 
-    def answer(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+    def answer(self, requests: list[dict[str, np.ndarray] | Exception]) -> list[dict[str, np.ndarray] | Exception]:
         """One answer per request, in order: its outputs, or the exception that failed it alone (a
-        :class:`RequestError` for the client's fault; anything else while reading it is the server's).
+        :class:`RequestError` for the client's fault; anything else while reading it is the server's). A request
+        given as an exception (refused while its tensors were read) is answered with it.
 
         Requests run in sub-batches of at most ``max_batch_pixels`` decoded pixels, each run as soon as it is full, so
         concurrent worst-case requests hold one sub-batch of pixels, not all of theirs.
@@ -87,6 +88,9 @@ class Classifier:
         batch: list[tuple[int, list[np.ndarray]]] = []
         held = 0
         for k, req in enumerate(requests):
+            if isinstance(req, Exception):
+                answers[k] = req
+                continue
             try:
                 imgs = self.read(req)
             except RequestError as e:  # its traceback would hold this frame, `answers` and the request's bytes: a cycle
@@ -143,6 +147,11 @@ class Classifier:
         return run_in_range(images, cfg, self.engine.logits, max_aspect=self.max_aspect).softmax(1).numpy().astype(np.float32)
 
 
+def request_bytes(request: dict[str, np.ndarray]) -> int:
+    """A request's bytes: its encoded images' lengths, or its raw pixels' size."""
+    return sum(sum(len(b) for b in a.reshape(-1)) if a.dtype == object else a.nbytes for a in request.values())
+
+
 def release_memory() -> None:
     """Free what only a reference cycle still holds, then give freed heap back to the system (glibc ``malloc_trim``):
     large bodies otherwise stay resident in the stub until the cyclic collector happens to run."""
@@ -194,10 +203,17 @@ class TritonPythonModel:
                 refs[id(e)] = error(f"internal server error (id {ref}; the server log has the detail)", pb.TritonError.INTERNAL)
             return refs[id(e)]
 
-        inputs = [{n: t.as_numpy() for n in (IMAGE, PIXELS) if (t := pb.get_input_tensor_by_name(req, n)) is not None}
-                  for req in requests]
-        body = sum(a.nbytes + (sum(len(b) for b in a.reshape(-1)) if a.dtype == object else 0)
-                   for req in inputs for a in req.values())
+        inputs: list[dict[str, np.ndarray] | Exception] = []
+        body = 0
+        for req in requests:  # one request's tensors at a time: an over-limit body is dropped before the next is read
+            d = {n: t.as_numpy() for n in (IMAGE, PIXELS) if (t := pb.get_input_tensor_by_name(req, n)) is not None}
+            body += request_bytes(d)
+            try:
+                self.classifier.check_size(d)
+                inputs.append(d)
+            except RequestError as e:
+                inputs.append(e.with_traceback(None))
+            del d
         try:
             answers = self.classifier.answer(inputs)
         except Exception as e:  # noqa: BLE001 - the batch itself failed: every request of it gets the same id
