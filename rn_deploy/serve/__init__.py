@@ -15,11 +15,13 @@ Triton's Python backend and ``NAME/1/model.py``, which runs :class:`TritonPython
   class names from the model's metadata.
 
 Triton's dynamic batcher gathers concurrent requests (up to ``max_batch``, waiting at most
-``max_queue_delay_us``) into one ``execute`` call. Each request is read on its own: one the server
-cannot read (not an image, truncated, over ``--max-pixels`` or ``--max-aspect``) gets its own
-INVALID_ARG error (HTTP 400, gRPC INVALID_ARGUMENT) with one line naming the problem, and the valid
-requests of the same call run as one :class:`Engine` batch. A fault of the server itself is
-answered with an INTERNAL error (HTTP 500) carrying a short id; the server log has the detail
+``max_queue_delay_us``) into one ``execute`` call. Each request is read and checked on its own, at
+the size it will run at: one the server cannot read (not a PNG/JPEG, truncated, over
+``--max-request-bytes``, ``--max-pixels`` or ``--max-aspect``) gets its own INVALID_ARG error (HTTP
+400, gRPC INVALID_ARGUMENT) with one line naming the problem, and the valid requests of the same
+call run as :class:`Engine` batches of at most ``--max-batch-pixels`` decoded pixels; a batch that
+fails is retried request by request. A fault of the server itself is answered with an INTERNAL
+error (HTTP 500) carrying a short id; the server log has the detail
 
 Modules: :mod:`.options` (ServeOptions), :mod:`.decode` (one request's image), :mod:`.backend`
 (Classifier, TritonPythonModel), :mod:`.repository` (the model repository it writes),
