@@ -81,10 +81,33 @@ def check_bounds(h: int, w: int, channels: int, sizes: Sequence[Sequence[int]], 
 
 
 def convert_pil(image: Any, channels: int) -> Any:
-    """A PIL image converted to the model's colour mode (``L`` or ``RGB``), as the training loader does."""
+    """A PIL image converted to the model's colour mode (``L`` or ``RGB``), as the training loader does.
+
+    16-bit greyscale (a 16-bit PNG) is scaled to 8 bits first (:func:`to_8bit`): PIL's own conversion clips it.
+    """
     if channels not in COLOR_MODES:
         raise RnDeployError(f"models with {channels} input channels take no decoded images; only 1 (L) or 3 (RGB)")
+    image = to_8bit(image)
     return image if image.mode == COLOR_MODES[channels] else image.convert(COLOR_MODES[channels])
+
+
+def to_8bit(image: Any, rows: int = 512) -> Any:
+    """A 16-bit greyscale PIL image (modes ``I;16*``, ``I``) as ``L``: round(x / 257), so ``v * 257`` gives back ``v``.
+
+    PIL converts ``I;16`` to ``L`` by clipping at 255 (a 16-bit gradient becomes 0, 255, 255, ...), while
+    it reads 16-bit RGB PNGs as their high byte, which this rule equals for the 8-bit twin of an image.
+    Scaled ``rows`` rows at a time, so a 12 MP image needs no 64-bit copy of itself.
+    """
+    from PIL import Image
+
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    a = np.asarray(image)
+    out = np.empty(a.shape, np.uint8)
+    for i in range(0, a.shape[0], rows):
+        block = np.clip(a[i : i + rows].astype(np.int64), 0, 65535)
+        out[i : i + rows] = (block * 2 + 257) // 514
+    return Image.fromarray(out, "L")
 
 
 def fit(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

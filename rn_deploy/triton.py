@@ -199,17 +199,29 @@ IMAGE, PIXELS = "image", "pixels"
 LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
 IMAGE_SUFFIX = "_image"
 MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.serve.TritonPythonModel (rn-deploy installed)."""\n'
-            "from rn_deploy.serve import TritonPythonModel  # noqa: F401\n")
+            "import os\n"
+            "import sys\n\n"
+            "# `rn-deploy serve` passes its import path here: the backend stub's embedded interpreter reads no PYTHONPATH\n"
+            "sys.path[:0] = [p for p in os.environ.get('RN_DEPLOY_PYTHONPATH', '').split(os.pathsep) if p and p not in sys.path]\n"
+            "from rn_deploy.serve import TritonPythonModel  # noqa: E402, F401\n")
+
+
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+"""Largest request body (its images' bytes together) the served model takes: 64 MiB, newer Triton's own HTTP default."""
+DEFAULT_MAX_BATCH_PIXELS = 24_000_000
+"""Decoded pixels one ``execute`` call holds at once: two 12 MP images; more wait for the next sub-batch."""
 
 
 def contract_config_pbtxt(name: str, model: str, channels: int, n_classes: int, *, max_batch: int, max_queue_delay_us: int,
-                          instances: int, max_pixels: int, max_aspect: float) -> str:
+                          instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+                          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> str:
     """The image-classifier contract as a Python-backend model (what ``serve`` runs, and ``NAME_image`` of export-triton).
 
     ``image`` BYTES [1] or ``pixels`` UINT8 [-1, -1, C] in; ``label``, ``index``, ``score``, ``probs`` out;
     ``model``: the ONNX/engine path, absolute or relative to this model's folder.
     """
-    params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}"}
+    params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}",
+              "max_batch_pixels": str(max_batch_pixels), "max_request_bytes": str(max_request_bytes)}
     param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
                          for k, v in params.items())
     return f"""name: {json.dumps(name)}

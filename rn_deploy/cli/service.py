@@ -26,9 +26,14 @@ from .params import split_ints
               help="Largest image (W x H; a request's images together) accepted, checked from the header before decoding.")
 @click.option("--max-aspect", type=click.FloatRange(min=1), default=32.0, show_default=True,
               help="Largest long/short side ratio accepted (the centre crop of a wider image keeps a sliver of it).")
+@click.option("--max-batch-pixels", type=click.IntRange(min=1), default=24_000_000, show_default=True,
+              help="Decoded pixels one model instance holds at once (>= --max-pixels); later requests of a batch wait for the next part.")
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
+              help="Largest request (its images' bytes together); refused with HTTP 400 before any decoding.")
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object on stdout once the server is ready.")
 def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-              max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, as_json: bool) -> None:
+              max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int,
+              max_request_bytes: int, as_json: bool) -> None:
     """Serve MODEL (.onnx or .engine) on Triton Inference Server (bundled tritonserver, Python backend): HTTP/gRPC, dynamic batching, metrics.
 
     Input `image` (encoded PNG/JPEG bytes) or `pixels` (uint8 HxWxC); outputs label, index, score,
@@ -42,9 +47,13 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
     from ..serve import ServeOptions, serve
     from ..strictjson import print_json
 
+    if max_batch_pixels < max_pixels:
+        raise click.BadParameter(f"{max_batch_pixels} is below --max-pixels {max_pixels}: an admitted image could never run",
+                                 param_hint="--max-batch-pixels")
+
     serve(ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
-                       max_aspect=max_aspect),
+                       max_aspect=max_aspect, max_batch_pixels=max_batch_pixels, max_request_bytes=max_request_bytes),
           log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
     # Drained, children stopped, temporary repository removed: exit now. The interpreter's own shutdown (torch's, loaded
     # to check the model) took 5-16 s on a loaded machine, past the 10 s a SIGTERM drain is allowed.

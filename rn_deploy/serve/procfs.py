@@ -1,4 +1,4 @@
-"""Processes seen through Linux ``/proc``: a process's descendants, their resident memory, whether one still runs."""
+"""Processes seen through Linux ``/proc``: a process's descendants, their resident and proportional memory, whether one runs."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def tree_rss_mb(pid: int) -> float:
         try:
             kb += next(int(x.split()[1]) for x in Path(f"/proc/{p}/status").read_text().splitlines() if x.startswith("VmRSS:"))
         except (OSError, StopIteration):
+            pass
+    return kb / 1024
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Proportional set size of ``pid`` and all its descendants, in MB: shared pages (the stub's shared-memory region,
+    mapped by tritonserver too) counted once, split between the processes that map them."""
+    kb = 0
+    for p in [pid, *process_tree(pid)]:
+        try:
+            kb += sum(int(x.split()[1]) for x in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines() if x.startswith("Pss:"))
+        except OSError:
             pass
     return kb / 1024
 

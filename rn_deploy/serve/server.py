@@ -75,12 +75,21 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     from ..engine import Engine
     from ..triton import check_model_name
 
-    if opts.max_batch < 1 or opts.instances < 1 or opts.max_pixels < 1 or opts.max_queue_delay_us < 0 or opts.max_aspect < 1:
-        raise RnDeployError("--max-batch, --instances, --max-pixels and --max-aspect must be >= 1, --max-queue-delay-us >= 0")
+    if min(opts.max_batch, opts.instances, opts.max_pixels, opts.max_aspect, opts.max_request_bytes) < 1 or opts.max_queue_delay_us < 0:
+        raise RnDeployError("--max-batch, --instances, --max-pixels, --max-aspect and --max-request-bytes must be >= 1, "
+                            "--max-queue-delay-us >= 0")
+    if opts.max_batch_pixels < opts.max_pixels:
+        raise RnDeployError(f"--max-batch-pixels {opts.max_batch_pixels} is below --max-pixels {opts.max_pixels}: "
+                            "an admitted request could never run; raise it")
     check_model_name(opts.name)
     engine = Engine.load(opts.model)  # refuses a bad model here, in one line, before any server starts
-    cfg = engine.config
-    engine.close()
+    try:
+        cfg, why = engine.config, range_uncovered(engine)
+    finally:
+        engine.close()
+    if why:
+        raise RnDeployError(f"{opts.model}: {why}; serve resizes every image into that range: rebuild the engine with "
+                            "profiles covering it (rn-deploy build --min/--max), or serve the ONNX")
     check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port, "--metrics-port": opts.metrics_port})
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -109,6 +118,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                               "http": f"{opts.host}:{opts.http_port}", "grpc": f"{opts.host}:{opts.grpc_port}",
                               "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
                               "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
+                              "max_batch_pixels": opts.max_batch_pixels, "max_request_bytes": opts.max_request_bytes,
                               "pid": os.getpid()})
                 log(f"serving {opts.model} as model {opts.name!r} ({cfg.arch}, {cfg.n_classes} classes, {cfg.in_channels} channel(s), "
                     f"{cfg.image_size[0]}x{cfg.image_size[1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
@@ -120,6 +130,19 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
         finally:
             _stop_server(proc, opts.exit_timeout_s + 4)
     log("stopped")
+
+
+def range_uncovered(engine: Any) -> str | None:
+    """Why ``engine``'s profiles cannot run every size of its model's size range at batch 1 (None when they can)."""
+    from ..sizes import size_range, target_size
+
+    cfg = engine.config
+    rng = size_range(cfg)
+    for side in range(rng.lo, rng.hi + 1):
+        h, w = target_size(cfg, side, side * 4)  # short side `side`: the size an image of it runs at
+        if engine.runner.covers((1, cfg.in_channels, h, w)):
+            return (f"its profiles do not take {w}x{h}, inside the model's size range {rng.describe()}")
+    return None
 
 
 def check_ports(host: str, ports: dict[str, int]) -> None:
