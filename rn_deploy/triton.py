@@ -128,11 +128,15 @@ def check_model_name(name: str) -> None:
                             "like resnet18_fmnist")
 
 
+def input_channels(info: dict[str, Any]) -> int:
+    """The image channels of the model's input: axis 3 of an NHWC input, axis 1 of an NCHW one."""
+    return int(info["in_dims"][3 if info.get("layout") == "NHWC" else 1])
+
+
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
     cfg = info["config"] or {}
     nhwc = info.get("layout") == "NHWC"
-    channels = info["in_dims"][3 if nhwc else 1]
     hw = info["in_dims"][1:3] if nhwc else info["in_dims"][2:4]
     fixed = all(d > 0 for d in hw)
     if fixed:
@@ -143,7 +147,7 @@ def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
         policy = policy_text(cfg, f"any HxW {span}")  # the resize clients must do: into the recorded size range
     return {
         "layout": info.get("layout", "NCHW"), "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
-        "channel_order": {1: "L", 3: "RGB"}.get(channels, f"{channels} channels"),
+        "channel_order": {1: "L", 3: "RGB"}.get(input_channels(info), f"{input_channels(info)} channels"),
         "scale": 1 / 255, "mean": cfg.get("mean"), "std": cfg.get("std"),
         "formula": "x = (pixel / 255 - mean[c]) / std[c], per channel c",
         "size_policy": policy, "min_hw": info["min_hw"], "max_hw": info["max_hw"], "train_hw": cfg.get("image_size"),
@@ -339,7 +343,7 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
         if front is not None:
-            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch)
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:
