@@ -106,7 +106,9 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
               help="With --sizes: top-1 points an artifact may fall below the reference's training-size top-1 at a size.")
 @click.option("--range-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="With --sizes: the size range is where the reference stays within this many points of its best size.")
-@click.option("--record-range", is_flag=True, help="With --sizes: write the measured size range into the checkpoint.")
+@click.option("--record-range", is_flag=True,
+              help="With --sizes: write the measured size range into the checkpoint; refused (exit 1, one line why) when "
+                   "the verdict fails or the range leaves out the training size (always measured).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
 def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,

@@ -12,7 +12,8 @@ there twice:
 
 A size an engine's profiles do not accept is reported as not accepted, not as a failure. The
 reference's curve gives the measured size range (:func:`rn_deploy.sizes.measure_range`), which
-``record=True`` writes into the checkpoint (the one source of truth; see :mod:`rn_deploy.sizes`).
+``record=True`` writes into the checkpoint (the one source of truth; see :mod:`rn_deploy.sizes`) only
+when the verdict passes and the range contains the training size, which is always measured.
 eval.json, eval.md and sizes.png are rewritten atomically with the section in them.
 """
 
@@ -62,11 +63,12 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
 
     Args:
         report, files: what :func:`rn_deploy.evaluate.run_eval` returned.
-        sizes: short-side sizes in px (see :func:`rn_deploy.sizes.sizes_from` for ``--scales``).
+        sizes: short-side sizes in px (see :func:`rn_deploy.sizes.sizes_from` for ``--scales``); the training size is added.
         onnx, engines, backends, max_drop, batch, allow_skip: as given to ``run_eval``.
         size_drop: top-1 points an artifact may fall below the reference's training-size top-1 at a size.
         range_drop: the range is where the reference stays within this many points of its best size.
-        record: write the measured range into the checkpoint.
+        record: write the measured range into the checkpoint; refused (``sizes.not_recorded`` says why) when the verdict
+            fails, or when the range leaves out the training size (then a report failure: the run did not do what was asked).
     """
     from ..checkpoint import load_checkpoint
     from ..runners import RunnerUnavailable, TorchRunner
@@ -84,7 +86,11 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
     artifacts = plan_artifacts(checkpoint, config, onnx, engines, backends)
     ref_rows: list[dict[str, Any]] = []
     rows: dict[str, list[dict[str, Any]]] = {a.label: [] for a in artifacts}
-    for side in sorted(set(sizes)):
+    train_side = min(config.image_size)
+    if train_side not in sizes:  # every size is judged against the training size, and the range must be placed around it
+        say(f"also measuring the training size {train_side} px")
+    sizes = sorted({*sizes, train_side})
+    for side in sizes:
         cfg = at_size(config, side)
         hw = cfg.image_size
         with TorchRunner(ckpt.model, device="cuda" if torch.cuda.is_available() else "cpu") as ref_runner:
@@ -118,12 +124,19 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
         art["failing_sizes"] = [c["size"] for c in art["per_size"] if not c["passed"]]
         art["passed"] = not art["failing_sizes"]
     section: dict[str, Any] = {
-        "sizes": sorted(set(sizes)), "train_size": list(config.image_size), "resampling": f"whole image, {RESAMPLING}",
+        "sizes": sizes, "train_size": list(config.image_size), "resampling": f"whole image, {RESAMPLING}",
         "size_drop_points": size_drop, "range_drop_points": range_drop, "reference_train_top1": ref_train_top1,
-        "measured_range": [lo, hi], "recorded_range_before": config.size_range, "recorded": False,
+        "measured_range": [lo, hi], "recorded_range_before": config.size_range, "recorded": False, "not_recorded": None,
         "artifacts": arts, "passed": all(a["passed"] for a in arts)}
     say(f"size range: {lo}-{hi} px (the reference within {range_drop:g} pt of its best; {size_range(config).describe()} before)")
-    if record:
+    why_not = _why_not_record(report, section, train_side) if record else None
+    if why_not:
+        section["not_recorded"] = why_not
+        if report["passed"] and section["passed"]:  # the verdict holds, but what was asked for was not done: exit 1, this line
+            report["failures"] = [*report["failures"], why_not]
+        else:
+            say(why_not)
+    elif record:
         measured = {"sizes": list(curve), "top1": list(curve.values()), "drop_points": range_drop, "range": [lo, hi], "by": "eval",
                     "resampling": section["resampling"], **{k: report[k] for k in ("dataset", "data", "split", "count", "limit", "seed")}}
         record_range(checkpoint, (lo, hi), measured)
@@ -131,8 +144,28 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
         stale = [a["name"] for a in arts[1:] if a.get("carries_range") != [lo, hi]]
         say(f"recorded size range {lo}-{hi} px in {checkpoint}" + (f"; re-export so {', '.join(stale)} carry it" if stale else ""))
     report["sizes"] = section
-    report["passed"] = bool(report["passed"]) and section["passed"]
+    report["passed"] = bool(report["passed"]) and section["passed"] and not report["failures"]
     return report, _rewrite(report, files)
+
+
+def _why_not_record(report: dict[str, Any], section: dict[str, Any], train_side: int) -> str | None:
+    """Why the measured range must not go into the checkpoint (one line), or None when it may.
+
+    Engine and serve resize every image into the recorded range: a range without the training size, or one measured in
+    a run whose verdict failed, would move images the model is right at to sizes it is wrong at.
+    """
+    lo, hi = section["measured_range"]
+    head = f"not recording the size range {lo}-{hi} px in {report['checkpoint']}"
+    if not (report["passed"] and section["passed"]):
+        failing = [*report["failures"], *(f"{a['name']}: {'; '.join(a['failures'])}" for a in report["artifacts"] if not a["passed"]),
+                   *(f"{a['name']} at {', '.join(f'{s} px' for s in a['failing_sizes'])}" for a in section["artifacts"]
+                     if not a["passed"])]
+        why = failing[0] + (f" and {len(failing) - 1} more" if len(failing) > 1 else "")
+        return f"{head}: the verdict failed ({why}); measure sizes where it passes, or loosen --size-drop"
+    if not lo <= train_side <= hi:
+        return (f"{head}: it leaves out the training size {train_side} px (the reference is more than "
+                f"{section['range_drop_points']:g} pt better there than at {train_side} px); a range must contain the training size")
+    return None
 
 
 def size_markdown(section: dict[str, Any]) -> str:
@@ -155,7 +188,8 @@ def size_markdown(section: dict[str, Any]) -> str:
     lo, hi = section["measured_range"]
     lines += ["", "Cells: top-1 % (top-1 agreement with the reference at the same size, %).", "",
               f"Measured size range: {lo}-{hi} px (the reference within {section['range_drop_points']:g} pt of its best)"
-              + ("; recorded in the checkpoint." if section["recorded"] else "; not recorded (pass --record-range)."), ""]
+              + ("; recorded in the checkpoint." if section["recorded"] else f"; {section['not_recorded']}." if section.get("not_recorded")
+                 else "; not recorded (pass --record-range)."), ""]
     for a in section["artifacts"]:
         for c in a["per_size"]:
             lines += [f"- {a['name']}: {f}" for f in c["failures"]]
