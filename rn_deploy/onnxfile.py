@@ -76,17 +76,49 @@ def weights_fp16(m: onnx.ModelProto) -> bool:
     return kinds == {onnx.TensorProto.FLOAT16}
 
 
-def qdq_precision(m: onnx.ModelProto) -> str | None:
-    """``"int8"`` / ``"fp8"`` for an explicitly quantized (Q/DQ) model, None when it has no QuantizeLinear."""
-    inits: dict[str, int] = {t.name: int(t.data_type) for t in m.graph.initializer}
+def _qdq_kinds(m: onnx.ModelProto) -> set[str]:
+    """The element types the QuantizeLinear nodes quantize to (``int8``, ``fp8``, ``uint8``, ...)."""
+    types: dict[str, int] = {t.name: int(t.data_type) for t in m.graph.initializer}
+    for n in m.graph.node:  # zero points given as Constant nodes
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            types[n.output[0]] = int(n.attribute[0].t.data_type)
     kinds: set[str] = set()
     for n in m.graph.node:
         if n.op_type == "QuantizeLinear":
-            zp = inits.get(n.input[2], 0) if len(n.input) > 2 and n.input[2] else int(onnx.TensorProto.UINT8)
+            # no zero point: the output_dtype attribute (opset 21), else uint8 (the operator's default)
+            attr = next((a.i for a in n.attribute if a.name == "output_dtype"), 0)
+            zp = types.get(n.input[2], 0) if len(n.input) > 2 and n.input[2] else attr or int(onnx.TensorProto.UINT8)
             kinds.add(QDQ_TYPES.get(zp) or onnx.TensorProto.DataType.Name(zp).lower())
+    return kinds
+
+
+def qdq_precision(m: onnx.ModelProto) -> str | None:
+    """``"int8"`` / ``"fp8"`` for an explicitly quantized (Q/DQ) model in the form TensorRT takes, another type name
+    (``uint8``, ``int4,int8``...) for other Q/DQ models, None when it has no QuantizeLinear."""
+    kinds = _qdq_kinds(m)
     if not kinds:
         return None
     return "fp8" if "fp8" in kinds else "int8" if kinds == {"int8"} else ",".join(sorted(kinds))
+
+
+# ONNX Runtime's own quantized operators (quantize_dynamic, QOperator format): 8-bit integer compute
+_INT8_OPS = ("DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")
+
+
+def graph_precision(m: onnx.ModelProto) -> str:
+    """The precision a graph computes in: the one rule eval, eval --sizes, quantize's gate, the ONNX Runtime runner and
+    doctor use, so limits per precision (``--max-drop``, ``--min-agreement fp8=...``) reach the graphs they name.
+
+    ``fp8`` when any QuantizeLinear quantizes to FP8; ``int8`` for integer Q/DQ (int8 or uint8 zero points; other
+    integer types are judged by int8's limits too) or ONNX Runtime's integer operators; else ``fp16`` for an FP16
+    export (:func:`weights_fp16`), else ``fp32``. The graph decides, not the ``rn_deploy.precision`` metadata.
+    """
+    kinds = _qdq_kinds(m)
+    if "fp8" in kinds:
+        return "fp8"
+    if kinds or any(n.op_type in _INT8_OPS for n in m.graph.node):
+        return "int8"
+    return "fp16" if weights_fp16(m) else "fp32"
 
 
 def runtimes_note(opset: int, ir: int) -> str:

@@ -25,6 +25,7 @@ from rn_deploy.sizes import measure_range, outside_warning, policy_text, record_
 from tests.conftest import FASHION_DIR, make_model, needs_fashion
 
 N_SAME, N_DIFFER = 20, 20
+DAMAGE = 3.0  # a conv weight scaled by this: the ONNX still runs, and picks another class on some images
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -266,3 +267,30 @@ def test_multi_scale_training_varies_sizes_and_records_the_range_it_measured(tmp
     with torch.no_grad():
         pred = ck.model(_norm(_resize(val.images.float(), 36), ck.config.mean, ck.config.std)).argmax(1)
     assert rec["top1"][2] == pytest.approx(float((pred == val.labels).float().mean()), abs=1e-9)
+
+
+def test_eval_sizes_applies_min_agreement_as_eval_does(planted: dict[str, Path], tmp_path: Path):
+    """Planted (issue 32 item 9): eval --sizes judged parity at each size with the default agreement, ignoring
+    --min-agreement: an FP32 ONNX that eval passes with `--min-agreement fp32=0` failed at its own training size."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(planted["onnx"]))
+    weight = {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
+    init = next(t for t in m.graph.initializer if t.name in weight)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(DAMAGE), init.name))
+    bad = tmp_path / "damaged.onnx"
+    onnx.save(m, str(bad))
+    base = ["eval", "--checkpoint", str(planted["ckpt"]), "--onnx", str(bad), "--dataset", "mnist", "--data", str(planted["data"]),
+            "--sizes", "28", "--max-drop", "100", "--size-drop", "100", "--json"]
+    r = CliRunner().invoke(main, [*base, "--min-agreement", "fp32=0", "--out", str(tmp_path / "loose")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    agree = rep["artifacts"][1]["agreement"]
+    assert 0.5 < agree < 0.95 and rep["sizes"]["artifacts"][1]["per_size"][0]["agreement"] == agree
+    between = f"fp32={(agree + 1) / 2:.3f}"  # clearly above what it reaches: eval and eval --sizes both fail it
+    r = CliRunner().invoke(main, [*base, "--min-agreement", between, "--out", str(tmp_path / "strict")])
+    assert r.exit_code == 1, r.output
+    rep = json.loads(r.stdout)
+    assert not rep["artifacts"][1]["passed"] and rep["sizes"]["artifacts"][1]["failing_sizes"] == [28]
+    assert "agrees with the reference" in rep["sizes"]["artifacts"][1]["per_size"][0]["failures"][0]

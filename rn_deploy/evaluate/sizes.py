@@ -28,15 +28,14 @@ from typing import Any
 import torch
 
 from ..checkpoint import ModelConfig
-from ..datasets.sources import load_split
 from ..errors import RnDeployError
 from ..log import Log
 from ..sizes import DEFAULT_DROP, RESAMPLING, hw_at, measure_range, record_range, size_range
 from .artifacts import open_runner, plan_artifacts
 from .gates import judge, limits_for
-from .predict import default_names, predict_split
+from .predict import load_judged_split, predict_split
 from .report import markdown
-from .scores import accuracy, agreement
+from .scores import accuracy, agreement, lost_images
 
 
 def at_size(config: ModelConfig, side: int) -> ModelConfig:
@@ -58,13 +57,15 @@ def _cell(side: int, hw: Sequence[int], acc: dict[str, Any], agree: float, ref_t
 def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int], *, onnx: Sequence[str | Path] = (),
               engines: Sequence[str | Path] = (), backends: Sequence[str] | None = None, max_drop: float | None = None,
               size_drop: float = DEFAULT_DROP, range_drop: float = DEFAULT_DROP, record: bool = False, batch: int = 256,
-              allow_skip: bool = False, log: Log | None = None, progress: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+              allow_skip: bool = False, log: Log | None = None, progress: bool = True,
+              min_agreement: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Add the per-size section to ``report`` (from ``run_eval`` with the same artifacts) and rewrite its files.
 
     Args:
         report, files: what :func:`rn_deploy.evaluate.run_eval` returned.
         sizes: short-side sizes in px (see :func:`rn_deploy.sizes.sizes_from` for ``--scales``); the training size is added.
-        onnx, engines, backends, max_drop, batch, allow_skip: as given to ``run_eval``.
+        onnx, engines, backends, max_drop, min_agreement, batch, allow_skip: as given to ``run_eval``: parity at each size
+            is judged by the same limits (:func:`rn_deploy.evaluate.gates.judge`).
         size_drop: top-1 points an artifact may fall below the reference's training-size top-1 at a size.
         range_drop: the range is where the reference stays within this many points of its best size.
         record: write the measured range into the checkpoint; refused (``sizes.not_recorded`` says why) when the verdict
@@ -79,9 +80,8 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
     checkpoint = report["checkpoint"]
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.config
-    images = load_split(report["dataset"], report["data"], report["split"], limit=report["limit"], seed=report["seed"],
-                        presize=config.presize or max(config.image_size), channels=config.in_channels,
-                        class_names=config.class_names if report["dataset"] == "imagefolder" and not default_names(config) else None)
+    images = load_judged_split(report["dataset"], report["data"], report["split"], config, limit=report["limit"],
+                               seed=report["seed"])
     ref_train_top1 = float(report["artifacts"][0]["top1"])
     artifacts = plan_artifacts(checkpoint, config, onnx, engines, backends)
     ref_rows: list[dict[str, Any]] = []
@@ -111,7 +111,8 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
                 continue
             acc = accuracy(pred, config.class_names)
             agree, _ = agreement(pred, ref)
-            _, parity = judge(acc, ref_acc, agree, pred.nonfinite, limits_for(a.precision, max_drop))
+            _, parity = judge(acc, ref_acc, agree, pred.nonfinite, limits_for(a.precision, max_drop, min_agreement),
+                              lost=lost_images(pred, ref))
             rows[a.label].append(_cell(side, hw, acc, agree, ref_train_top1, parity, size_drop))
         say(f"{side} px: reference top-1 {100 * ref_acc['top1']:.2f}%"
             + "".join(f"; {name} {100 * r[-1]['top1']:.2f}%" for name, r in rows.items() if r[-1]["ran"]))

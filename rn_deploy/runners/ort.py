@@ -64,7 +64,7 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                  nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES):
-        from ..onnxfile import check_onnx_file, onnx_interface, weights_fp16
+        from ..onnxfile import check_onnx_file, graph_precision, onnx_interface
 
         ort = _ort()
         self.path, self.nhwc, self.threads = Path(onnx_path), nhwc, threads
@@ -84,8 +84,7 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
-        quantized = next((p.value for p in graph.metadata_props if p.key == "rn_deploy.precision" and p.value in ("int8", "fp8")), None)
-        self.precision = quantized or ("fp16" if weights_fp16(graph) else "fp32")
+        self.precision = graph_precision(graph)
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         # Names and element types come from the model, not from assumptions.
