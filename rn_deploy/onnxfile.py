@@ -44,13 +44,30 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file
         raise RnDeployError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
-    for t in m.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            if not (path.parent / loc).exists():
-                raise RnDeployError(f"{path}: its external data file {loc!r} is missing; the .onnx and {loc} travel together, "
-                                    "copy both (or re-export)")
+    for loc in external_locations(m, path):
+        if not (path.parent / loc).is_file():
+            raise RnDeployError(f"{path}: its external data file {loc!r} is missing; the .onnx and {loc} travel together, "
+                                "copy both (or re-export)")
     return m
+
+
+def check_data_location(path: Path, location: str) -> None:
+    """An initializer's external-data file must be a relative path inside the ONNX file's folder: an absolute path or
+    one climbing out (``../``) would make every reader (ONNX Runtime, TensorRT's parser, digests, copies) read a file
+    that does not travel with the model, such as another user's or a system file."""
+    inside = (path.parent / location).resolve()
+    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
+        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
+                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
+
+
+def external_locations(m: onnx.ModelProto, path: str | Path) -> list[str]:
+    """The external data files ``m`` (read from ``path``) refers to, sorted, each checked with :func:`check_data_location`."""
+    locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
+                        if t.data_location == onnx.TensorProto.EXTERNAL})
+    for loc in locations:
+        check_data_location(Path(path), loc)
+    return locations
 
 
 def onnx_config(m: onnx.ModelProto) -> ModelConfig | None:
@@ -157,8 +174,7 @@ def onnx_sha256(path: str | Path) -> str:
     file (by location, sorted). Equal to the file's plain sha256 when every weight is inside the ``.onnx``."""
     path = Path(path)
     m = onnx.load(str(path), load_external_data=False)
-    locations = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                        for e in t.external_data if e.key == "location"})
+    locations = external_locations(m, path)
     h = hashlib.sha256()
     for name, f in [("", path), *((loc, path.parent / loc) for loc in locations)]:
         if name:

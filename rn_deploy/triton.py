@@ -87,7 +87,7 @@ def _from_engine(path: Path) -> dict[str, Any]:
 
 
 def _from_onnx(path: Path) -> dict[str, Any]:
-    from .onnxfile import check_onnx_file, onnx_interface
+    from .onnxfile import check_onnx_file, external_locations, onnx_interface
 
     m = check_onnx_file(path)
     io = onnx_interface(m, path)  # one image input, one logits output: named by the graph, refused in one line otherwise
@@ -97,11 +97,8 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     in_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in it.shape.dim]
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
-    locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
-                        if t.data_location == onnx.TensorProto.EXTERNAL})
+    locations = external_locations(m, path)
     hw = in_dims[1:3] if io.layout == "NHWC" else in_dims[2:4]
-    for loc in locations:
-        check_data_location(path, loc)
     return {
         "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
         "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
@@ -111,14 +108,6 @@ def _from_onnx(path: Path) -> dict[str, Any]:
         "min_hw": [d if d > 0 else (min_size or 1) for d in hw], "max_hw": [d if d > 0 else None for d in hw],
         "data": locations or None,
     }
-
-
-def check_data_location(path: Path, location: str) -> None:
-    """An initializer's external-data file must be a relative path inside the ONNX file's folder (it is copied along)."""
-    inside = (path.parent / location).resolve()
-    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
-        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
-                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
 
 
 def check_model_name(name: str) -> None:

@@ -72,7 +72,7 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
             fails, or when the range leaves out the training size (then a report failure: the run did not do what was asked).
     """
     from ..checkpoint import load_checkpoint
-    from ..runners import RunnerUnavailable, TorchRunner
+    from ..runners import ArtifactUnsupported, RunnerUnavailable, TorchRunner
 
     say = log or (lambda _s: None)
     if not sizes or min(sizes) < 1:
@@ -104,6 +104,10 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
             except RunnerUnavailable as e:
                 rows[a.label].append({"size": side, "hw": hw, "ran": False, "reason": str(e), "passed": allow_skip,
                                       "failures": [] if allow_skip else [f"at {side} px: cannot run here ({e})"]})
+                continue
+            except ArtifactUnsupported as e:  # the artifact itself: a failure at every size, --allow-skip or not
+                rows[a.label].append({"size": side, "hw": hw, "ran": False, "reason": str(e), "passed": False,
+                                      "failures": [f"at {side} px: {e}"]})
                 continue
             except RnDeployError as e:  # an engine whose profiles do not take this size: not a size it accepts
                 rows[a.label].append({"size": side, "hw": hw, "ran": False, "reason": f"not accepted: {e}", "passed": True,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..preprocess import to_layout
-from .base import BaseRunner, RunnerUnavailable
+from .base import ArtifactUnsupported, BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -92,7 +92,7 @@ class OrtRunner(BaseRunner):
         self.in_type, self.out_type = inp.type, out.type
         for t in (self.in_type, self.out_type):
             if t not in _TORCH:
-                raise RunnerUnavailable(f"{self.path}: tensor type {t} is not supported by this runner (float or float16)")
+                raise ArtifactUnsupported(f"{self.path}: tensor type {t} is not supported by this runner (float or float16)")
         self.n_out = out.shape[1] if len(out.shape) > 1 and isinstance(out.shape[1], int) else None
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.name = f"ort-{provider}{'-graph' if self.cuda_graph else ''}-{self.precision}"
@@ -138,7 +138,7 @@ class OrtRunner(BaseRunner):
 
     def _out_buffer(self, batch: int) -> torch.Tensor:
         if self.n_out is None:
-            raise RunnerUnavailable(f"{self.path}: the output's class dimension is not fixed; IOBinding needs it")
+            raise ArtifactUnsupported(f"{self.path}: the output's class dimension is not fixed; IOBinding needs it")
         return torch.empty(batch, self.n_out, device="cuda", dtype=_TORCH[self.out_type])
 
     def _bind(self, sess: Any, x: torch.Tensor, out: torch.Tensor) -> Any:
