@@ -155,7 +155,8 @@ def test_fp8_artifacts_are_judged_by_the_fp8_limits(trained: dict[str, Path], tm
     u8 = _input_qdq(trained["onnx"], tmp_path / "model.uint8.onnx", np.array(128, np.uint8), 0.1)
     assert (onnx_precision(f8), onnx_precision(u8)) == ("fp8", "int8")
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(trained["ckpt"]), "--onnx", str(f8), "--onnx", str(u8), "--limit", "200",
-                                  "--min-agreement", "fp8=0.42", "--min-agreement", "int8=0.43", "--out", str(tmp_path), "--json"])
+                                  "--min-agreement", "fp8=0.42", "--min-agreement", "int8=0.43", "--backends", "ort-cpu",
+                                  "--out", str(tmp_path), "--json"])
     rows = {Path(a["path"]).name: a for a in json.loads(r.stdout)["artifacts"][1:]}
     assert rows["model.fp8.onnx"]["precision"] == "fp8" and rows["model.fp8.onnx"]["backend"] == "ort-cpu-fp8"
     assert rows["model.fp8.onnx"]["limits"] == {"max_drop_points": 1.0, "min_agreement": 0.42}
