@@ -87,7 +87,7 @@ def _from_engine(path: Path) -> dict[str, Any]:
 
 
 def _from_onnx(path: Path) -> dict[str, Any]:
-    from .onnxfile import check_onnx_file, onnx_interface
+    from .onnxfile import check_onnx_file, external_locations, onnx_interface
 
     m = check_onnx_file(path)
     io = onnx_interface(m, path)  # one image input, one logits output: named by the graph, refused in one line otherwise
@@ -97,11 +97,8 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     in_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in it.shape.dim]
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
-    locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
-                        if t.data_location == onnx.TensorProto.EXTERNAL})
+    locations = external_locations(m, path)
     hw = in_dims[1:3] if io.layout == "NHWC" else in_dims[2:4]
-    for loc in locations:
-        check_data_location(path, loc)
     return {
         "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
         "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
@@ -113,14 +110,6 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     }
 
 
-def check_data_location(path: Path, location: str) -> None:
-    """An initializer's external-data file must be a relative path inside the ONNX file's folder (it is copied along)."""
-    inside = (path.parent / location).resolve()
-    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
-        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
-                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
-
-
 def check_model_name(name: str) -> None:
     """One line refusing a name Triton would not take as both folder and config name (quotes, slashes, newlines...)."""
     if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
@@ -128,11 +117,15 @@ def check_model_name(name: str) -> None:
                             "like resnet18_fmnist")
 
 
+def input_channels(info: dict[str, Any]) -> int:
+    """The image channels of the model's input: axis 3 of an NHWC input, axis 1 of an NCHW one."""
+    return int(info["in_dims"][3 if info.get("layout") == "NHWC" else 1])
+
+
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
     cfg = info["config"] or {}
     nhwc = info.get("layout") == "NHWC"
-    channels = info["in_dims"][3 if nhwc else 1]
     hw = info["in_dims"][1:3] if nhwc else info["in_dims"][2:4]
     fixed = all(d > 0 for d in hw)
     if fixed:
@@ -143,7 +136,7 @@ def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
         policy = policy_text(cfg, f"any HxW {span}")  # the resize clients must do: into the recorded size range
     return {
         "layout": info.get("layout", "NCHW"), "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
-        "channel_order": {1: "L", 3: "RGB"}.get(channels, f"{channels} channels"),
+        "channel_order": {1: "L", 3: "RGB"}.get(input_channels(info), f"{input_channels(info)} channels"),
         "scale": 1 / 255, "mean": cfg.get("mean"), "std": cfg.get("std"),
         "formula": "x = (pixel / 255 - mean[c]) / std[c], per channel c",
         "size_policy": policy, "min_hw": info["min_hw"], "max_hw": info["max_hw"], "train_hw": cfg.get("image_size"),
@@ -351,7 +344,7 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
         if front is not None:
-            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch)
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:

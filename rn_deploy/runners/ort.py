@@ -25,7 +25,7 @@ import torch
 
 from ..errors import RnDeployError
 from ..preprocess import to_layout
-from .base import BaseRunner, RunnerUnavailable
+from .base import ArtifactUnsupported, BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -67,7 +67,7 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
                  nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES, graph_opt: str | None = None):
-        from ..onnxfile import check_onnx_file, onnx_interface, weights_fp16
+        from ..onnxfile import check_onnx_file, graph_precision, onnx_interface
 
         ort = _ort()
         self.path, self.nhwc, self.threads = Path(onnx_path), nhwc, threads
@@ -92,8 +92,7 @@ class OrtRunner(BaseRunner):
             if graph_opt not in GRAPH_OPT_LEVELS:
                 raise RnDeployError(f"graph optimisation level {graph_opt!r}: choose one of {', '.join(GRAPH_OPT_LEVELS)}")
             self.opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_opt])
-        quantized = next((p.value for p in graph.metadata_props if p.key == "rn_deploy.precision" and p.value in ("int8", "fp8")), None)
-        self.precision = quantized or ("fp16" if weights_fp16(graph) else "fp32")
+        self.precision = graph_precision(graph)
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         # Names and element types come from the model, not from assumptions.
@@ -101,7 +100,7 @@ class OrtRunner(BaseRunner):
         self.in_type, self.out_type = inp.type, out.type
         for t in (self.in_type, self.out_type):
             if t not in _TORCH:
-                raise RunnerUnavailable(f"{self.path}: tensor type {t} is not supported by this runner (float or float16)")
+                raise ArtifactUnsupported(f"{self.path}: tensor type {t} is not supported by this runner (float or float16)")
         self.n_out = out.shape[1] if len(out.shape) > 1 and isinstance(out.shape[1], int) else None
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.name = f"ort-{provider}{'-graph' if self.cuda_graph else ''}-{self.precision}"
@@ -147,7 +146,7 @@ class OrtRunner(BaseRunner):
 
     def _out_buffer(self, batch: int) -> torch.Tensor:
         if self.n_out is None:
-            raise RunnerUnavailable(f"{self.path}: the output's class dimension is not fixed; IOBinding needs it")
+            raise ArtifactUnsupported(f"{self.path}: the output's class dimension is not fixed; IOBinding needs it")
         return torch.empty(batch, self.n_out, device="cuda", dtype=_TORCH[self.out_type])
 
     def _bind(self, sess: Any, x: torch.Tensor, out: torch.Tensor) -> Any:
