@@ -30,12 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
-from .sizes import policy_text
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -44,13 +41,22 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
               "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
-               onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64",
-               onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+# onnx (and torch, through rn_deploy.sizes) load inside the functions that need them: `serve`'s supervisor imports
+# this module for the served contract and must stay small (issue 33: <= 300 MB).
+_ONNX_TYPE_NAMES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "DOUBLE": "TYPE_FP64",
+                    "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "INT8": "TYPE_INT8", "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL"}
+
+
+def _onnx_types() -> dict[Any, str]:
+    import onnx
+
+    return {getattr(onnx.TensorProto, k): v for k, v in _ONNX_TYPE_NAMES.items()}
 
 
 def _triton_type(table: dict[Any, str], dtype: Any, path: Path, tensor: str) -> str:
     if dtype not in table:
+        import onnx
+
         shown = onnx.TensorProto.DataType.Name(dtype) if isinstance(dtype, int) else dtype
         raise RnDeployError(f"{path}: tensor {tensor!r} has type {shown}, which has no Triton data type here; "
                             f"export the model with FP32 or FP16 I/O")
@@ -87,6 +93,8 @@ def _from_engine(path: Path) -> dict[str, Any]:
 
 
 def _from_onnx(path: Path) -> dict[str, Any]:
+    import onnx
+
     from .onnxfile import check_onnx_file, onnx_interface
 
     m = check_onnx_file(path)
@@ -104,8 +112,8 @@ def _from_onnx(path: Path) -> dict[str, Any]:
         check_data_location(path, loc)
     return {
         "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
-        "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
-        "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, io.output_name),
+        "platform": "onnxruntime_onnx", "in_type": _triton_type(_onnx_types(), it.elem_type, path, io.input_name),
+        "out_type": _triton_type(_onnx_types(), ot.elem_type, path, io.output_name),
         "in_dims": in_dims, "out_dims": [d.dim_value if d.HasField("dim_value") else -1 for d in ot.shape.dim], "config": cfg,
         "profiles": [], "max_batch": None,
         "min_hw": [d if d > 0 else (min_size or 1) for d in hw], "max_hw": [d if d > 0 else None for d in hw],
@@ -130,6 +138,8 @@ def check_model_name(name: str) -> None:
 
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
+    from .sizes import policy_text
+
     cfg = info["config"] or {}
     nhwc = info.get("layout") == "NHWC"
     channels = info["in_dims"][3 if nhwc else 1]

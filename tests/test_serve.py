@@ -410,6 +410,27 @@ def test_statistics_api_answers_and_admin_apis_are_closed(server: Server) -> Non
         g.close()
 
 
+def test_idle_serve_parent_holds_under_300_mb_without_torch_or_onnxruntime(server: Server) -> None:
+    """The `serve` process only supervises tritonserver (issue 33: it held 768 MB-1 GB with torch and ORT loaded to check
+    the model): the model is checked in a short-lived child, the stub alone runs it."""
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    rss_mb = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:"))) / 1024
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert rss_mb <= 300, rss_mb
+    assert "libtorch" not in maps and "onnxruntime" not in maps, "the supervisor loaded torch or ONNX Runtime"
+    assert any(alive(p) for p in process_tree(server.proc.pid)), "the check's child is gone; tritonserver is not"
+
+
+def test_a_model_the_loader_refuses_is_one_line_exit_1_from_the_check(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07" + b"not a model" * 10)
+    h, g, m = free_ports(3)
+    run = _serve_fails([str(bad), "--host", "127.0.0.1", "--http-port", str(h), "--grpc-port", str(g), "--metrics-port", str(m)])
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {bad}"), run.stderr
+    assert "Traceback" not in run.stderr
+
+
 @needs_fashion
 def test_poisoned_traffic_fails_no_good_request(model: Path, tmp_path: Path, fashion_test: np.ndarray) -> None:
     """16 good clients and 1 looping on b"not an image", default batching delay (issue 22: 58.8% of the good requests

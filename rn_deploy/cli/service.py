@@ -46,8 +46,8 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
                        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
                        max_aspect=max_aspect),
           log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
-    # Drained, children stopped, temporary repository removed: exit now. The interpreter's own shutdown (torch's, loaded
-    # to check the model) took 5-16 s on a loaded machine, past the 10 s a SIGTERM drain is allowed.
+    # Drained, children stopped, temporary repository removed: exit now; nothing is left for the interpreter's shutdown
+    # to do, and a SIGTERM drain must end within 10 s.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+from ..names import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 
 DEFAULT_MODEL = "classifier"
 SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"

@@ -23,6 +23,26 @@ from .repository import write_repository
 from .tritonserver import server_env, stage_backends, tritonserver_command
 
 START_TIMEOUT_S = 180
+CHECK_TIMEOUT_S = 300  # the check imports torch and ONNX Runtime: slow on a loaded machine, still bounded
+
+# Run in a child interpreter: loads the model as the backend stub will (Engine.load) and prints what the supervisor
+# needs to know about it. The supervisor itself then never imports torch or ONNX Runtime (issue 33).
+_CHECK_CODE = """import json, sys
+from rn_deploy.errors import RnDeployError
+try:
+    from rn_deploy.engine import Engine
+    engine = Engine.load(sys.argv[1])
+    cfg = engine.config
+    engine.close()
+except RnDeployError as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(3)
+json.dump({"arch": cfg.arch, "n_classes": cfg.n_classes, "in_channels": cfg.in_channels,
+           "image_size": list(cfg.image_size), "class_names": list(cfg.class_names)}, sys.stdout)
+sys.stdout.flush()
+import os
+os._exit(0)  # torch's interpreter shutdown is slow and checks nothing
+"""
 
 
 def _ready_url(opts: ServeOptions) -> str:
@@ -62,6 +82,25 @@ def _stop_server(proc: subprocess.Popen[bytes], wait_s: float) -> None:
     proc.wait()
 
 
+def check_model(model: Path) -> dict[str, Any]:
+    """Load ``model`` as the server will, in a short-lived child process; its config (arch, n_classes, in_channels,
+    image_size, class_names). Raises :class:`RnDeployError` with the loader's one line when it is refused."""
+    import json
+
+    try:
+        run = subprocess.run([sys.executable, "-c", _CHECK_CODE, str(model)], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, env=server_env(), timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RnDeployError(f"{model}: loading the model took over {CHECK_TIMEOUT_S} s; is the machine overloaded?") from None
+    lines = [ln for ln in run.stderr.strip().splitlines() if ln.strip()]
+    if run.returncode == 3:
+        raise RnDeployError(lines[-1] if lines else f"{model}: refused by the model loader")
+    if run.returncode != 0:
+        raise RnDeployError(f"{model}: loading the model failed (exit {run.returncode}): {lines[-1] if lines else 'no message'}")
+    info: dict[str, Any] = json.loads(run.stdout)
+    return info
+
+
 def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None,
           on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Load the model, start tritonserver and serve until SIGTERM/SIGINT (or ``stop`` is set); then drain and exit.
@@ -72,15 +111,12 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
 
     Raises :class:`RnDeployError` (before any server process starts) for a bad model or a taken port.
     """
-    from ..engine import Engine
     from ..triton import check_model_name
 
     if opts.max_batch < 1 or opts.instances < 1 or opts.max_pixels < 1 or opts.max_queue_delay_us < 0 or opts.max_aspect < 1:
         raise RnDeployError("--max-batch, --instances, --max-pixels and --max-aspect must be >= 1, --max-queue-delay-us >= 0")
     check_model_name(opts.name)
-    engine = Engine.load(opts.model)  # refuses a bad model here, in one line, before any server starts
-    cfg = engine.config
-    engine.close()
+    cfg = check_model(opts.model)  # refuses a bad model here, in one line, before any server starts
     check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port, "--metrics-port": opts.metrics_port})
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -88,7 +124,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
             signal.signal(sig, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="rn-deploy-serve.") as tmp:
         repo = Path(tmp) / "models"
-        write_repository(repo, opts, cfg.in_channels, cfg.n_classes)
+        write_repository(repo, opts, cfg["in_channels"], cfg["n_classes"])
         cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
                                 env=server_env())
@@ -104,14 +140,14 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                     break
             else:
                 if on_ready is not None:
-                    on_ready({"model": str(opts.model), "name": opts.name, "arch": cfg.arch, "classes": cfg.class_names,
-                              "in_channels": cfg.in_channels, "image_size": cfg.image_size,
+                    on_ready({"model": str(opts.model), "name": opts.name, "arch": cfg["arch"], "classes": cfg["class_names"],
+                              "in_channels": cfg["in_channels"], "image_size": cfg["image_size"],
                               "http": f"{opts.host}:{opts.http_port}", "grpc": f"{opts.host}:{opts.grpc_port}",
                               "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
                               "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
                               "pid": os.getpid()})
-                log(f"serving {opts.model} as model {opts.name!r} ({cfg.arch}, {cfg.n_classes} classes, {cfg.in_channels} channel(s), "
-                    f"{cfg.image_size[0]}x{cfg.image_size[1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
+                log(f"serving {opts.model} as model {opts.name!r} ({cfg['arch']}, {cfg['n_classes']} classes, "
+                    f"{cfg['in_channels']} channel(s), {cfg['image_size'][0]}x{cfg['image_size'][1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
                     f"metrics {opts.host}:{opts.metrics_port}/metrics; SIGTERM or Ctrl-C stops")
                 while not stop.wait(0.5):
                     if proc.poll() is not None:
