@@ -30,9 +30,10 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
-from rn_deploy.client import classify, request, run_level, server_message
+from rn_deploy.client import classify, request, server_message
 from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
+from rn_deploy.loadtest import run_level
 from rn_deploy.models import create_model
 from rn_deploy.serve import PIXELS, prefer_own_libpython, process_tree, tree_rss_mb
 
@@ -253,6 +254,44 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
         assert 0 < lv["client_cpu"] < 2 and lv["client_bound"] == (lv["client_cpu"] >= 0.9)  # the client's own CPU, reported
     assert "| 4 |" in (tmp_path / "loadtest.md").read_text() and "client CPU" in (tmp_path / "loadtest.md").read_text()
     assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Where the latency went, from the server's statistics over exactly the window's requests (issue 33).
+    for lv in rep["levels"]:
+        s = lv["split"]
+        assert s["requests"] == lv["requests"], (s, lv)  # no warm-up request, none missing
+        phases = s["queue_ms"] + s["compute_input_ms"] + s["compute_infer_ms"] + s["compute_output_ms"]
+        assert 0 < phases <= s["server_ms"] + 1e-3 and s["compute_infer_ms"] > 0
+        assert 0 < s["server_ms"] <= lv["mean_ms"] and s["client_ms"] >= 0  # the server's time is inside the client's
+        parts = phases + s["server_other_ms"] + s["client_ms"]
+        assert parts == pytest.approx(lv["mean_ms"], abs=0.01)
+        assert lv["p50_ms"] * 0.5 <= lv["mean_ms"] <= lv["p99_ms"] * 1.01
+        assert s["avg_batch"] >= 1 and 0 < s["busy"] <= 1.05
+        assert lv["verdict"].startswith("the client was the bottleneck" if lv["client_bound"] else "the server set the pace")
+    assert rep["levels"][1]["split"]["avg_batch"] > 1  # four clients, a 5 ms batching window: batches form
+    md = (tmp_path / "loadtest.md").read_text()
+    assert "| compute infer |" in md and f"| 4 | {rep['levels'][1]['mean_ms']:.2f} |" in md
+    assert (tmp_path / "loadtest-split.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean " in run.stdout and "compute infer" in run.stdout  # the table printed per level
+
+
+def test_latency_split_arithmetic_on_hand_made_statistics() -> None:
+    """counters() and split() on two statistics documents written by hand (HTTP JSON form, gRPC's int64 strings)."""
+    from rn_deploy.serverstats import counters, split
+
+    def doc(n: int, ns: int, execs: int, as_str: bool = False) -> dict:
+        v = str if as_str else int
+        phase = {"success": 10, "queue": 2, "compute_input": 1, "compute_infer": 5, "compute_output": 1}
+        return {"model_stats": [{"inference_count": v(n), "execution_count": v(execs), "inference_stats": {
+            k: {"count": v(n), "ns": v(n * per * ns)} for k, per in phase.items()},
+            "batch_stats": [{"batch_size": 4, **{k: {"count": v(execs), "ns": v(execs * 7 * ns)}
+                                               for k in ("compute_input", "compute_infer", "compute_output")}}]}]}
+
+    before, after = counters(doc(10, 1_000_000, 5)), counters(doc(110, 1_000_000, 30, as_str=True))
+    s = split(before, after, mean_latency_ms=12.5, seconds=1.0, instances=1)
+    assert s is not None and s.requests == 100
+    assert (s.server_ms, s.queue_ms, s.compute_input_ms, s.compute_infer_ms, s.compute_output_ms) == (10, 2, 1, 5, 1)
+    assert s.server_other_ms == 1 and s.client_ms == 2.5 and sum(s.parts().values()) == pytest.approx(12.5)
+    assert s.avg_batch == 4.0 and s.busy == pytest.approx(25 * 21e6 / 1e9)  # 25 executions x 3 phases x 7 ms in 1 s
+    assert split(before, before, 12.5, 1.0) is None  # nothing counted: no split, not a division by zero
 
 
 @needs_fashion

@@ -87,12 +87,17 @@ def classify_cmd(url: str, images: tuple[Path, ...], grpc: bool, model: str | No
 @click.option("--grpc", is_flag=True, help="URL is the gRPC port (default: HTTP).")
 @click.option("--model", default=None, help="Model name [default: classifier, serve's default].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write loadtest.json, loadtest.md, loadtest.png here.")
+              help="Write loadtest.json, loadtest.md, loadtest.png and loadtest-split.png (latency split) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int, concurrency: str, duration: float, grpc: bool,
                  model: str | None, out: Path | None, as_json: bool) -> None:
-    """Closed-loop load test of a server at URL: requests/s, p50/p90/p99 latency and errors per concurrency."""
-    from ..client import dataset_images, folder_images, loadtest, write_report
+    """Closed-loop load test of a server at URL: requests/s, p50/p90/p99 latency and errors per concurrency.
+
+    Each level's mean latency is split into client-side, queue and compute (input, infer, output) from
+    the server's statistics before and after the window, and the report says when the load generator
+    itself (>= 90% of a CPU core) was the bottleneck, and how far the server could go.
+    """
+    from ..loadtest import dataset_images, folder_images, loadtest, write_report
 
     if (images is None) == (dataset is None):
         raise click.UsageError("give one of --images DIR or --dataset fashion-mnist")
