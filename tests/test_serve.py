@@ -673,3 +673,32 @@ def test_server_fault_is_internal_with_an_id_that_the_log_carries(model: Path, m
     assert m, msg
     assert len(logged) == 1 and m.group(1) in logged[0] and "Traceback" in logged[0] and "/opt/secret/path.py" in logged[0]
     tpm.finalize()
+
+
+def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_unchanged(model: Path) -> None:
+    """Issue 33: ONNX Runtime inside tritonserver gets its instance's share of the cores, one inter-op thread and no
+    spinning (its pool spun on cores tritonserver's threads needed); the outputs, built for the batch at once, are the
+    per-row argmax/max of the probabilities, row slices of one batch."""
+    from rn_deploy.serve.backend import TritonPythonModel
+
+    cores = len(os.sched_getaffinity(0))
+    tpm = TritonPythonModel()
+    config = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+              "parameters": {"model": {"string_value": str(model)}, "max_pixels": {"string_value": "1000000"},
+                             "max_aspect": {"string_value": "32"}}}
+    tpm.initialize({"model_config": json.dumps(config), "model_repository": str(model.parent)})
+    try:
+        opts = tpm.classifier.engine.runner.opts
+        assert opts.intra_op_num_threads == max(1, cores // 2) and opts.inter_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        rng = np.random.default_rng(0)
+        reqs = [{"pixels": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)} for n in (1, 3, 2)]
+        answers = tpm.classifier.answer(reqs)
+        expected = Engine.load(model).predict([a for r in reqs for a in r["pixels"]])
+        rows = [row for a in answers for row in zip(a["label"][:, 0], a["index"][:, 0], a["score"][:, 0], a["probs"], strict=True)]
+        assert [(lab.decode(), int(i)) for lab, i, _, _ in rows] == [(p.label, p.index) for p in expected]
+        for (_, i, score, probs), p in zip(rows, expected, strict=True):
+            assert score == probs.max() == probs[i] and score == pytest.approx(p.score, abs=1e-6)
+        assert all(a["probs"].dtype == np.float32 and a["score"].shape == (len(r["pixels"]), 1) for a, r in zip(answers, reqs, strict=True))
+    finally:
+        tpm.finalize()

@@ -55,6 +55,9 @@ class OrtRunner(BaseRunner):
         provider: ``cpu`` or ``cuda``.
         cuda_graph: with ``cuda``: one CUDA-graph session per input shape, in an LRU.
         threads: intra-op threads for CPU (None: ORT's default).
+        session_config: ONNX Runtime session config entries (``session.intra_op.allow_spinning``: "0"
+            lets the pool sleep between runs instead of spinning on cores a server's other threads need)
+            and, as ``inter_op_threads``, the inter-op pool's size.
         nhwc: let ORT's CUDA EP prefer NHWC kernels.
         max_graphs: the most CUDA-graph sessions kept (one per shape); the least recently used is
             evicted, freeing its GPU memory.
@@ -63,7 +66,7 @@ class OrtRunner(BaseRunner):
     framework = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
-                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES):
+                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES, session_config: dict[str, str] | None = None):
         from ..onnxfile import check_onnx_file, onnx_interface, weights_fp16
 
         ort = _ort()
@@ -84,6 +87,12 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
+        self.session_config = dict(session_config or {})
+        for key, value in self.session_config.items():
+            if key == "inter_op_threads":
+                self.opts.inter_op_num_threads = int(value)
+            else:
+                self.opts.add_session_config_entry(key, value)
         quantized = next((p.value for p in graph.metadata_props if p.key == "rn_deploy.precision" and p.value in ("int8", "fp8")), None)
         self.precision = quantized or ("fp16" if weights_fp16(graph) else "fp32")
         self.sess = self._session(False)
@@ -123,7 +132,7 @@ class OrtRunner(BaseRunner):
             twin.graphs = ShapeLRU(self.graphs.maxsize, twin._evict)
             return twin
         return OrtRunner(self.path, provider=self.provider, cuda_graph=self.cuda_graph, threads=self.threads, nhwc=self.nhwc,
-                         max_graphs=self.graphs.maxsize)
+                         max_graphs=self.graphs.maxsize, session_config=self.session_config)
 
     def prepare(self, x: torch.Tensor) -> Any:
         dtype = _TORCH[self.in_type]

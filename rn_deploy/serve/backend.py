@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import traceback
 from pathlib import Path
@@ -58,13 +59,10 @@ class Classifier:
         images = [img for _, imgs in read for img in imgs]
         if not images:
             return answers
-        probs, start = self.probabilities(images), 0
+        outputs, start = batch_outputs(self.probabilities(images), self.labels), 0
         for k, imgs in read:
-            p = probs[start : start + len(imgs)]
+            answers[k] = {n: v[start : start + len(imgs)] for n, v in outputs.items()}  # views: no copy per request
             start += len(imgs)
-            idx = p.argmax(1)
-            answers[k] = {LABEL: self.labels[idx].reshape(-1, 1), INDEX: idx.astype(np.int32).reshape(-1, 1),
-                          SCORE: p.max(1).astype(np.float32).reshape(-1, 1), PROBS: p}
         return answers
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
@@ -72,7 +70,27 @@ class Classifier:
         from ..sizes import run_in_range
 
         cfg = self.engine.config
-        return run_in_range(images, cfg, self.engine.logits, max_aspect=self.max_aspect).softmax(1).numpy().astype(np.float32)
+        return run_in_range(images, cfg, self.engine.logits, max_aspect=self.max_aspect).softmax(1).float().numpy()
+
+
+def batch_outputs(probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The four outputs for every row of the batch at once (one argmax and gather for the batch, not per request)."""
+    idx = probs.argmax(1)
+    return {LABEL: labels[idx].reshape(-1, 1), INDEX: idx.astype(np.int32).reshape(-1, 1),
+            SCORE: np.take_along_axis(probs, idx[:, None], 1), PROBS: probs}
+
+
+def ort_settings(model_config: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime settings for one model instance inside tritonserver (``Engine.load`` keywords).
+
+    The instances share the cores this process may use with tritonserver's own threads: each gets its
+    share for intra-op work, one inter-op thread (the graph runs sequentially), and a pool that sleeps
+    between runs (``allow_spinning`` 0) instead of spinning on cores the server's HTTP/gRPC threads need.
+    """
+    instances = sum(int(g.get("count") or 1) for g in model_config.get("instance_group", [])) or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"threads": max(1, cores // instances),
+            "session_config": {"session.intra_op.allow_spinning": "0", "inter_op_threads": "1"}}
 
 
 class TritonPythonModel:
@@ -86,9 +104,11 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         from ..engine import Engine
 
-        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model = Path(args["model_repository"]) / params["model"]  # a relative path is relative to this model's folder
-        self.classifier = Classifier(Engine.load(model), int(params["max_pixels"]), float(params["max_aspect"]))
+        engine = Engine.load(model, **ort_settings(config))
+        self.classifier = Classifier(engine, int(params["max_pixels"]), float(params["max_aspect"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb
