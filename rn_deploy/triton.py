@@ -261,14 +261,16 @@ def _replace(src: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int) -> None:
+def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int,
+                 max_queue_delay_us: int = 2000, instances: int = 1) -> None:
     """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
     from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 
     (folder / "1").mkdir(parents=True, mode=0o755)
     os.chmod(folder, 0o755)
     texts = {"config.pbtxt": contract_config_pbtxt(f"{name}{IMAGE_SUFFIX}", model, channels, n_classes, max_batch=max_batch,
-                                                   max_queue_delay_us=2000, instances=1, max_pixels=DEFAULT_MAX_PIXELS,
+                                                   max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                                   max_pixels=DEFAULT_MAX_PIXELS,
                                                    max_aspect=DEFAULT_MAX_ASPECT),
              "1/model.py": MODEL_PY}
     for fname, text in texts.items():
@@ -277,12 +279,14 @@ def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: 
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
-                  kind: str | None = None) -> Path:
+                  kind: str | None = None, image_max_queue_delay_us: int | None = None, image_instances: int | None = None) -> Path:
     """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder.
 
     Args:
         max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
         kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
+        image_max_queue_delay_us, image_instances: ``NAME_image``'s batching delay and instance count
+            (None: serve's defaults, 2000 us and 1; ``rn-deploy export-triton`` passes a tuned setting).
     """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
@@ -349,7 +353,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
         if front is not None:
-            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch)
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch,
+                         2000 if image_max_queue_delay_us is None else image_max_queue_delay_us, image_instances or 1)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:

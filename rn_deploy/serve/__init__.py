@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .options import DEFAULT_MODEL, SERVE_EXTRA, ServeOptions
     from .procfs import process_tree, tree_rss_mb
     from .repository import config_pbtxt, write_repository
-    from .server import START_TIMEOUT_S, check_ports, serve
+    from .server import START_TIMEOUT_S, check_model, check_ports, serve
     from .tritonserver import (
         RESTRICTED_APIS,
         prefer_own_libpython,
@@ -61,14 +61,14 @@ _LAZY = {
     **dict.fromkeys(["DEFAULT_MODEL", "SERVE_EXTRA", "ServeOptions"], ".options"),
     **dict.fromkeys(["process_tree", "tree_rss_mb"], ".procfs"),
     **dict.fromkeys(["config_pbtxt", "write_repository"], ".repository"),
-    **dict.fromkeys(["START_TIMEOUT_S", "check_ports", "serve"], ".server"),
+    **dict.fromkeys(["START_TIMEOUT_S", "check_model", "check_ports", "serve"], ".server"),
     **dict.fromkeys(["RESTRICTED_APIS", "prefer_own_libpython", "server_env", "stage_backends", "tritonserver_command",
                      "tritonserver_dist"], ".tritonserver"),
 }
 
 __all__ = [
     "DEFAULT_MODEL", "IMAGE", "IMAGE_MAGIC", "INDEX", "LABEL", "MODEL_PY", "PIXELS", "PROBS", "RESTRICTED_APIS", "SCORE",
-    "SERVE_EXTRA", "START_TIMEOUT_S", "Classifier", "ServeOptions", "TritonPythonModel", "check_pixels", "check_ports",
+    "SERVE_EXTRA", "START_TIMEOUT_S", "Classifier", "ServeOptions", "TritonPythonModel", "check_model", "check_pixels", "check_ports",
     "config_pbtxt", "contract_config_pbtxt", "decode_image", "prefer_own_libpython", "process_tree", "serve", "server_env",
     "stage_backends", "tree_rss_mb", "tritonserver_command", "tritonserver_dist", "write_repository",
 ]

@@ -87,6 +87,8 @@ def check_model(model: Path) -> dict[str, Any]:
     image_size, class_names). Raises :class:`RnDeployError` with the loader's one line when it is refused."""
     import json
 
+    if not Path(model).is_file():
+        raise RnDeployError(f"{model}: no such file")
     try:
         run = subprocess.run([sys.executable, "-c", _CHECK_CODE, str(model)], capture_output=True, text=True,
                              stdin=subprocess.DEVNULL, env=server_env(), timeout=CHECK_TIMEOUT_S)
@@ -102,12 +104,16 @@ def check_model(model: Path) -> dict[str, Any]:
 
 
 def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None,
-          on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+          on_ready: Callable[[dict[str, Any]], None] | None = None, *, model_info: dict[str, Any] | None = None,
+          server_log: Path | None = None) -> None:
     """Load the model, start tritonserver and serve until SIGTERM/SIGINT (or ``stop`` is set); then drain and exit.
 
     ``on_ready`` is called once the server answers, with its endpoints (``rn-deploy serve --json``
     prints them as one JSON object on stdout: a script can wait for that line). tritonserver's own
     log goes to stderr.
+
+    ``model_info``: what :func:`check_model` returned for this model (the check is then not repeated);
+    ``server_log``: a file for tritonserver's log instead of stderr.
 
     Raises :class:`RnDeployError` (before any server process starts) for a bad model or a taken port.
     """
@@ -116,7 +122,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     if opts.max_batch < 1 or opts.instances < 1 or opts.max_pixels < 1 or opts.max_queue_delay_us < 0 or opts.max_aspect < 1:
         raise RnDeployError("--max-batch, --instances, --max-pixels and --max-aspect must be >= 1, --max-queue-delay-us >= 0")
     check_model_name(opts.name)
-    cfg = check_model(opts.model)  # refuses a bad model here, in one line, before any server starts
+    cfg = model_info or check_model(opts.model)  # refuses a bad model here, in one line, before any server starts
     check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port, "--metrics-port": opts.metrics_port})
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -126,8 +132,9 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
         repo = Path(tmp) / "models"
         write_repository(repo, opts, cfg["in_channels"], cfg["n_classes"])
         cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
-                                env=server_env())
+        with open(server_log, "ab") if server_log else open(os.devnull, "rb") as f:
+            out = f.fileno() if server_log else sys.stderr.fileno()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=server_env())
         try:
             url, deadline = _ready_url(opts), time.monotonic() + START_TIMEOUT_S
             while not _is_ready(url):
