@@ -41,8 +41,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+# The served stub's torch runs with passive OpenMP threads (rn_deploy.serve.server_env); the in-process reference gets
+# the same, before torch loads, so the ratio compares like with like and does not flatter the server.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import export, find_perf_analyzer, perf_analyzer_input, run_perf_analyzer, start  # noqa: E402
@@ -139,7 +143,8 @@ def main() -> None:
         encoded.append(buf.getvalue())
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                                          "cpu": platform.processor() or platform.machine()},
+                                          "cpu": platform.processor() or platform.machine(),
+                                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
                               "model": f"{args.arch} 1x{args.size}x{args.size}, ORT CPU, random weights", "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
