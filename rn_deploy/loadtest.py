@@ -10,6 +10,9 @@ covers exactly the window's requests: each level's mean latency is split into cl
 compute input / infer / output and the server's remainder (:mod:`rn_deploy.serverstats`). The report
 also gives the client's own CPU per wall second: at >= 90% of a core the client set the pace
 (``client_bound``), and the fraction of the window the model was busy says how far the server could go.
+A client can also hold the pace back without using CPU, when the machine's cores are busy serving: a
+ticker on the event loop measures how late the loop ran (``loop_lag_ms``); a lag over a tenth of the
+mean latency, while the model was idle more than a tenth of the window, flags the level as ``client_starved``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from .strictjson import ToDict
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 CLIENT_BOUND_CPU = 0.9
+LAG_TICK_S = 0.002  # the ticker's sleep; how late it wakes is the loop's lag
+STARVED_SHARE = 0.10  # loop lag over this share of the mean latency (and over 0.2 ms): the client held the pace back
+SATURATED = 0.90  # ... unless the model instances were busy at least this share of the window
 
 
 @dataclass
@@ -54,6 +60,8 @@ class LoadLevel:
     mean_ms: float | None = None  # the client's mean latency: what ``split`` divides
     split: LatencySplit | None = None  # from the server's statistics over the window (None: not readable)
     verdict: str = ""  # one sentence: who set the pace, and by how much
+    loop_lag_ms: float | None = None  # how late the client's event loop woke, on average over the window
+    client_starved: bool = False  # the loop ran late by > STARVED_SHARE of the mean latency: the client waited for a core
 
     def judge(self) -> str:
         """Who set the pace: the client (and how far the server could go), or the server."""
@@ -64,6 +72,10 @@ class LoadLevel:
             return (f"the client was the bottleneck: the load generator used {self.client_cpu:.0%} of a CPU core "
                     f"(>= {CLIENT_BOUND_CPU:.0%}){room}")
         busy_text = f", the model busy {busy:.0%} of the window" if busy is not None else ""
+        if self.client_starved:
+            return (f"the client was the bottleneck: its event loop ran {self.loop_lag_ms:.2f} ms late on average "
+                    f"({(self.loop_lag_ms or 0) / (self.mean_ms or 1):.0%} of the mean latency) while using only "
+                    f"{self.client_cpu or 0:.0%} of a core: it waited for a CPU the server was using{busy_text}")
         return f"the server set the pace (client CPU {self.client_cpu or 0:.0%} of a core{busy_text})"
 
 
@@ -128,6 +140,7 @@ class _Window:
     errors: list[str]
     seconds: float
     cpu: float
+    lag: list[float]
     before: dict[str, int] | None
     after: dict[str, int] | None
     instances: int
@@ -173,6 +186,13 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
             except Exception as e:  # noqa: BLE001 - every failure is one error of this level
                 errs.append(server_message(e))
 
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while (t := time.perf_counter()) < deadline[0]:
+            await asyncio.sleep(LAG_TICK_S)
+            lags.append(max(0.0, time.perf_counter() - t - LAG_TICK_S))
+
     try:
         instances = await instances_async(client, model, grpc)
         tasks = [asyncio.ensure_future(worker(k)) for k in range(concurrency)]
@@ -181,10 +201,12 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
         t0, cpu0 = time.perf_counter(), time.process_time()
         deadline[0] = t0 + duration_s
         go.set()
+        tick = asyncio.ensure_future(ticker())
         await asyncio.wait_for(asyncio.gather(*tasks), duration_s + 120)
+        tick.cancel()
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         after = await _stats(client, model, grpc)  # every sender has its answer
-        return _Window(lat, errs, seconds, cpu, before, after, instances)
+        return _Window(lat, errs, seconds, cpu, lags, before, after, instances)
     finally:
         await client.close()
 
@@ -198,6 +220,10 @@ def run_level(url: str, model: str, images: Sequence[bytes], concurrency: int, d
     lv = LoadLevel(concurrency, len(w.lat), len(w.errors), round(w.seconds, 3), len(w.lat) / w.seconds, _percentile(w.lat, 50),
                    _percentile(w.lat, 90), _percentile(w.lat, 99), w.errors[0] if w.errors else None, round(client_cpu, 3),
                    client_cpu >= CLIENT_BOUND_CPU, None if mean is None else round(mean, 4), parts)
+    if w.lag:
+        lv.loop_lag_ms = round(float(np.mean(w.lag)) * 1e3, 4)
+        busy = parts.busy if parts else None  # a model busy nearly all the window set the pace whatever the client did
+        lv.client_starved = mean is not None and lv.loop_lag_ms > max(0.2, STARVED_SHARE * mean) and (busy or 0) < SATURATED
     lv.verdict = lv.judge()
     return lv
 
@@ -244,12 +270,13 @@ def markdown(rep: LoadReport) -> str:
     lines = [f"# Load test: `{rep.model}` at {rep.url} ({rep.protocol})", "",
              f"{rep.images} images from {rep.image_source or 'the given set'}, {rep.duration_s:g} s per level, "
              f"{rep.machine.get('host')} ({rep.machine.get('cpu')}), {rep.machine.get('date')}.", "",
-             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | client loop lag ms |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in rep.levels:
         cells = ["-" if v is None else f"{v:.2f}" for v in (lv.p50_ms, lv.p90_ms, lv.p99_ms)]
         cpu = "-" if lv.client_cpu is None else f"{lv.client_cpu:.0%}" + (" (client-bound)" if lv.client_bound else "")
-        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} |")
+        lag = _ms(lv.loop_lag_ms) + (" (starved)" if lv.client_starved else "")
+        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} | {lag} |")
     lines += ["", "Where the mean latency went (ms per request; queue and compute from the server's statistics over the "
               "window, client = the client's mean minus the server's own time):", "", SPLIT_HEAD, "|---:" * 10 + "|"]
     for lv in rep.levels:
@@ -258,9 +285,10 @@ def markdown(rep: LoadReport) -> str:
             if s else ["-"] * 8
         lines.append(f"| {lv.concurrency} | {_ms(lv.mean_ms)} | {' | '.join(cells)} |")
     lines += ["", *[f"- concurrency {lv.concurrency}: {lv.verdict}." for lv in rep.levels]]
-    if any(lv.client_bound for lv in rep.levels):
-        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, so their req/s is a "
-                  "floor for the server; measure them with perf_analyzer (docs/serving.md) or a client on another machine."]
+    if any(lv.client_bound or lv.client_starved for lv in rep.levels):
+        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, or its event loop "
+                  "waited for a core the server was using, so their req/s is a floor for the server; measure them with "
+                  "perf_analyzer (docs/serving.md) or a client on another machine."]
     return "\n".join(lines) + "\n"
 
 

@@ -265,7 +265,10 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
         assert parts == pytest.approx(lv["mean_ms"], abs=0.01)
         assert lv["p50_ms"] * 0.5 <= lv["mean_ms"] <= lv["p99_ms"] * 1.01
         assert s["avg_batch"] >= 1 and 0 < s["busy"] <= 1.05
-        assert lv["verdict"].startswith("the client was the bottleneck" if lv["client_bound"] else "the server set the pace")
+        starved = lv["loop_lag_ms"] > max(0.2, 0.1 * lv["mean_ms"]) and s["busy"] < 0.9
+        assert lv["loop_lag_ms"] >= 0 and lv["client_starved"] == starved
+        bound = lv["client_bound"] or lv["client_starved"]
+        assert lv["verdict"].startswith("the client was the bottleneck" if bound else "the server set the pace")
     assert rep["levels"][1]["split"]["avg_batch"] > 1  # four clients, a 5 ms batching window: batches form
     md = (tmp_path / "loadtest.md").read_text()
     assert "| compute infer |" in md and f"| 4 | {rep['levels'][1]['mean_ms']:.2f} |" in md
