@@ -146,9 +146,19 @@ class _Window:
     instances: int
 
 
-async def _stats(client: Any, model: str, grpc: bool) -> dict[str, int] | None:
+async def _stats(client: Any, model: str, grpc: bool, at_least: int = 0) -> dict[str, int] | None:
+    """The counters once they have settled: Triton counts a request when it releases it, a moment after the client
+    has its answer, so a read right after the last answer can miss it. Reads until two agree 20 ms apart and
+    ``success_count`` >= ``at_least`` (at most ~2 s)."""
     try:
-        return await fetch_async(client, model, grpc)
+        last = await fetch_async(client, model, grpc)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            now = await fetch_async(client, model, grpc)
+            if now == last and now.get("success_count", 0) >= at_least:
+                break
+            last = now
+        return last
     except Exception:  # noqa: BLE001 - a server with its statistics closed still gets a load test, without the split
         return None
 
@@ -205,7 +215,8 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
         await asyncio.wait_for(asyncio.gather(*tasks), duration_s + 120)
         tick.cancel()
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        after = await _stats(client, model, grpc)  # every sender has its answer
+        expected = (before or {}).get("success_count", 0) + len(lat)
+        after = await _stats(client, model, grpc, at_least=expected)  # every sender has its answer
         return _Window(lat, errs, seconds, cpu, lags, before, after, instances)
     finally:
         await client.close()

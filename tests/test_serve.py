@@ -276,6 +276,16 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
     assert "mean " in run.stdout and "compute infer" in run.stdout  # the table printed per level
 
 
+def test_loadtest_split_over_grpc_counts_exactly_the_window(server: Server, fashion_test: np.ndarray) -> None:
+    """gRPC statistics (int64 as strings) and the settle-wait: the server counts a request when it releases it, a
+    moment after the client has the answer; the window's count must still be exact, at every concurrency."""
+    images = [png(a) for a in fashion_test[:32]]
+    for c in (1, 4, 16):
+        lv = run_level(server.grpc, "classifier", images, c, 1.0, True)
+        assert lv.errors == 0 and lv.split is not None and lv.split.requests == lv.requests, (c, lv)
+        assert 0 < lv.split.server_ms <= (lv.mean_ms or 0)
+
+
 def test_latency_split_arithmetic_on_hand_made_statistics() -> None:
     """counters() and split() on two statistics documents written by hand (HTTP JSON form, gRPC's int64 strings)."""
     from rn_deploy.serverstats import counters, split
