@@ -725,3 +725,12 @@ def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_un
         assert all(a["probs"].dtype == np.float32 and a["score"].shape == (len(r["pixels"]), 1) for a, r in zip(answers, reqs, strict=True))
     finally:
         tpm.finalize()
+
+
+def test_backend_softmax_is_numpy_stable_and_matches_torch() -> None:
+    from rn_deploy.serve.backend import softmax
+
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.1, 0.2, 0.3], [-5e4, -5e4, -5e4]], dtype=np.float32)
+    p = softmax(logits)
+    assert p.dtype == np.float32 and np.isfinite(p).all() and np.allclose(p.sum(1), 1, atol=1e-6)
+    assert np.allclose(p, torch.from_numpy(logits).softmax(1).numpy(), atol=1e-7)
