@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import export, find_perf_analyzer, perf_analyzer_input, run_perf_analyzer, start  # noqa: E402
 
 from rn_deploy.engine import Engine  # noqa: E402
-from rn_deploy.loadtest import run_level  # noqa: E402
+from rn_deploy.loadtest import dataset_images, run_level  # noqa: E402
 from rn_deploy.serve.procfs import cpu_seconds, process_tree  # noqa: E402
 
 
@@ -132,15 +132,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("exports/serve-efficiency"))
     args = ap.parse_args()
 
-    from rn_deploy.datasets.sources import load_fashion_mnist
-
     levels = [int(c) for c in args.concurrency.split(",")]
-    x = load_fashion_mnist(None, "test").images[: args.images, 0].numpy()
-    encoded = []
-    for a in x:
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG")
-        encoded.append(buf.getvalue())
+    encoded = dataset_images("fashion-mnist", args.images)  # the test images, PNG-encoded as loadtest sends them
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                                           "cpu": platform.processor() or platform.machine(),

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import platform
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from ._io import atomic_path, atomic_write_text
 from .loadtest import run_level
 from .serve.options import ServeOptions
 from .serve.procfs import cpu_seconds, process_tree
-from .serve.server import check_model, serve
+from .serve.server import check_model, free_ports, serve
 from .strictjson import ToDict
 from .tuned import SETTINGS, save_tuned
 
@@ -127,21 +126,10 @@ def synthetic_images(info: dict[str, Any], n: int = 64) -> list[bytes]:
     return out
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def measure(base: ServeOptions, info: dict[str, Any], setting: dict[str, int], images: Sequence[bytes], concurrency: int,
             seconds: float, server_log: Path) -> TuneRow:
     """One setting on its own server: warm-up, then ``concurrency`` closed-loop clients for ``seconds``."""
-    h, g, m = _free_ports(3)
+    h, g, m = free_ports(3)
     opts = ServeOptions(**{**base.__dict__, **setting, "host": "127.0.0.1", "http_port": h, "grpc_port": g, "metrics_port": m})
     row = TuneRow(setting["max_batch"], setting["max_queue_delay_us"], setting["instances"])
     stop, ready, failure = threading.Event(), threading.Event(), []

@@ -179,3 +179,15 @@ def check_ports(host: str, ports: dict[str, int]) -> None:
             except OSError as e:
                 raise RnDeployError(f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror}); "
                                     f"stop what uses it or pass another {flag}") from None
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 now (for servers started by ``serve --tune`` and tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
