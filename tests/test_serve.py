@@ -705,6 +705,7 @@ def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_un
     from rn_deploy.serve.backend import TritonPythonModel
 
     cores = len(os.sched_getaffinity(0))
+    torch_threads = torch.get_num_threads()
     tpm = TritonPythonModel()
     config = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}],
               "parameters": {"model": {"string_value": str(model)}, "max_pixels": {"string_value": "1000000"},
@@ -714,6 +715,7 @@ def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_un
         opts = tpm.classifier.engine.runner.opts
         assert opts.intra_op_num_threads == max(1, cores // 2) and opts.inter_op_num_threads == 1
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert torch.get_num_threads() == max(1, cores // 2)  # torch's preprocessing: the same share
         rng = np.random.default_rng(0)
         reqs = [{"pixels": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)} for n in (1, 3, 2)]
         answers = tpm.classifier.answer(reqs)
@@ -725,6 +727,7 @@ def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_un
         assert all(a["probs"].dtype == np.float32 and a["score"].shape == (len(r["pixels"]), 1) for a, r in zip(answers, reqs, strict=True))
     finally:
         tpm.finalize()
+        torch.set_num_threads(torch_threads)
 
 
 def test_backend_softmax_is_numpy_stable_and_matches_torch() -> None:

@@ -87,6 +87,14 @@ def batch_outputs(probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray
             SCORE: np.take_along_axis(probs, idx[:, None], 1), PROBS: probs}
 
 
+def share_torch_threads(threads: int) -> None:
+    """torch (preprocessing in the stub) gets the same share of the cores as ONNX Runtime: with N instances
+    each stub's default of every core would oversubscribe them N times."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def ort_settings(model_config: dict[str, Any]) -> dict[str, Any]:
     """ONNX Runtime settings for one model instance inside tritonserver (``Engine.load`` keywords).
 
@@ -114,7 +122,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         model = Path(args["model_repository"]) / params["model"]  # a relative path is relative to this model's folder
-        engine = Engine.load(model, **ort_settings(config))
+        settings = ort_settings(config)
+        share_torch_threads(settings["threads"])
+        engine = Engine.load(model, **settings)
         self.classifier = Classifier(engine, int(params["max_pixels"]), float(params["max_aspect"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
