@@ -34,16 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RnDeployError
-from .names import LAYOUTS
+from .names import DEFAULT_MAX_ASPECT, LAYOUTS
+from .names import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # its old home: importers of it from here still work
 
 COLOR_MODES = {1: "L", 3: "RGB"}
 # ImageNet channel statistics: the default normalisation of 3-channel models and image-folder datasets.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_MAX_ASPECT = 32.0
-# Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
-# one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.
-DEFAULT_MAX_PIXELS = 12_000_000
 MAX_RESIZED_ELEMENTS = 1 << 24  # 16.8M float32 values (64 MB): 3 x 224 x 7168 at 32:1 is 4.8M
 
 

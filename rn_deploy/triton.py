@@ -30,12 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
-from .sizes import policy_text
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -44,13 +41,22 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
               "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
-               onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64",
-               onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+# onnx (and torch, through rn_deploy.sizes) load inside the functions that need them: `serve`'s supervisor imports
+# this module for the served contract and must stay small (issue 33: <= 300 MB).
+_ONNX_TYPE_NAMES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "DOUBLE": "TYPE_FP64",
+                    "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "INT8": "TYPE_INT8", "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL"}
+
+
+def _onnx_types() -> dict[Any, str]:
+    import onnx
+
+    return {getattr(onnx.TensorProto, k): v for k, v in _ONNX_TYPE_NAMES.items()}
 
 
 def _triton_type(table: dict[Any, str], dtype: Any, path: Path, tensor: str) -> str:
     if dtype not in table:
+        import onnx
+
         shown = onnx.TensorProto.DataType.Name(dtype) if isinstance(dtype, int) else dtype
         raise RnDeployError(f"{path}: tensor {tensor!r} has type {shown}, which has no Triton data type here; "
                             f"export the model with FP32 or FP16 I/O")
@@ -101,8 +107,8 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     hw = in_dims[1:3] if io.layout == "NHWC" else in_dims[2:4]
     return {
         "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
-        "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
-        "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, io.output_name),
+        "platform": "onnxruntime_onnx", "in_type": _triton_type(_onnx_types(), it.elem_type, path, io.input_name),
+        "out_type": _triton_type(_onnx_types(), ot.elem_type, path, io.output_name),
         "in_dims": in_dims, "out_dims": [d.dim_value if d.HasField("dim_value") else -1 for d in ot.shape.dim], "config": cfg,
         "profiles": [], "max_batch": None,
         "min_hw": [d if d > 0 else (min_size or 1) for d in hw], "max_hw": [d if d > 0 else None for d in hw],
@@ -124,6 +130,8 @@ def input_channels(info: dict[str, Any]) -> int:
 
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
+    from .sizes import policy_text
+
     cfg = info["config"] or {}
     nhwc = info.get("layout") == "NHWC"
     hw = info["in_dims"][1:3] if nhwc else info["in_dims"][2:4]
@@ -256,14 +264,16 @@ def _replace(src: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int) -> None:
+def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int,
+                 max_queue_delay_us: int = 2000, instances: int = 1) -> None:
     """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
     from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 
     (folder / "1").mkdir(parents=True, mode=0o755)
     os.chmod(folder, 0o755)
     texts = {"config.pbtxt": contract_config_pbtxt(f"{name}{IMAGE_SUFFIX}", model, channels, n_classes, max_batch=max_batch,
-                                                   max_queue_delay_us=2000, instances=1, max_pixels=DEFAULT_MAX_PIXELS,
+                                                   max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                                   max_pixels=DEFAULT_MAX_PIXELS,
                                                    max_aspect=DEFAULT_MAX_ASPECT),
              "1/model.py": MODEL_PY}
     for fname, text in texts.items():
@@ -272,12 +282,14 @@ def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: 
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
-                  kind: str | None = None) -> Path:
+                  kind: str | None = None, image_max_queue_delay_us: int | None = None, image_instances: int | None = None) -> Path:
     """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder.
 
     Args:
         max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
         kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
+        image_max_queue_delay_us, image_instances: ``NAME_image``'s batching delay and instance count
+            (None: serve's defaults, 2000 us and 1; ``rn-deploy export-triton`` passes a tuned setting).
     """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
@@ -344,7 +356,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
         if front is not None:
-            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch)
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch,
+                         2000 if image_max_queue_delay_us is None else image_max_queue_delay_us, image_instances or 1)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:

@@ -30,9 +30,10 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
-from rn_deploy.client import classify, request, run_level, server_message
+from rn_deploy.client import classify, request, server_message
 from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
+from rn_deploy.loadtest import run_level
 from rn_deploy.models import create_model
 from rn_deploy.serve import PIXELS, prefer_own_libpython, process_tree, tree_rss_mb
 
@@ -253,6 +254,57 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
         assert 0 < lv["client_cpu"] < 2 and lv["client_bound"] == (lv["client_cpu"] >= 0.9)  # the client's own CPU, reported
     assert "| 4 |" in (tmp_path / "loadtest.md").read_text() and "client CPU" in (tmp_path / "loadtest.md").read_text()
     assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Where the latency went, from the server's statistics over exactly the window's requests (issue 33).
+    for lv in rep["levels"]:
+        s = lv["split"]
+        assert s["requests"] == lv["requests"], (s, lv)  # no warm-up request, none missing
+        phases = s["queue_ms"] + s["compute_input_ms"] + s["compute_infer_ms"] + s["compute_output_ms"]
+        assert 0 < phases <= s["server_ms"] + 1e-3 and s["compute_infer_ms"] > 0
+        assert 0 < s["server_ms"] <= lv["mean_ms"] and s["client_ms"] >= 0  # the server's time is inside the client's
+        parts = phases + s["server_other_ms"] + s["client_ms"]
+        assert parts == pytest.approx(lv["mean_ms"], abs=0.01)
+        assert lv["p50_ms"] * 0.5 <= lv["mean_ms"] <= lv["p99_ms"] * 1.01
+        assert s["avg_batch"] >= 1 and 0 < s["busy"] <= 1.05
+        starved = lv["loop_lag_ms"] > max(0.2, 0.1 * lv["mean_ms"]) and s["busy"] < 0.9
+        assert lv["loop_lag_ms"] >= 0 and lv["client_starved"] == starved
+        bound = lv["client_bound"] or lv["client_starved"]
+        assert lv["verdict"].startswith("the client was the bottleneck" if bound else "the server set the pace")
+    assert rep["levels"][1]["split"]["avg_batch"] > 1  # four clients, a 5 ms batching window: batches form
+    md = (tmp_path / "loadtest.md").read_text()
+    assert "| compute infer |" in md and f"| 4 | {rep['levels'][1]['mean_ms']:.2f} |" in md
+    assert (tmp_path / "loadtest-split.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean " in run.stdout and "compute infer" in run.stdout  # the table printed per level
+
+
+def test_loadtest_split_over_grpc_counts_exactly_the_window(server: Server, fashion_test: np.ndarray) -> None:
+    """gRPC statistics (int64 as strings) and the settle-wait: the server counts a request when it releases it, a
+    moment after the client has the answer; the window's count must still be exact, at every concurrency."""
+    images = [png(a) for a in fashion_test[:32]]
+    for c in (1, 4, 16):
+        lv = run_level(server.grpc, "classifier", images, c, 1.0, True)
+        assert lv.errors == 0 and lv.split is not None and lv.split.requests == lv.requests, (c, lv)
+        assert 0 < lv.split.server_ms <= (lv.mean_ms or 0)
+
+
+def test_latency_split_arithmetic_on_hand_made_statistics() -> None:
+    """counters() and split() on two statistics documents written by hand (HTTP JSON form, gRPC's int64 strings)."""
+    from rn_deploy.serverstats import counters, split
+
+    def doc(n: int, ns: int, execs: int, as_str: bool = False) -> dict:
+        v = str if as_str else int
+        phase = {"success": 10, "queue": 2, "compute_input": 1, "compute_infer": 5, "compute_output": 1}
+        return {"model_stats": [{"inference_count": v(n), "execution_count": v(execs), "inference_stats": {
+            k: {"count": v(n), "ns": v(n * per * ns)} for k, per in phase.items()},
+            "batch_stats": [{"batch_size": 4, **{k: {"count": v(execs), "ns": v(execs * 7 * ns)}
+                                               for k in ("compute_input", "compute_infer", "compute_output")}}]}]}
+
+    before, after = counters(doc(10, 1_000_000, 5)), counters(doc(110, 1_000_000, 30, as_str=True))
+    s = split(before, after, mean_latency_ms=12.5, seconds=1.0, instances=1)
+    assert s is not None and s.requests == 100
+    assert (s.server_ms, s.queue_ms, s.compute_input_ms, s.compute_infer_ms, s.compute_output_ms) == (10, 2, 1, 5, 1)
+    assert s.server_other_ms == 1 and s.client_ms == 2.5 and sum(s.parts().values()) == pytest.approx(12.5)
+    assert s.avg_batch == 4.0 and s.busy == pytest.approx(25 * 21e6 / 1e9)  # 25 executions x 3 phases x 7 ms in 1 s
+    assert split(before, before, 12.5, 1.0) is None  # nothing counted: no split, not a division by zero
 
 
 @needs_fashion
@@ -408,6 +460,37 @@ def test_statistics_api_answers_and_admin_apis_are_closed(server: Server) -> Non
     finally:
         c.close()
         g.close()
+
+
+def test_idle_serve_parent_holds_under_300_mb_without_torch_or_onnxruntime(server: Server) -> None:
+    """The `serve` process only supervises tritonserver (issue 33: it held 768 MB-1 GB with torch and ORT loaded to check
+    the model): the model is checked in a short-lived child, the stub alone runs it."""
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    rss_mb = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:"))) / 1024
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert rss_mb <= 300, rss_mb
+    assert "libtorch" not in maps and "onnxruntime" not in maps, "the supervisor loaded torch or ONNX Runtime"
+    assert any(alive(p) for p in process_tree(server.proc.pid)), "the check's child is gone; tritonserver is not"
+
+
+def test_backend_stub_runs_with_passive_openmp_threads(server: Server) -> None:
+    """torch's OpenMP threads in the stub must sleep, not spin, between parallel regions (issue 33: spinning beside
+    tritonserver's threads cost 3-5 ms of CPU per image at batch 2 on 2 cores, ~0.4 ms passive)."""
+    stubs = [p for p in process_tree(server.proc.pid) if Path(f"/proc/{p}/comm").read_text().startswith("triton_python")]
+    assert stubs, "no Python-backend stub found"
+    for p in stubs:
+        env = dict(e.split("=", 1) for e in Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace").split("\0") if "=" in e)
+        assert env.get("OMP_WAIT_POLICY") == "PASSIVE", p
+
+
+def test_a_model_the_loader_refuses_is_one_line_exit_1_from_the_check(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07" + b"not a model" * 10)
+    h, g, m = free_ports(3)
+    run = _serve_fails([str(bad), "--host", "127.0.0.1", "--http-port", str(h), "--grpc-port", str(g), "--metrics-port", str(m)])
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {bad}"), run.stderr
+    assert "Traceback" not in run.stderr
 
 
 @needs_fashion
@@ -645,3 +728,44 @@ def urllib_get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=30) as r:
         return str(r.read().decode())
+
+
+def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_unchanged(model: Path) -> None:
+    """Issue 33: ONNX Runtime inside tritonserver gets its instance's share of the cores, one inter-op thread and no
+    spinning (its pool spun on cores tritonserver's threads needed); the outputs, built for the batch at once, are the
+    per-row argmax/max of the probabilities, row slices of one batch."""
+    from rn_deploy.serve.backend import TritonPythonModel
+
+    cores = len(os.sched_getaffinity(0))
+    torch_threads = torch.get_num_threads()
+    tpm = TritonPythonModel()
+    config = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+              "parameters": {"model": {"string_value": str(model)}, "max_pixels": {"string_value": "1000000"},
+                             "max_aspect": {"string_value": "32"}}}
+    tpm.initialize({"model_config": json.dumps(config), "model_repository": str(model.parent)})
+    try:
+        opts = tpm.classifier.engine.runner.opts
+        assert opts.intra_op_num_threads == max(1, cores // 2) and opts.inter_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert torch.get_num_threads() == max(1, cores // 2)  # torch's preprocessing: the same share
+        rng = np.random.default_rng(0)
+        reqs = [{"pixels": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)} for n in (1, 3, 2)]
+        answers = tpm.classifier.answer(reqs)
+        expected = Engine.load(model).predict([a for r in reqs for a in r["pixels"]])
+        rows = [row for a in answers for row in zip(a["label"][:, 0], a["index"][:, 0], a["score"][:, 0], a["probs"], strict=True)]
+        assert [(lab.decode(), int(i)) for lab, i, _, _ in rows] == [(p.label, p.index) for p in expected]
+        for (_, i, score, probs), p in zip(rows, expected, strict=True):
+            assert score == probs.max() == probs[i] and score == pytest.approx(p.score, abs=1e-6)
+        assert all(a["probs"].dtype == np.float32 and a["score"].shape == (len(r["pixels"]), 1) for a, r in zip(answers, reqs, strict=True))
+    finally:
+        tpm.finalize()
+        torch.set_num_threads(torch_threads)
+
+
+def test_backend_softmax_is_numpy_stable_and_matches_torch() -> None:
+    from rn_deploy.serve.backend import softmax
+
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.1, 0.2, 0.3], [-5e4, -5e4, -5e4]], dtype=np.float32)
+    p = softmax(logits)
+    assert p.dtype == np.float32 and np.isfinite(p).all() and np.allclose(p.sum(1), 1, atol=1e-6)
+    assert np.allclose(p, torch.from_numpy(logits).softmax(1).numpy(), atol=1e-7)

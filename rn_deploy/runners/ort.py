@@ -57,6 +57,9 @@ class OrtRunner(BaseRunner):
         provider: ``cpu`` or ``cuda``.
         cuda_graph: with ``cuda``: one CUDA-graph session per input shape, in an LRU.
         threads: intra-op threads for CPU (None: ORT's default).
+        session_config: ONNX Runtime session config entries (``session.intra_op.allow_spinning``: "0"
+            lets the pool sleep between runs instead of spinning on cores a server's other threads need)
+            and, as ``inter_op_threads``, the inter-op pool's size.
         nhwc: let ORT's CUDA EP prefer NHWC kernels.
         max_graphs: the most CUDA-graph sessions kept (one per shape); the least recently used is
             evicted, freeing its GPU memory.
@@ -66,7 +69,8 @@ class OrtRunner(BaseRunner):
     framework = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
-                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES, graph_opt: str | None = None):
+                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES, graph_opt: str | None = None,
+                 session_config: dict[str, str] | None = None):
         from ..onnxfile import check_onnx_file, graph_precision, onnx_interface
 
         ort = _ort()
@@ -92,6 +96,12 @@ class OrtRunner(BaseRunner):
             if graph_opt not in GRAPH_OPT_LEVELS:
                 raise RnDeployError(f"graph optimisation level {graph_opt!r}: choose one of {', '.join(GRAPH_OPT_LEVELS)}")
             self.opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_opt])
+        self.session_config = dict(session_config or {})
+        for key, value in self.session_config.items():
+            if key == "inter_op_threads":
+                self.opts.inter_op_num_threads = int(value)
+            else:
+                self.opts.add_session_config_entry(key, value)
         self.precision = graph_precision(graph)
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
@@ -130,7 +140,7 @@ class OrtRunner(BaseRunner):
             twin.graphs = ShapeLRU(self.graphs.maxsize, twin._evict)
             return twin
         return OrtRunner(self.path, provider=self.provider, cuda_graph=self.cuda_graph, threads=self.threads, nhwc=self.nhwc,
-                         max_graphs=self.graphs.maxsize, graph_opt=self.graph_opt)
+                         max_graphs=self.graphs.maxsize, graph_opt=self.graph_opt, session_config=self.session_config)
 
     def prepare(self, x: torch.Tensor) -> Any:
         dtype = _TORCH[self.in_type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+from ..names import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 from ..triton import DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_MODEL = "classifier"

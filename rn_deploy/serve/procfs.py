@@ -1,4 +1,4 @@
-"""Processes seen through Linux ``/proc``: a process's descendants, their resident and proportional memory, whether one runs."""
+"""Processes seen through Linux ``/proc``: a process's descendants, their resident and proportional memory and CPU time, whether one runs."""
 
 from __future__ import annotations
 
@@ -47,3 +47,18 @@ def alive(pid: int) -> bool:
         return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used so far (``/proc/PID/stat``); a gone process counts 0."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: the 14th and 15th fields of stat
+    return total / tick
