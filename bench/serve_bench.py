@@ -47,9 +47,10 @@ import torch
 from PIL import Image
 
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
-from rn_deploy.client import format_level, loadtest, make_client, run_level, write_report
+from rn_deploy.client import make_client
 from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
+from rn_deploy.loadtest import format_level, loadtest, run_level, write_report
 from rn_deploy.models import create_model
 from rn_deploy.serve import tree_rss_mb
 

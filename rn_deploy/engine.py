@@ -94,7 +94,7 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, *, provider: str | None = None, cuda_graph: bool = False, contexts: int = 1,
-             max_graphs: int = 8) -> Engine:
+             max_graphs: int = 8, threads: int | None = None, session_config: dict[str, str] | None = None) -> Engine:
         """Load ``*.engine`` (TensorRT, manifest checked first) or ``*.onnx`` (ONNX Runtime: CUDA if available, else CPU).
 
         Args:
@@ -103,6 +103,8 @@ class Engine:
             cuda_graph: replay CUDA graphs, one per input shape.
             contexts: runners in the pool: calls that may run in parallel from different threads.
             max_graphs: per runner, the most CUDA-graph shapes kept (least recently used evicted).
+            threads, session_config: ONNX Runtime's intra-op threads and session config entries
+                (:class:`rn_deploy.runners.OrtRunner`); a TensorRT engine ignores them.
         """
         path = Path(path)
         if not path.exists():
@@ -121,7 +123,8 @@ class Engine:
 
                 cuda_ok = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
                 provider = "cuda" if cuda_ok else "cpu"
-            ort_runner = OrtRunner(path, provider=provider, cuda_graph=cuda_graph, max_graphs=max_graphs)
+            ort_runner = OrtRunner(path, provider=provider, cuda_graph=cuda_graph, max_graphs=max_graphs, threads=threads,
+                                   session_config=session_config)
             return cls(ort_runner, cfg, max_batch=1 << 30, contexts=contexts)
         trt = TrtRunner(path, cuda_graph=cuda_graph, max_graphs=max_graphs)
         if not trt.manifest.config:

@@ -12,6 +12,12 @@ OUTPUT = "logits"
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"
 # Memory layouts of an image input: ours is NCHW; a foreign ONNX may take NHWC (rn_deploy.preprocess.to_layout).
 LAYOUTS = ("NCHW", "NHWC")
+# Bounds on a served or classified image (rn_deploy.preprocess explains them); here so the serving supervisor,
+# which must not import torch, reads the same values.
+DEFAULT_MAX_ASPECT = 32.0
+# Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
+# one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.
+DEFAULT_MAX_PIXELS = 12_000_000
 # The backends `validate` runs (rn_deploy.validate.BACKEND_NAMES): here so the CLI judges --backends without torch.
 VALIDATE_BACKENDS = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt", "trt-graph")
 # A Triton model name: both its folder and its config name.

@@ -44,13 +44,30 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any protobuf failure = not an ONNX file
         raise RnDeployError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:160]})") from None
-    for t in m.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            if not (path.parent / loc).exists():
-                raise RnDeployError(f"{path}: its external data file {loc!r} is missing; the .onnx and {loc} travel together, "
-                                    "copy both (or re-export)")
+    for loc in external_locations(m, path):
+        if not (path.parent / loc).is_file():
+            raise RnDeployError(f"{path}: its external data file {loc!r} is missing; the .onnx and {loc} travel together, "
+                                "copy both (or re-export)")
     return m
+
+
+def check_data_location(path: Path, location: str) -> None:
+    """An initializer's external-data file must be a relative path inside the ONNX file's folder: an absolute path or
+    one climbing out (``../``) would make every reader (ONNX Runtime, TensorRT's parser, digests, copies) read a file
+    that does not travel with the model, such as another user's or a system file."""
+    inside = (path.parent / location).resolve()
+    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
+        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
+                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
+
+
+def external_locations(m: onnx.ModelProto, path: str | Path) -> list[str]:
+    """The external data files ``m`` (read from ``path``) refers to, sorted, each checked with :func:`check_data_location`."""
+    locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
+                        if t.data_location == onnx.TensorProto.EXTERNAL})
+    for loc in locations:
+        check_data_location(Path(path), loc)
+    return locations
 
 
 def onnx_config(m: onnx.ModelProto) -> ModelConfig | None:
@@ -76,17 +93,49 @@ def weights_fp16(m: onnx.ModelProto) -> bool:
     return kinds == {onnx.TensorProto.FLOAT16}
 
 
-def qdq_precision(m: onnx.ModelProto) -> str | None:
-    """``"int8"`` / ``"fp8"`` for an explicitly quantized (Q/DQ) model, None when it has no QuantizeLinear."""
-    inits: dict[str, int] = {t.name: int(t.data_type) for t in m.graph.initializer}
+def _qdq_kinds(m: onnx.ModelProto) -> set[str]:
+    """The element types the QuantizeLinear nodes quantize to (``int8``, ``fp8``, ``uint8``, ...)."""
+    types: dict[str, int] = {t.name: int(t.data_type) for t in m.graph.initializer}
+    for n in m.graph.node:  # zero points given as Constant nodes
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            types[n.output[0]] = int(n.attribute[0].t.data_type)
     kinds: set[str] = set()
     for n in m.graph.node:
         if n.op_type == "QuantizeLinear":
-            zp = inits.get(n.input[2], 0) if len(n.input) > 2 and n.input[2] else int(onnx.TensorProto.UINT8)
+            # no zero point: the output_dtype attribute (opset 21), else uint8 (the operator's default)
+            attr = next((a.i for a in n.attribute if a.name == "output_dtype"), 0)
+            zp = types.get(n.input[2], 0) if len(n.input) > 2 and n.input[2] else attr or int(onnx.TensorProto.UINT8)
             kinds.add(QDQ_TYPES.get(zp) or onnx.TensorProto.DataType.Name(zp).lower())
+    return kinds
+
+
+def qdq_precision(m: onnx.ModelProto) -> str | None:
+    """``"int8"`` / ``"fp8"`` for an explicitly quantized (Q/DQ) model in the form TensorRT takes, another type name
+    (``uint8``, ``int4,int8``...) for other Q/DQ models, None when it has no QuantizeLinear."""
+    kinds = _qdq_kinds(m)
     if not kinds:
         return None
     return "fp8" if "fp8" in kinds else "int8" if kinds == {"int8"} else ",".join(sorted(kinds))
+
+
+# ONNX Runtime's own quantized operators (quantize_dynamic, QOperator format): 8-bit integer compute
+_INT8_OPS = ("DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")
+
+
+def graph_precision(m: onnx.ModelProto) -> str:
+    """The precision a graph computes in: the one rule eval, eval --sizes, quantize's gate, the ONNX Runtime runner and
+    doctor use, so limits per precision (``--max-drop``, ``--min-agreement fp8=...``) reach the graphs they name.
+
+    ``fp8`` when any QuantizeLinear quantizes to FP8; ``int8`` for integer Q/DQ (int8 or uint8 zero points; other
+    integer types are judged by int8's limits too) or ONNX Runtime's integer operators; else ``fp16`` for an FP16
+    export (:func:`weights_fp16`), else ``fp32``. The graph decides, not the ``rn_deploy.precision`` metadata.
+    """
+    kinds = _qdq_kinds(m)
+    if "fp8" in kinds:
+        return "fp8"
+    if kinds or any(n.op_type in _INT8_OPS for n in m.graph.node):
+        return "int8"
+    return "fp16" if weights_fp16(m) else "fp32"
 
 
 def runtimes_note(opset: int, ir: int) -> str:
@@ -125,8 +174,7 @@ def onnx_sha256(path: str | Path) -> str:
     file (by location, sorted). Equal to the file's plain sha256 when every weight is inside the ``.onnx``."""
     path = Path(path)
     m = onnx.load(str(path), load_external_data=False)
-    locations = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                        for e in t.external_data if e.key == "location"})
+    locations = external_locations(m, path)
     h = hashlib.sha256()
     for name, f in [("", path), *((loc, path.parent / loc) for loc in locations)]:
         if name:

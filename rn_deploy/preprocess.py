@@ -34,16 +34,13 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RnDeployError
-from .names import LAYOUTS
+from .names import DEFAULT_MAX_ASPECT, LAYOUTS
+from .names import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # its old home: importers of it from here still work
 
 COLOR_MODES = {1: "L", 3: "RGB"}
 # ImageNet channel statistics: the default normalisation of 3-channel models and image-folder datasets.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_MAX_ASPECT = 32.0
-# Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
-# one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.
-DEFAULT_MAX_PIXELS = 12_000_000
 MAX_RESIZED_ELEMENTS = 1 << 24  # 16.8M float32 values (64 MB): 3 x 224 x 7168 at 32:1 is 4.8M
 
 
@@ -81,10 +78,33 @@ def check_bounds(h: int, w: int, channels: int, sizes: Sequence[Sequence[int]], 
 
 
 def convert_pil(image: Any, channels: int) -> Any:
-    """A PIL image converted to the model's colour mode (``L`` or ``RGB``), as the training loader does."""
+    """A PIL image converted to the model's colour mode (``L`` or ``RGB``), as the training loader does.
+
+    16-bit greyscale (a 16-bit PNG) is scaled to 8 bits first (:func:`to_8bit`): PIL's own conversion clips it.
+    """
     if channels not in COLOR_MODES:
         raise RnDeployError(f"models with {channels} input channels take no decoded images; only 1 (L) or 3 (RGB)")
+    image = to_8bit(image)
     return image if image.mode == COLOR_MODES[channels] else image.convert(COLOR_MODES[channels])
+
+
+def to_8bit(image: Any, rows: int = 512) -> Any:
+    """A 16-bit greyscale PIL image (modes ``I;16*``, ``I``) as ``L``: round(x / 257), so ``v * 257`` gives back ``v``.
+
+    PIL converts ``I;16`` to ``L`` by clipping at 255 (a 16-bit gradient becomes 0, 255, 255, ...), while
+    it reads 16-bit RGB PNGs as their high byte, which this rule equals for the 8-bit twin of an image.
+    Scaled ``rows`` rows at a time, so a 12 MP image needs no 64-bit copy of itself.
+    """
+    from PIL import Image
+
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    a = np.asarray(image)
+    out = np.empty(a.shape, np.uint8)
+    for i in range(0, a.shape[0], rows):
+        block = np.clip(a[i : i + rows].astype(np.int64), 0, 65535)
+        out[i : i + rows] = (block * 2 + 257) // 514
+    return Image.fromarray(out, "L")
 
 
 def fit(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

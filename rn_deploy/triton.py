@@ -29,27 +29,32 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
 from .names import check_model_name
-from .sizes import policy_text
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
-# Model names Triton takes as folder and config name alike: letters, digits, '_', '-', '.', not starting with '.'.
 # Manifest dtype names (TensorRT DataType, lower-cased) and ONNX element types -> Triton data types.
 _TRT_TYPES = {"float": "TYPE_FP32", "half": "TYPE_FP16", "bf16": "TYPE_BF16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
               "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
-               onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64",
-               onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+# onnx (and torch, through rn_deploy.sizes) load inside the functions that need them: `serve`'s supervisor imports
+# this module for the served contract and must stay small (issue 33: <= 300 MB).
+_ONNX_TYPE_NAMES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "DOUBLE": "TYPE_FP64",
+                    "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "INT8": "TYPE_INT8", "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL"}
+
+
+def _onnx_types() -> dict[Any, str]:
+    import onnx
+
+    return {getattr(onnx.TensorProto, k): v for k, v in _ONNX_TYPE_NAMES.items()}
 
 
 def _triton_type(table: dict[Any, str], dtype: Any, path: Path, tensor: str) -> str:
     if dtype not in table:
+        import onnx
+
         shown = onnx.TensorProto.DataType.Name(dtype) if isinstance(dtype, int) else dtype
         raise RnDeployError(f"{path}: tensor {tensor!r} has type {shown}, which has no Triton data type here; "
                             f"export the model with FP32 or FP16 I/O")
@@ -86,7 +91,7 @@ def _from_engine(path: Path) -> dict[str, Any]:
 
 
 def _from_onnx(path: Path) -> dict[str, Any]:
-    from .onnxfile import check_onnx_file, onnx_interface
+    from .onnxfile import check_onnx_file, external_locations, onnx_interface
 
     m = check_onnx_file(path)
     io = onnx_interface(m, path)  # one image input, one logits output: named by the graph, refused in one line otherwise
@@ -96,15 +101,12 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     cfg = json.loads(props["rn_deploy.config"]) if "rn_deploy.config" in props else None
     in_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in it.shape.dim]
     min_size = int(props["rn_deploy.min_size"]) if "rn_deploy.min_size" in props else None
-    locations = sorted({next((e.value for e in t.external_data if e.key == "location"), "") for t in m.graph.initializer
-                        if t.data_location == onnx.TensorProto.EXTERNAL})
+    locations = external_locations(m, path)
     hw = in_dims[1:3] if io.layout == "NHWC" else in_dims[2:4]
-    for loc in locations:
-        check_data_location(path, loc)
     return {
         "input_name": io.input_name, "output_name": io.output_name, "layout": io.layout,
-        "platform": "onnxruntime_onnx", "in_type": _triton_type(_ONNX_TYPES, it.elem_type, path, io.input_name),
-        "out_type": _triton_type(_ONNX_TYPES, ot.elem_type, path, io.output_name),
+        "platform": "onnxruntime_onnx", "in_type": _triton_type(_onnx_types(), it.elem_type, path, io.input_name),
+        "out_type": _triton_type(_onnx_types(), ot.elem_type, path, io.output_name),
         "in_dims": in_dims, "out_dims": [d.dim_value if d.HasField("dim_value") else -1 for d in ot.shape.dim], "config": cfg,
         "profiles": [], "max_batch": None,
         "min_hw": [d if d > 0 else (min_size or 1) for d in hw], "max_hw": [d if d > 0 else None for d in hw],
@@ -112,19 +114,17 @@ def _from_onnx(path: Path) -> dict[str, Any]:
     }
 
 
-def check_data_location(path: Path, location: str) -> None:
-    """An initializer's external-data file must be a relative path inside the ONNX file's folder (it is copied along)."""
-    inside = (path.parent / location).resolve()
-    if not location or Path(location).is_absolute() or not inside.is_relative_to(path.parent.resolve()):
-        raise RnDeployError(f"{path}: an initializer's external data location {location!r} is not a file inside {path.parent}; "
-                            "external data must sit beside the model (re-export with `rn-deploy export --external-data`)")
+def input_channels(info: dict[str, Any]) -> int:
+    """The image channels of the model's input: axis 3 of an NHWC input, axis 1 of an NCHW one."""
+    return int(info["in_dims"][3 if info.get("layout") == "NHWC" else 1])
 
 
 def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
     """What a client does to a uint8 HxWxC image before sending it: the ``preprocessing`` block of rn-deploy.json."""
+    from .sizes import policy_text
+
     cfg = info["config"] or {}
     nhwc = info.get("layout") == "NHWC"
-    channels = info["in_dims"][3 if nhwc else 1]
     hw = info["in_dims"][1:3] if nhwc else info["in_dims"][2:4]
     fixed = all(d > 0 for d in hw)
     if fixed:
@@ -135,7 +135,7 @@ def preprocessing(info: dict[str, Any]) -> dict[str, Any]:
         policy = policy_text(cfg, f"any HxW {span}")  # the resize clients must do: into the recorded size range
     return {
         "layout": info.get("layout", "NCHW"), "dtype": "float32" if info["in_type"] == "TYPE_FP32" else info["in_type"].removeprefix("TYPE_").lower(),
-        "channel_order": {1: "L", 3: "RGB"}.get(channels, f"{channels} channels"),
+        "channel_order": {1: "L", 3: "RGB"}.get(input_channels(info), f"{input_channels(info)} channels"),
         "scale": 1 / 255, "mean": cfg.get("mean"), "std": cfg.get("std"),
         "formula": "x = (pixel / 255 - mean[c]) / std[c], per channel c",
         "size_policy": policy, "min_hw": info["min_hw"], "max_hw": info["max_hw"], "train_hw": cfg.get("image_size"),
@@ -191,17 +191,29 @@ IMAGE, PIXELS = "image", "pixels"
 LABEL, INDEX, SCORE, PROBS = "label", "index", "score", "probs"
 IMAGE_SUFFIX = "_image"
 MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.serve.TritonPythonModel (rn-deploy installed)."""\n'
-            "from rn_deploy.serve import TritonPythonModel  # noqa: F401\n")
+            "import os\n"
+            "import sys\n\n"
+            "# `rn-deploy serve` passes its import path here: the backend stub's embedded interpreter reads no PYTHONPATH\n"
+            "sys.path[:0] = [p for p in os.environ.get('RN_DEPLOY_PYTHONPATH', '').split(os.pathsep) if p and p not in sys.path]\n"
+            "from rn_deploy.serve import TritonPythonModel  # noqa: E402, F401\n")
+
+
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+"""Largest request body (its images' bytes together) the served model takes: 64 MiB, newer Triton's own HTTP default."""
+DEFAULT_MAX_BATCH_PIXELS = 24_000_000
+"""Decoded pixels one ``execute`` call holds at once: two 12 MP images; more wait for the next sub-batch."""
 
 
 def contract_config_pbtxt(name: str, model: str, channels: int, n_classes: int, *, max_batch: int, max_queue_delay_us: int,
-                          instances: int, max_pixels: int, max_aspect: float) -> str:
+                          instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
+                          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> str:
     """The image-classifier contract as a Python-backend model (what ``serve`` runs, and ``NAME_image`` of export-triton).
 
     ``image`` BYTES [1] or ``pixels`` UINT8 [-1, -1, C] in; ``label``, ``index``, ``score``, ``probs`` out;
     ``model``: the ONNX/engine path, absolute or relative to this model's folder.
     """
-    params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}"}
+    params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}",
+              "max_batch_pixels": str(max_batch_pixels), "max_request_bytes": str(max_request_bytes)}
     param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
                          for k, v in params.items())
     return f"""name: {json.dumps(name)}
@@ -243,14 +255,16 @@ def _replace(src: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int) -> None:
+def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int,
+                 max_queue_delay_us: int = 2000, instances: int = 1) -> None:
     """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
     from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 
     (folder / "1").mkdir(parents=True, mode=0o755)
     os.chmod(folder, 0o755)
     texts = {"config.pbtxt": contract_config_pbtxt(f"{name}{IMAGE_SUFFIX}", model, channels, n_classes, max_batch=max_batch,
-                                                   max_queue_delay_us=2000, instances=1, max_pixels=DEFAULT_MAX_PIXELS,
+                                                   max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                                   max_pixels=DEFAULT_MAX_PIXELS,
                                                    max_aspect=DEFAULT_MAX_ASPECT),
              "1/model.py": MODEL_PY}
     for fname, text in texts.items():
@@ -259,12 +273,14 @@ def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: 
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
-                  kind: str | None = None) -> Path:
+                  kind: str | None = None, image_max_queue_delay_us: int | None = None, image_instances: int | None = None) -> Path:
     """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder.
 
     Args:
         max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
         kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
+        image_max_queue_delay_us, image_instances: ``NAME_image``'s batching delay and instance count
+            (None: serve's defaults, 2000 us and 1; ``rn-deploy export-triton`` passes a tuned setting).
     """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
@@ -331,7 +347,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
         if front is not None:
-            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", info["in_dims"][1], n_out, max_batch)
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch,
+                         2000 if image_max_queue_delay_us is None else image_max_queue_delay_us, image_instances or 1)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:

@@ -26,7 +26,7 @@ from .benchmark import MIN_TIMED_CALLS, NOISE_P90_P50, Latency, benchmark
 from .compare import DEFAULT_TOLERANCES, check, compare_runner, effective_tolerances, is_reference_twin, owned
 from .errors import RnDeployError
 from .log import Log
-from .names import VALIDATE_BACKENDS
+from .names import VALIDATE_BACKENDS as BACKEND_NAMES  # defined torch-free, for the CLI
 from .reference import check_onnx_fits, onnx_reference
 from .results import NOTHING_COMPARED, REPORT_FORMAT, Cell, ValidationReport
 from .runners import Runner, RunnerUnavailable
@@ -209,9 +209,6 @@ def default_grid(image_size: Sequence[int], min_size: int, profiles: Sequence[An
     return [(b, h, w) for h, w in uniq for b in batches]
 
 
-BACKEND_NAMES = VALIDATE_BACKENDS
-
-
 def _make_runner(name: str, checkpoint: Path | None, onnx_path: Path | None, engine_path: Path | None) -> Runner:
     from .runners import OrtRunner, TorchRunner, TrtRunner
 
@@ -232,12 +229,19 @@ def _make_runner(name: str, checkpoint: Path | None, onnx_path: Path | None, eng
 
 
 def describe_artifact(path: Path, role: str) -> dict[str, Any]:
-    """What a report needs to identify a file it judged: path, size, sha256; for engines the manifest's build facts."""
+    """What a report needs to identify a file it judged: path, size, sha256 (an ONNX: also every external data file it
+    refers to, whatever its name, and ``onnx_sha256`` over all of them); for engines the manifest's build facts."""
     d: dict[str, Any] = {"role": role, "path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
     if role == "onnx":
-        data = path.with_name(path.name + ".data")
-        if data.exists():
-            d["external_data"] = {"path": str(data), "sha256": sha256_file(data)}
+        import onnx
+
+        from .onnxfile import external_locations, onnx_sha256
+
+        locations = external_locations(onnx.load(str(path), load_external_data=False), path)
+        if locations:
+            d["external_data"] = [{"location": loc, "path": str(path.parent / loc), "sha256": sha256_file(path.parent / loc)}
+                                  for loc in locations]
+            d["onnx_sha256"] = onnx_sha256(path)
     if role == "engine":
         from .runtime import EngineManifest
 

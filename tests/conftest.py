@@ -7,7 +7,6 @@ only "no GPU" and "no full TensorRT" may skip; every other skip fails.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,11 @@ from PIL import Image
 from rn_deploy.checkpoint import ModelConfig, save_checkpoint
 from rn_deploy.models import create_model
 from rn_deploy.runtime.manifest import backend_installed
+from rn_deploy.serve.server import free_ports
 
 from .strict import pytest_collection_modifyitems, pytest_make_collect_report, pytest_runtest_makereport, requires, skip
 
-__all__ = ["pytest_collection_modifyitems", "pytest_make_collect_report", "pytest_runtest_makereport", "requires", "skip"]
+__all__ = ["free_ports", "pytest_collection_modifyitems", "pytest_make_collect_report", "pytest_runtest_makereport", "requires", "skip"]
 
 FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
@@ -36,18 +36,6 @@ HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").exists()
 needs_fashion = requires(HAS_FASHION, f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 needs_rtx = requires(HAS_TRT_RTX, "TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings)")
 needs_gpu = requires(HAS_CUDA, "needs a CUDA GPU", kind="gpu")  # with @pytest.mark.gpu
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (for servers started by tests)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def ort_cuda(path: Path, **kw: Any) -> Any:

@@ -37,7 +37,10 @@ LAYER_OF = {
     "rn_deploy.reference": "verdicts", "rn_deploy.results": "verdicts",
     # quantize writes a Q/DQ artifact but only behind its accuracy gate (evaluate on real data): a verdict that writes.
     "rn_deploy.quantize": "verdicts",
-    "rn_deploy.serve": "service", "rn_deploy.client": "service",
+    # optimize composes the artifacts (export, quantize, build) with the verdicts (eval's gates, compare, timing).
+    "rn_deploy.optimize": "verdicts",
+    "rn_deploy.serve": "service", "rn_deploy.client": "service", "rn_deploy.loadtest": "service",
+    "rn_deploy.serverstats": "service", "rn_deploy.tune": "service", "rn_deploy.tuned": "artifacts",
     "rn_deploy.cli": "surface", "rn_deploy.demo": "surface", "rn_deploy.__main__": "surface", "rn_deploy": "surface",
 }
 # Known upward imports still to untangle, each with its reason (the list may only shrink).
@@ -226,7 +229,7 @@ def test_datasets_sit_below_training():
     assert _layer("rn_deploy.datasets.sources") == "foundation"
     # training, evaluation, quantization calibration, the client and the demo read data through it
     users = {m for m, deps in _edges().items() if any(d.startswith("rn_deploy.datasets") for d in deps)}
-    for who in ("rn_deploy.train", "rn_deploy.evaluate", "rn_deploy.quantize", "rn_deploy.client", "rn_deploy.demo"):
+    for who in ("rn_deploy.train", "rn_deploy.evaluate", "rn_deploy.quantize", "rn_deploy.loadtest", "rn_deploy.demo"):
         assert any(u == who or u.startswith(who + ".") for u in users), f"{who} does not read data through rn_deploy.datasets"
 
 

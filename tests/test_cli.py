@@ -12,7 +12,7 @@ from rn_deploy.cli import main
 
 from .conftest import HAS_TRT_RTX, needs_fashion
 
-COMMANDS = {"build", "classify", "demo", "doctor", "eval", "export", "export-triton", "import", "inspect", "loadtest", "lr-find", "models", "quantize",
+COMMANDS = {"build", "classify", "demo", "doctor", "eval", "export", "export-triton", "import", "inspect", "loadtest", "lr-find", "models", "optimize", "quantize",
             "serve", "show-batch", "summary", "train", "validate"}
 
 

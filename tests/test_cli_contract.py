@@ -203,6 +203,7 @@ READ_ONLY_CASES = {
              "--out", "{ro}/rep"],
     "quantize": ["quantize", "{onnx}", "-o", "{ro}/m.int8.onnx", "--calib", "fashion-mnist", "--calib-size", "16", "--eval-limit", "64"],
     "train": ["train", *TINY, "--epochs", "1", "--quiet", "--out", "{ro}"],  # the folder exists: only a write tells
+    "optimize": ["optimize", "{ckpt}", "-o", "{ro}/opt", "--limit", "64"],
 }
 
 

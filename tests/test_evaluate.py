@@ -132,6 +132,37 @@ def test_precision_of_artifacts_and_default_limits(trained: dict[str, Path], tmp
     assert limits_for("fp16", None, {"fp16": 0.5})["min_agreement"] == 0.5
 
 
+def _input_qdq(src: Path, dst: Path, zero_point: np.ndarray | None, scale: float = 0.05) -> Path:
+    """``src`` with a QuantizeLinear/DequantizeLinear pair on its input, quantizing to ``zero_point``'s type (FP8 when
+    None): a real Q/DQ graph ONNX Runtime runs, as far from FP32 as that type's rounding of the normalised input."""
+    m = onnx.load(str(src))
+    x = m.graph.input[0].name
+    for n in m.graph.node:
+        n.input[:] = ["x_dq" if i == x else i for i in n.input]
+    zp = (helper.make_tensor("x_zp", TensorProto.FLOAT8E4M3FN, [], [0.0]) if zero_point is None
+          else numpy_helper.from_array(zero_point, "x_zp"))
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), "x_scale"), zp])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"]))
+    m.graph.node.insert(0, helper.make_node("QuantizeLinear", [x, "x_scale", "x_zp"], ["x_q"]))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_fp8_artifacts_are_judged_by_the_fp8_limits(trained: dict[str, Path], tmp_path: Path):
+    """Planted (issue 32 item 9): eval called every QuantizeLinear graph "int8", so `--min-agreement fp8=...` (and fp8's
+    --max-drop) never reached an FP8 Q/DQ model; one function (onnxfile.graph_precision) now decides everywhere."""
+    f8 = _input_qdq(trained["onnx"], tmp_path / "model.fp8.onnx", None)
+    u8 = _input_qdq(trained["onnx"], tmp_path / "model.uint8.onnx", np.array(128, np.uint8), 0.1)
+    assert (onnx_precision(f8), onnx_precision(u8)) == ("fp8", "int8")
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(trained["ckpt"]), "--onnx", str(f8), "--onnx", str(u8), "--limit", "200",
+                                  "--min-agreement", "fp8=0.42", "--min-agreement", "int8=0.43", "--backends", "ort-cpu",
+                                  "--out", str(tmp_path), "--json"])
+    rows = {Path(a["path"]).name: a for a in json.loads(r.stdout)["artifacts"][1:]}
+    assert rows["model.fp8.onnx"]["precision"] == "fp8" and rows["model.fp8.onnx"]["backend"] == "ort-cpu-fp8"
+    assert rows["model.fp8.onnx"]["limits"] == {"max_drop_points": 1.0, "min_agreement": 0.42}
+    assert rows["model.uint8.onnx"]["precision"] == "int8" and rows["model.uint8.onnx"]["limits"]["min_agreement"] == 0.43
+
+
 @needs_rtx
 def test_an_engine_that_cannot_run_here_fails_unless_allowed(trained: dict[str, Path], tmp_path: Path):
     from rn_deploy.builder import Profile, build_engine

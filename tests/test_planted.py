@@ -187,7 +187,8 @@ def test_quantize_calibration_images_are_training_images_and_never_gate_images(t
     monkeypatch.setattr(q.gate, "quantize_file", spy_quantize_file)
     monkeypatch.setattr(q.gate, "evaluate_onnx", spy_evaluate)
     monkeypatch.setattr(q.workflow, "evaluate_onnx", spy_evaluate)
-    opts = q.QuantizeOptions(calib="fashion-mnist", calib_size=64, eval_limit=120, max_drop=100.0, ladder=False)
+    opts = q.QuantizeOptions(calib="fashion-mnist", calib_size=64, eval_limit=120, max_drop=100.0, min_agreement={"int8": 0.0},
+                             ladder=False)  # the images are checked here, not the gate
     q.quantize(tiny["onnx"], tmp_path / "m.int8.onnx", opts)
 
     cfg = load_checkpoint(tiny["ck"]).config

@@ -123,6 +123,42 @@ def test_gate_refuses_an_impossible_max_drop_and_writes_nothing(trained: Path, t
 
 
 @needs_fashion
+@needs_modelopt
+def test_quantize_and_eval_apply_one_gate_on_the_same_images(trained: Path, tmp_path: Path):
+    """Planted (issue 32 item 9): quantize's gate checked the top-1 drop only, so a rung with a fine top-1 but low
+    agreement with FP32 passed quantize and failed eval. Now both judge with the same limits on the same images
+    (`--eval-limit N --seed S` = `eval --limit N --seed S`): the rung's agreement is eval's, and a threshold set clearly
+    between what it reaches and 1 fails both."""
+    n = 300
+    out = tmp_path / "weak.int8.onnx"
+    common = [str(trained), "--calib-size", "1", "--method", "minmax", "--no-ladder", "--eval-limit", str(n), "--seed", "0",
+              "--max-drop", "100"]
+    code, stdout, stderr = _quantize([*common, "--min-agreement", "int8=0", "-o", str(out), "--json"])
+    assert code == 0, stderr[-2000:]
+    rung = json.loads(stdout)["rungs"][0]
+    agree = rung["agreement"]
+    assert rung["passed"] and rung["failures"] == [] and agree < 0.97, rung  # 1 calibration image: a weak rung
+    between = (agree + 1) / 2  # >= 4.5 images above what it reaches: no rounding or near-tie decides the verdicts
+
+    def eval_(min_agreement: float) -> tuple[int, dict]:
+        r = CliRunner().invoke(main, ["eval", "--checkpoint", str(trained.with_name("model.pt")), "--onnx", str(out), "--limit",
+                                      str(n), "--seed", "0", "--max-drop", "100", "--min-agreement", f"int8={min_agreement:.4f}",
+                                      "--backends", "ort-cpu", "--out", str(tmp_path / "eval"), "--json"])  # the gate's runtime
+        return r.exit_code, json.loads(r.stdout)["artifacts"][1]
+
+    code, row = eval_(0)
+    assert code == 0 and row["precision"] == "int8" and row["count"] == n
+    assert abs(row["agreement"] - agree) <= 1 / n  # the same images and preprocessing (references: torch vs ORT FP32)
+    code, row = eval_(between)
+    assert code == 1 and not row["passed"] and "agrees with the reference" in row["failures"][0]
+    strict = tmp_path / "strict.int8.onnx"
+    code, _, stderr = _quantize([*common, "--min-agreement", f"int8={between:.4f}", "-o", str(strict)])
+    last = stderr.strip().splitlines()[-1]
+    assert code == 1 and "not written" in last and "agrees with the reference" in last, stderr[-2000:]
+    assert not strict.exists()
+
+
+@needs_fashion
 def test_calibration_set_with_the_wrong_channel_count_is_one_line(tmp_path: Path):
     ck = make_checkpoint(tmp_path / "rgb.pt", n_classes=10, in_channels=3, size=32)
     code, _, stderr = _quantize([str(ck), "--calib", "fashion-mnist", "-o", str(tmp_path / "q.onnx")])

@@ -25,6 +25,7 @@ from rn_deploy.sizes import measure_range, outside_warning, policy_text, record_
 from tests.conftest import FASHION_DIR, make_model, needs_fashion
 
 N_SAME, N_DIFFER = 20, 20
+DAMAGE = 3.0  # a conv weight scaled by this: the ONNX still runs, and picks another class on some images
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -106,8 +107,9 @@ def test_record_range_writes_the_checkpoint_and_export_carries_it(planted: dict[
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(planted["ckpt"].read_bytes())
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(ckpt), "--dataset", "mnist", "--data", str(planted["data"]),
-                                  "--sizes", "27,28,29", "--range-drop", "100", "--record-range", "--out", str(tmp_path)])
-    assert r.exit_code == 1, r.output  # 27 and 29 px are not 28 px: the labels hold at 28 only
+                                  "--sizes", "27,29", "--range-drop", "100", "--size-drop", "100", "--record-range", "--out",
+                                  str(tmp_path)])
+    assert r.exit_code == 0, r.output  # 27 and 29 px are not 28 px (the labels hold at 28 only): passing with --size-drop 100
     cfg = load_checkpoint(ckpt).config
     raw = torch.load(ckpt, weights_only=True)
     assert cfg.size_range == [27, 29], r.output
@@ -123,6 +125,51 @@ def test_record_range_writes_the_checkpoint_and_export_carries_it(planted: dict[
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(ckpt), "--dataset", "mnist", "--data", str(planted["data"]),
                                   "--record-range"])
     assert r.exit_code == 2 and "needs --sizes or --scales" in r.output
+
+
+def _relabelled_at(planted: dict[str, Path], side: int, dest: Path) -> Path:
+    """planted's images labelled with the model's own predictions at ``side`` px (32: both classes occur, and some images
+    change class from 28 px): the best size is ``side``, not 28."""
+    ck = load_checkpoint(planted["ckpt"])
+    for png in sorted((planted["data"] / "testing").rglob("*.png")):
+        x = torch.from_numpy(np.array(Image.open(png))).float()[None, None]
+        with torch.no_grad():
+            label = int(ck.model.eval()(_norm(_resize(x, side), ck.config.mean, ck.config.std)).argmax(1))
+        (dest / "testing" / str(label)).mkdir(parents=True, exist_ok=True)
+        (dest / "testing" / str(label) / png.name).write_bytes(png.read_bytes())
+    for k in range(2):
+        (dest / "training" / str(k)).mkdir(parents=True)
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(dest / "training" / str(k) / "0.png")
+    return dest
+
+
+@pytest.mark.parametrize("case", ["failing-verdict", "excludes-training-size"])
+def test_record_range_always_measures_the_training_size_and_refuses_a_bad_range(planted: dict[str, Path], tmp_path: Path, case: str):
+    """Planted (issue 32 item 8): `--sizes 56 --record-range` on this 28 px model exited 1 yet recorded [56, 56] (56 was the
+    only size measured); and a passing run whose best size is not the training size recorded a range without it. Now the
+    training size is always measured, and neither range reaches the checkpoint: one line says why, exit 1."""
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(planted["ckpt"].read_bytes())
+    before = ckpt.read_bytes()
+    data = planted["data"] if case == "failing-verdict" else _relabelled_at(planted, 32, tmp_path / "data32")
+    extra = [] if case == "failing-verdict" else ["--size-drop", "100"]  # every size passes: only the range is wrong
+    side = 56 if case == "failing-verdict" else 32
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(ckpt), "--dataset", "mnist", "--data", str(data), "--sizes", str(side),
+                                  "--record-range", "--out", str(tmp_path / "out"), "--json", *extra])
+    assert r.exit_code == 1, r.output
+    sec = json.loads(r.stdout)["sizes"]
+    assert sec["sizes"] == [28, side] and sec["recorded"] is False
+    assert ckpt.read_bytes() == before and load_checkpoint(ckpt).config.size_range is None
+    lines = [ln.removeprefix("error: ") for ln in r.stderr.splitlines() if "not recording the size range" in ln]
+    assert len(lines) == 1 and lines[0] == sec["not_recorded"], r.stderr
+    if case == "failing-verdict":
+        assert sec["measured_range"] == [28, 28] and "the verdict failed (reference at 56 px" in lines[0]
+        assert "also measuring the training size 28 px" in r.stderr
+    else:
+        assert sec["passed"] is True and sec["measured_range"] == [32, 32]
+        assert "it leaves out the training size 28 px" in lines[0]
+        assert r.output.strip().splitlines()[-1] == f"error: {lines[0]}"
+    assert f"{sec['not_recorded']}." in (tmp_path / "out" / "eval.md").read_text()
 
 
 def test_recorded_range_reaches_export_triton_engine_and_serve(planted: dict[str, Path], tmp_path: Path):
@@ -220,3 +267,30 @@ def test_multi_scale_training_varies_sizes_and_records_the_range_it_measured(tmp
     with torch.no_grad():
         pred = ck.model(_norm(_resize(val.images.float(), 36), ck.config.mean, ck.config.std)).argmax(1)
     assert rec["top1"][2] == pytest.approx(float((pred == val.labels).float().mean()), abs=1e-9)
+
+
+def test_eval_sizes_applies_min_agreement_as_eval_does(planted: dict[str, Path], tmp_path: Path):
+    """Planted (issue 32 item 9): eval --sizes judged parity at each size with the default agreement, ignoring
+    --min-agreement: an FP32 ONNX that eval passes with `--min-agreement fp32=0` failed at its own training size."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(planted["onnx"]))
+    weight = {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
+    init = next(t for t in m.graph.initializer if t.name in weight)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(DAMAGE), init.name))
+    bad = tmp_path / "damaged.onnx"
+    onnx.save(m, str(bad))
+    base = ["eval", "--checkpoint", str(planted["ckpt"]), "--onnx", str(bad), "--dataset", "mnist", "--data", str(planted["data"]),
+            "--sizes", "28", "--max-drop", "100", "--size-drop", "100", "--json"]
+    r = CliRunner().invoke(main, [*base, "--min-agreement", "fp32=0", "--out", str(tmp_path / "loose")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    agree = rep["artifacts"][1]["agreement"]
+    assert 0.5 < agree < 0.95 and rep["sizes"]["artifacts"][1]["per_size"][0]["agreement"] == agree
+    between = f"fp32={(agree + 1) / 2:.3f}"  # clearly above what it reaches: eval and eval --sizes both fail it
+    r = CliRunner().invoke(main, [*base, "--min-agreement", between, "--out", str(tmp_path / "strict")])
+    assert r.exit_code == 1, r.output
+    rep = json.loads(r.stdout)
+    assert not rep["artifacts"][1]["passed"] and rep["sizes"]["artifacts"][1]["failing_sizes"] == [28]
+    assert "agrees with the reference" in rep["sizes"]["artifacts"][1]["per_size"][0]["failures"][0]

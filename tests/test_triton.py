@@ -242,3 +242,30 @@ def test_read_only_repository_is_one_line_naming_the_folder(onnx_model: Path, tm
         assert len(lines) == 1 and lines[0].startswith(f"error: {repo}: cannot write the model repository there ("), res.output
     finally:
         (tmp_path / "ro").chmod(0o755)
+
+
+def _nhwc_classifier(path: Path, hw: list) -> Path:
+    """A tiny real NHWC classifier (3 channels last, 3 classes): transpose to NCHW, global average pool, flatten."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), helper.make_node("GlobalAveragePool", ["t"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *hw, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("hw", [["h", "w"], [32, 32]], ids=["dynamic", "static-32"])
+def test_nhwc_image_contract_takes_pixels_with_the_models_channels(tmp_path: Path, hw: list):
+    """Planted (issue 32 item 11): the image model's ``pixels`` dims took axis 1 of the input whatever the layout: an NHWC
+    model got [-1, -1, -1] (dynamic) or [-1, -1, 32] (static 32 px) instead of [-1, -1, 3]."""
+    src = _nhwc_classifier(tmp_path / "nhwc.onnx", hw)
+    folder = export_triton(src, tmp_path / "repo", "nhwc")
+    front = _parse(folder.with_name("nhwc_image"))
+    pixels = next(i for i in front.input if i.name == "pixels")
+    assert list(pixels.dims) == [-1, -1, 3]
+    assert list(front.output[-1].dims) == [3]  # probs: one per class
+    pre = json.loads((folder / "rn-deploy.json").read_text())["preprocessing"]
+    assert pre["layout"] == "NHWC" and pre["channel_order"] == "RGB"

@@ -28,7 +28,7 @@ from __future__ import annotations
 from ..runtime.manifest import Profile, parse_shape  # the profile vocabulary of `build`; the rest lives in rn_deploy.runtime
 from .builder import Log, build_engine
 from .options import HARDWARE_COMPAT, check_fp8_targets, check_portability_options
-from .precision import OnnxInfo, ensure_fp16_onnx, fp16_copy_path, fp16_source_digest, onnx_info
+from .precision import OnnxInfo, ensure_fp16_onnx, fp16_copy_path, fp16_record_path, fp16_source_digest, onnx_info
 from .profiles import profiles_from_sizes, read_sizes, sizes_coverage
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "check_portability_options",
     "ensure_fp16_onnx",
     "fp16_copy_path",
+    "fp16_record_path",
     "fp16_source_digest",
     "onnx_info",
     "parse_shape",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from .._io import atomic_path
-from ..errors import BuildError
+from ..errors import BuildError, RnDeployError
 from ..log import Log
 
 if TYPE_CHECKING:
@@ -72,20 +72,41 @@ def fp16_copy_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".build-fp16.onnx")
 
 
+def fp16_record_path(copy: Path) -> Path:
+    """Where build records an FP16 copy's own digest, outside the copy: ``NAME.build-fp16.onnx.json``."""
+    return copy.with_name(copy.name + ".json")
+
+
+def _reusable(cand: Path, source_digest: str) -> bool:
+    """``cand`` is an FP16 conversion of the ONNX with ``source_digest`` and unchanged since build recorded it: the
+    digest inside the copy says what it came from, the record beside it (written by build) what the copy itself was.
+    A copy edited after conversion keeps its inner digest, so the inner one alone would reuse it."""
+    from ..onnxfile import onnx_sha256
+
+    try:
+        rec = json.loads(fp16_record_path(cand).read_text())
+        return (isinstance(rec, dict) and rec.get("source_sha256") == source_digest == fp16_source_digest(cand)
+                and rec.get("sha256") == onnx_sha256(cand))
+    except (OSError, ValueError, RnDeployError):  # no record, unreadable, or a copy whose data escaped: convert afresh
+        return False
+
+
 def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None) -> Path:
     """An FP16 (weights and compute, FP32 I/O) copy of an FP32 ONNX, for strongly typed builders.
 
     Reused, never rewritten: ``NAME.fp16.onnx`` when it records this ONNX's digest (``rn_deploy.fp16_source_sha256``,
-    weights in ``.onnx.data`` included). Otherwise build converts into its own ``NAME.build-fp16.onnx``, reused only
-    while its recorded digest matches (never by modification time); a file there that build did not make is refused.
+    weights in ``.onnx.data`` included) and build's record of its own digest beside it matches. Otherwise build converts
+    into its own ``NAME.build-fp16.onnx`` (with ``NAME.build-fp16.onnx.json``), reused only while both digests match
+    (never by modification time); a file there that build did not make is refused.
     """
+    from .._io import atomic_write_text
     from ..export import convert_fp16
     from ..onnxfile import onnx_sha256, stamp_loaders
 
     digest = source_sha256 or onnx_sha256(onnx_path)
     for cand in (onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".fp16.onnx"), fp16_copy_path(onnx_path)):
-        if cand.exists() and fp16_source_digest(cand) == digest:
-            log(f"fp16: using {cand} (converted from this ONNX, sha256 {digest[:12]})")
+        if cand.exists() and _reusable(cand, digest):
+            log(f"fp16: using {cand} (converted from this ONNX, sha256 {digest[:12]}; unchanged since)")
             return cand
     out = fp16_copy_path(onnx_path)
     if out.exists() and fp16_source_digest(out) is None:
@@ -101,4 +122,6 @@ def ensure_fp16_onnx(onnx_path: Path, log: Log, source_sha256: str | None = None
     stamp_loaders(half)
     with atomic_path(out) as tmp:
         onnx.save_model(half, str(tmp))
+    atomic_write_text(fp16_record_path(out), json.dumps({"format": "rn-deploy-fp16-copy/1", "source": str(onnx_path.absolute()),
+                                                         "source_sha256": digest, "sha256": onnx_sha256(out)}, indent=2))
     return out

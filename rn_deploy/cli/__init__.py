@@ -3,7 +3,7 @@
 ``group`` holds the click group ``main`` (lazy training commands, the output check, --json stdout, errors, Ctrl-C)
 and how commands print; ``params`` the option types and parsers. The commands: ``artifacts`` (export, import, build,
 quantize, export-triton), ``describe`` (models, summary, inspect), ``verdicts`` (validate, eval, doctor), ``service``
-(serve, classify, loadtest), ``demo``. Importing this package registers every command on ``main``; training commands
+(serve, classify, loadtest), ``optimize``, ``demo``. Importing this package registers every command on ``main``; training commands
 live in rn_deploy.train.cli.
 """
 
@@ -13,6 +13,7 @@ from .artifacts import build_cmd, export_cmd, export_triton_cmd, import_cmd, qua
 from .demo import demo_cmd
 from .describe import inspect_cmd, models_cmd, show_shape, show_value, summary_cmd
 from .group import LAZY_COMMANDS, OUTPUTS, echo_json, main, stderr_log
+from .optimize import optimize_cmd
 from .params import (
     BACKEND_LIST,
     BATCH_TRIPLE,
@@ -54,6 +55,7 @@ __all__ = [
     "loadtest_cmd",
     "main",
     "models_cmd",
+    "optimize_cmd",
     "parse_hw",
     "quantize_cmd",
     "serve_cmd",

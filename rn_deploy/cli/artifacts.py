@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
+from ..errors import RnDeployError
 from .group import echo_json, main, stderr_log
-from .params import BATCH_TRIPLE, DATASET_NAMES, FLOATS, MODEL_NAME, POINTS, POSITIVE_FLOATS, PROFILE, SHAPE, HWType
+from .params import BATCH_TRIPLE, DATASET_NAMES, FLOATS, MODEL_NAME, POINTS, POSITIVE_FLOATS, PROFILE, SHAPE, HWType, apply_tuned
 
 
 @main.command("export")
@@ -224,7 +225,12 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 @click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True,
               help="INT8 (any TensorRT GPU, Jetson DLA) or FP8 (sm89 and newer).")
 @click.option("--exclude", multiple=True, help="Keep nodes in higher precision: first, last or node names (comma list, repeatable).")
-@click.option("--max-drop", type=POINTS, default=1.0, show_default=True, help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost.")
+@click.option("--max-drop", type=POINTS, default=None,
+              help="Largest top-1 drop (points) the gate accepts; 0 also means no image FP32 got right may be lost "
+                   "[default: eval's, 1.0 for int8 and fp8].")
+@click.option("--min-agreement", multiple=True,
+              help="Least fraction of images on which a rung picks FP32's class: FRACTION or PREC=FRACTION (repeatable), as "
+                   "eval takes it [default: eval's, int8 0.95, fp8 0.95].")
 @click.option("--ladder/--no-ladder", default=True, show_default=True,
               help="On a failed gate, try another method, more calibration images, then first/last layers kept.")
 @click.option("--force", is_flag=True, help="Write the best rung even when it fails the gate.")
@@ -234,22 +240,28 @@ def build_cmd(onnx_path: Path, out: Path | None, backend: str, fp16: bool, min_:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration/evaluation subsets.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def quantize_cmd(source: Path, out: Path | None, calib: str | None, data: str | None, calib_size: int, method: str, precision: str,
-                 exclude: tuple[str, ...], max_drop: float, ladder: bool, force: bool, quantizer: str, eval_limit: int | None,
-                 seed: int, as_json: bool) -> None:
+                 exclude: tuple[str, ...], max_drop: float | None, min_agreement: tuple[str, ...], ladder: bool, force: bool,
+                 quantizer: str, eval_limit: int | None, seed: int, as_json: bool) -> None:
     """Post-training quantization of CKPT|MODEL.onnx to an explicit Q/DQ ONNX (TensorRT form), behind an accuracy gate.
 
     Calibrates on the training split, then runs the FP32 and the Q/DQ ONNX (ONNX Runtime CPU) on the
-    held-out split. If top-1 drops by more than --max-drop points it walks a ladder (another method,
-    more calibration images, first/last layers kept) and writes the first rung that passes, with
+    held-out split and judges it by eval's gate: top-1 at most --max-drop points below FP32 and top-1
+    agreement with FP32 of at least --min-agreement. A failing rung walks a ladder (another method,
+    more calibration images, first/last layers kept); the first rung that passes is written, with
     OUT.quant.json/.md. Nothing is written (exit 1) when no rung passes, unless --force.
     """
+    from ..evaluate import parse_min_agreement
     from ..quantize import GateFailed, QuantizeOptions, quantize
 
+    try:
+        agreement = parse_min_agreement(min_agreement)
+    except RnDeployError as e:
+        raise click.BadParameter(str(e), param_hint="--min-agreement") from None
     if out is None:
         out = source.with_name(f"model.{precision}.onnx")
     opts = QuantizeOptions(calib=calib, data=data, calib_size=calib_size, method=method, precision=precision,
                            exclude=tuple(e for item in exclude for e in item.split(",") if e.strip()), max_drop=max_drop,
-                           force=force, ladder=ladder, quantizer=quantizer, eval_limit=eval_limit, seed=seed)
+                           min_agreement=agreement, force=force, ladder=ladder, quantizer=quantizer, eval_limit=eval_limit, seed=seed)
     try:
         rep = quantize(source, out, opts, log=stderr_log)
     except GateFailed as e:
@@ -281,10 +293,14 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
 
     The preprocessing a client applies (mean/std, 1/255 scale, channel order, size policy) and the
     class names go in config.pbtxt's parameters and in rn-deploy.json (see docs/formats.md).
+    A setting `serve --tune` saved for this file (MODEL.serving.json) gives --max-batch when it is not
+    given, and the batching delay and instance count of NAME_image.
     """
     from ..triton import export_triton
 
-    dest = export_triton(model, repo, name, max_batch=max_batch, force=force, kind=kind)
+    tuned = apply_tuned(model, ("max_batch", "max_queue_delay_us", "instances"))
+    dest = export_triton(model, repo, name, max_batch=tuned.get("max_batch", max_batch), force=force, kind=kind,
+                         image_max_queue_delay_us=tuned.get("max_queue_delay_us"), image_instances=tuned.get("instances"))
     if as_json:
         echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
         return

@@ -29,7 +29,7 @@ OUTPUTS = {
     "export": ("out", "file", "checkpoint"), "build": ("out", "file", "onnx_path"), "quantize": ("out", "file", "source"),
     "validate": ("out", "folder", "checkpoint"), "eval": ("out", "folder", "checkpoint"), "train": ("out", "folder", None),
     "lr-find": ("out", "folder", None), "show-batch": ("out", "file", None), "demo": ("out", "folder", None),
-    "loadtest": ("out", "folder", None),
+    "loadtest": ("out", "folder", None), "optimize": ("out", "folder", None),
 }
 
 

@@ -6,6 +6,7 @@ before any work; the types import nothing heavy (torch, onnx) unless their optio
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -190,3 +191,25 @@ def split_ints(value: str, what: str) -> list[int]:
     if not out or min(out) < 1:
         raise click.BadParameter(f"{value!r}: use positive integers", param_hint=what)
     return out
+
+
+def _warn(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def apply_tuned(model: Path, keys: tuple[str, ...]) -> dict[str, int]:
+    """The saved tuned values (MODEL.serving.json) for the options among ``keys`` left at their defaults on this command line."""
+    from click.core import ParameterSource
+
+    from ..tuned import load_tuned, tuned_path
+
+    ctx = click.get_current_context()
+    if not model.is_file():
+        return {}
+    saved = load_tuned(model, warn=_warn)
+    if not saved:
+        return {}
+    used = {k: saved[k] for k in keys if ctx.get_parameter_source(k) in (ParameterSource.DEFAULT, None)}
+    if used:
+        _warn(f"using the tuned setting of {tuned_path(model)}: {', '.join(f'{k}={v}' for k, v in used.items())}")
+    return used

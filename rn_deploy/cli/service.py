@@ -8,7 +8,7 @@ import click
 
 from ..errors import RnDeployError
 from .group import echo_json, main, stderr_log
-from .params import MODEL_NAME, PORT, POSITIVE_INTS
+from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 
 
 @main.command("serve")
@@ -26,15 +26,42 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS
               help="Largest image (W x H; a request's images together) accepted, checked from the header before decoding.")
 @click.option("--max-aspect", type=click.FloatRange(min=1), default=32.0, show_default=True,
               help="Largest long/short side ratio accepted (the centre crop of a wider image keeps a sliver of it).")
-@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object on stdout once the server is ready.")
+@click.option("--max-batch-pixels", type=click.IntRange(min=1), default=24_000_000, show_default=True,
+              help="Decoded pixels one model instance holds at once (>= --max-pixels); later requests of a batch wait for the next part.")
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
+              help="Largest request (its images' bytes together); refused with HTTP 400 before any decoding.")
+@click.option("--tune", is_flag=True,
+              help="Instead of serving: sweep --tune-grid on real servers, report the fastest setting whose p99 meets --p99-ms "
+                   "and save it as MODEL.serving.json, which later serve/export-triton runs use for options not given.")
+@click.option("--tune-grid", default=None, metavar="GRID", callback=lambda ctx, param, value: parse_tune_grid(value),
+              help="With --tune: the settings to try, e.g. 'max_batch=8,32 max_queue_delay_us=0,2000 instances=1,2' "
+                   "[default: that grid; the default setting is always measured too].")
+@click.option("--p99-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="With --tune: the latency budget a setting's p99 must meet.")
+@click.option("--tune-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="With --tune: seconds of load per setting (after a warm-up).")
+@click.option("--tune-concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              help="With --tune: concurrent clients (closed loop) during each measurement.")
+@click.option("--tune-images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --tune: a folder of images to send [default: synthetic PNGs at the model's size].")
+@click.option("--tune-out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --tune: where tune.json, tune.md, tune.png and the servers' logs go [default: MODEL.tune/ beside MODEL].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the endpoints as one JSON object on stdout once the server is ready (with --tune: the tune result).")
 def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-              max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, as_json: bool) -> None:
+              max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int,
+              max_request_bytes: int, tune: bool, tune_grid: dict[str, list[int]] | None,
+              p99_ms: float, tune_seconds: float, tune_concurrency: int, tune_images: Path | None, tune_out: Path | None,
+              as_json: bool) -> None:
     """Serve MODEL (.onnx or .engine) on Triton Inference Server (bundled tritonserver, Python backend): HTTP/gRPC, dynamic batching, metrics.
 
     Input `image` (encoded PNG/JPEG bytes) or `pixels` (uint8 HxWxC); outputs label, index, score,
     probs (docs/formats.md). A bad request gets its own HTTP 400 / gRPC INVALID_ARGUMENT; the others
     batched with it are answered. The statistics API is open (perf_analyzer). Stops on
     SIGTERM/Ctrl-C after answering the requests in flight.
+
+    --max-batch, --max-queue-delay-us and --instances not given come from MODEL.serving.json when
+    `serve --tune` saved one for this very file (a stale one, for other weights, is ignored with a warning).
     """
     import os
     import sys
@@ -42,15 +69,53 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
     from ..serve import ServeOptions, serve
     from ..strictjson import print_json
 
-    serve(ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                       max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
-                       max_aspect=max_aspect),
-          log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
-    # Drained, children stopped, temporary repository removed: exit now. The interpreter's own shutdown (torch's, loaded
-    # to check the model) took 5-16 s on a loaded machine, past the 10 s a SIGTERM drain is allowed.
+    if max_batch_pixels < max_pixels:
+        raise click.BadParameter(f"{max_batch_pixels} is below --max-pixels {max_pixels}: an admitted image could never run",
+                                 param_hint="--max-batch-pixels")
+    opts = ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
+                        max_aspect=max_aspect, max_batch_pixels=max_batch_pixels, max_request_bytes=max_request_bytes)
+    if tune:
+        from ..tune import DEFAULT_GRID
+        from ..tune import tune as run_tune
+
+        grid = tune_grid or {k: list(v) for k, v in DEFAULT_GRID.items()}
+        imgs = None
+        if tune_images is not None:
+            from ..loadtest import folder_images
+
+            imgs = folder_images(tune_images)
+        res = run_tune(model, opts, p99_ms, grid, seconds=tune_seconds, concurrency=tune_concurrency, images=imgs,
+                       image_source=str(tune_images or ""), out=tune_out, log=stderr_log)
+        if as_json:
+            echo_json(res.to_dict())
+        if res.chosen is None:
+            raise RnDeployError(f"no setting met the p99 budget of {p99_ms:g} ms; nothing saved (see the table above)")
+        if not as_json:
+            click.echo(f"chosen: {res.chosen}; saved {res.saved} (serve and export-triton use it for options not given)")
+        return
+    if tune_grid is not None:
+        raise click.UsageError("--tune-grid is for --tune")
+    for key, value in apply_tuned(model, ("max_batch", "max_queue_delay_us", "instances")).items():
+        setattr(opts, key, value)
+    serve(opts, log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
+    # Drained, children stopped, temporary repository removed: exit now; nothing is left for the interpreter's shutdown
+    # to do, and a SIGTERM drain must end within 10 s.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def parse_tune_grid(value: str | None) -> dict[str, list[int]] | None:
+    """--tune-grid's text as a grid; a bad one is a usage error (exit 2) naming the bad part, before any work."""
+    if value is None:
+        return None
+    from ..tune import parse_grid
+
+    try:
+        return parse_grid(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--tune-grid") from None
 
 
 @main.command("classify")
@@ -87,12 +152,17 @@ def classify_cmd(url: str, images: tuple[Path, ...], grpc: bool, model: str | No
 @click.option("--grpc", is_flag=True, help="URL is the gRPC port (default: HTTP).")
 @click.option("--model", default=None, help="Model name [default: classifier, serve's default].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write loadtest.json, loadtest.md, loadtest.png here.")
+              help="Write loadtest.json, loadtest.md, loadtest.png and loadtest-split.png (latency split) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def loadtest_cmd(url: str, images: Path | None, dataset: str | None, limit: int, concurrency: list[int], duration: float, grpc: bool,
                  model: str | None, out: Path | None, as_json: bool) -> None:
-    """Closed-loop load test of a server at URL: requests/s, p50/p90/p99 latency and errors per concurrency."""
-    from ..client import dataset_images, folder_images, loadtest, write_report
+    """Closed-loop load test of a server at URL: requests/s, p50/p90/p99 latency and errors per concurrency.
+
+    Each level's mean latency is split into client-side, queue and compute (input, infer, output) from
+    the server's statistics before and after the window, and the report says when the load generator
+    itself (>= 90% of a CPU core) was the bottleneck, and how far the server could go.
+    """
+    from ..loadtest import dataset_images, folder_images, loadtest, write_report
 
     if (images is None) == (dataset is None):
         raise click.UsageError("give one of --images DIR or --dataset fashion-mnist")

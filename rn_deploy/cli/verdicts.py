@@ -90,7 +90,8 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Images per inference call.")
 @click.option("--backends", type=EVAL_BACKENDS, default=None, help="Comma list of ort-cpu,ort-cuda,trt,torch-fp16 [default: ort-cuda or ort-cpu, trt].")
 @click.option("--max-drop", type=POINTS, default=None,
-              help="Allowed top-1 drop in points vs the reference [default: 0.3 fp16, 1.0 int8].")
+              help="Allowed top-1 drop in points vs the reference; 0 also means no image the reference gets right may be "
+                   "lost [default: 0.3 fp16, 1.0 int8 and fp8].")
 @click.option("--min-agreement", multiple=True,
               help="Least fraction of images on which an artifact picks the reference's class: FRACTION for every precision "
                    "or PREC=FRACTION (repeatable) [default: fp32 0.999, fp16 0.99, int8 0.95, fp8 0.95].")
@@ -106,7 +107,9 @@ def validate_cmd(checkpoint: Path | None, onnx_path: Path | None, engine: Path |
               help="With --sizes: top-1 points an artifact may fall below the reference's training-size top-1 at a size.")
 @click.option("--range-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="With --sizes: the size range is where the reference stays within this many points of its best size.")
-@click.option("--record-range", is_flag=True, help="With --sizes: write the measured size range into the checkpoint.")
+@click.option("--record-range", is_flag=True,
+              help="With --sizes: write the measured size range into the checkpoint; refused (exit 1, one line why) when "
+                   "the verdict fails or the range leaves out the training size (always measured).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json on stdout.")
 def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tuple[Path, ...], dataset: str | None, data: str | None,
@@ -142,7 +145,7 @@ def eval_cmd(checkpoint: Path | None, onnx_paths: tuple[Path, ...], engines: tup
 
         rep, files = run_sizes(rep, files, sizes_from(rep["image_size"], *want_sizes), onnx=onnx_paths, engines=engines, backends=bk,
                                max_drop=max_drop, size_drop=size_drop, range_drop=range_drop, record=record_range, batch=batch,
-                               allow_skip=allow_skip, log=stderr_log)
+                               allow_skip=allow_skip, log=stderr_log, min_agreement=agreement)
     if as_json:
         echo_json(rep)
     else:

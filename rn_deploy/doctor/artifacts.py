@@ -70,7 +70,7 @@ def check_engine(path: Path, env: dict[str, Any]) -> ArtifactCheck:
 
 
 def check_onnx(path: Path, env: dict[str, Any]) -> ArtifactCheck:
-    from ..onnxfile import check_onnx_file, weights_fp16
+    from ..onnxfile import check_onnx_file, graph_precision
 
     try:
         graph = check_onnx_file(path)
@@ -92,7 +92,7 @@ def check_onnx(path: Path, env: dict[str, Any]) -> ArtifactCheck:
         return ArtifactCheck(str(path), "onnx", False, f"{path}: ONNX Runtime {ort_env['version']} cannot load it "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                              "re-export it with this rn-deploy: rn-deploy export model.pt -o " + str(path))
-    precision = "fp16" if weights_fp16(graph) else "fp32"
+    precision = graph_precision(graph)
     return ArtifactCheck(str(path), "onnx", True, f"{precision} ONNX loads with ONNX Runtime {ort_env['version']} "
                          f"({', '.join(sess.get_providers())})")
 

@@ -37,17 +37,17 @@ from .gates import (
     limits_for,
     parse_min_agreement,
 )
-from .predict import SplitPredictions, check_data_fits, default_names, predict_split
+from .predict import SplitPredictions, check_data_fits, default_names, load_judged_split, predict_split
 from .recorded import checkpoint_info
 from .report import format_table, markdown, summary_table, write_eval_report
 from .run import FORMAT, MAX_LISTED, EvalFailed, run_eval
-from .scores import accuracy, agreement, confusion
+from .scores import accuracy, agreement, confusion, lost_images
 from .sizes import at_size, run_sizes, size_markdown
 
 __all__ = [
     "BACKENDS", "DEFAULT_MAX_DROP", "DEFAULT_MIN_AGREEMENT", "FORMAT", "FP32_MIN_AGREEMENT", "MAX_LISTED",
     "OTHER_PRECISION_MIN_AGREEMENT", "Artifact", "EvalFailed", "ImageSet", "SplitPredictions", "accuracy", "agreement",
     "artifact_source", "at_size", "canonical_dataset", "cannot_run_here", "check_data_fits", "checkpoint_info", "confusion", "default_names", "default_split",
-    "format_table", "judge", "limits_for", "load_split", "markdown", "onnx_precision", "open_runner", "parse_min_agreement",
+    "format_table", "judge", "limits_for", "load_judged_split", "load_split", "lost_images", "markdown", "onnx_precision", "open_runner", "parse_min_agreement",
     "plan_artifacts", "predict_split", "run_eval", "run_sizes", "size_markdown", "source_status", "summary_table", "write_eval_report",
 ]

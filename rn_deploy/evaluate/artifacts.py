@@ -16,16 +16,10 @@ BACKENDS = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "trt")
 
 
 def onnx_precision(path: str | Path) -> str:
-    """``fp32``, ``fp16`` or ``int8`` of an ONNX file: its ``rn_deploy.precision`` metadata, else its weights and Q/DQ nodes."""
-    from ..onnxfile import check_onnx_file, weights_fp16
+    """``fp32``, ``fp16``, ``int8`` or ``fp8`` of an ONNX file (:func:`rn_deploy.onnxfile.graph_precision`)."""
+    from ..onnxfile import check_onnx_file, graph_precision
 
-    m = check_onnx_file(path)
-    if any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul") for n in m.graph.node):
-        return "int8"
-    props = {p.key: p.value for p in m.metadata_props}
-    if props.get("rn_deploy.precision") in ("fp32", "fp16", "int8"):
-        return props["rn_deploy.precision"]
-    return "fp16" if weights_fp16(m) else "fp32"
+    return graph_precision(check_onnx_file(path))
 
 
 def artifact_source(kind: str, path: Path) -> str | None:

@@ -66,6 +66,22 @@ def check_data_fits(images: ImageSet, config: ModelConfig, where: str = "data") 
                         "in the model; evaluate on the dataset the model was trained on")
 
 
+def load_judged_split(dataset: str, data: Any, split: str, config: ModelConfig, *, limit: int | None = None, seed: int = 0,
+                      where: str | None = None) -> ImageSet:
+    """The images a verdict judges (eval, eval --sizes, quantize's gate), decoded the one way, checked to fit the model.
+
+    The same ``dataset``/``data``/``split``/``limit``/``seed`` give the same images with the same preprocessing whoever
+    asks, so an artifact passing quantize's gate is judged by eval on exactly those images.
+    """
+    from ..datasets.sources import load_split
+
+    images = load_split(dataset, data, split, limit=limit, seed=seed, presize=config.presize or max(config.image_size),
+                        channels=config.in_channels,
+                        class_names=config.class_names if dataset == "imagefolder" and not default_names(config) else None)
+    check_data_fits(images, config, where or str(data or dataset))
+    return images
+
+
 def default_names(config: ModelConfig) -> bool:
     """Class names "0", "1", ...: the model does not know its classes (an import), so any data's names fit."""
     return config.class_names == [str(i) for i in range(config.n_classes)]

@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from ..datasets.sources import default_split, load_split
+from ..datasets.sources import default_split
 from ..errors import RnDeployError
 from ..log import Log
 from .artifacts import artifact_source, cannot_run_here, open_runner, plan_artifacts, source_status
 from .gates import DEFAULT_MIN_AGREEMENT, judge, limits_for
-from .predict import SplitPredictions, check_data_fits, default_names, predict_split
+from .predict import SplitPredictions, load_judged_split, predict_split
 from .recorded import recorded_dataset, recorded_evaluation, reproduces_training
 from .report import write_eval_report
-from .scores import accuracy, agreement, confusion
+from .scores import accuracy, agreement, confusion, lost_images
 
 FORMAT = "rn-deploy-eval/1"
 MAX_LISTED = 1000  # disagreeing indices listed per artifact in eval.json
@@ -81,10 +81,7 @@ def run_eval(checkpoint: str | Path | None, *, onnx: Sequence[str | Path] = (), 
         a, why = blocked[0]
         raise RnDeployError(f"{a.path}: cannot run here ({why}); run where it can, or pass --allow-skip to evaluate the rest "
                             "and report it as skipped")
-    images = load_split(dataset, data, split, limit=limit, seed=seed,
-                        presize=config.presize or max(config.image_size), channels=config.in_channels,
-                        class_names=config.class_names if dataset == "imagefolder" and not default_names(config) else None)
-    check_data_fits(images, config, str(data or dataset))
+    images = load_judged_split(dataset, data, split, config, limit=limit, seed=seed)
     say(f"data: {dataset} {split}, {len(images)} images" + (f" (--limit {limit} --seed {seed})" if limit else ""))
 
     with ref_runner:
@@ -132,7 +129,7 @@ def run_eval(checkpoint: str | Path | None, *, onnx: Sequence[str | Path] = (), 
             continue
         acc = accuracy(pred, config.class_names)
         agree, differ = agreement(pred, ref)
-        drop, fails = judge(acc, ref_acc, agree, pred.nonfinite, limits)
+        drop, fails = judge(acc, ref_acc, agree, pred.nonfinite, limits, lost=lost_images(pred, ref))
         preds[a.label] = pred
         row.update({"backend": pred.name, "ran": True, "reason": None, **_acc_fields(pred, acc), "agreement": agree,
                     "disagree_count": len(differ), "disagree": [int(i) for i in differ[:MAX_LISTED]], "drop_points": drop,

@@ -49,6 +49,12 @@ def agreement(pred: SplitPredictions, ref: SplitPredictions) -> tuple[float, np.
     return frac, pred.index[differ]
 
 
+def lost_images(pred: SplitPredictions, ref: SplitPredictions) -> int:
+    """Images ``ref`` gets right and ``pred`` gets wrong (what a net top-1 drop of 0 can hide behind lucky gains)."""
+    agreement(pred, ref)  # the same images, or a one-line refusal
+    return int(((ref.top1 == ref.labels) & (pred.top1 != pred.labels)).sum())
+
+
 def confusion(pred: SplitPredictions, n_classes: int) -> np.ndarray:
     """``(n_classes, n_classes)`` counts, rows = true class, columns = predicted (NaN predictions are dropped)."""
     m = np.zeros((n_classes, n_classes), dtype=np.int64)

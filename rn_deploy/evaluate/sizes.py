@@ -12,7 +12,8 @@ there twice:
 
 A size an engine's profiles do not accept is reported as not accepted, not as a failure. The
 reference's curve gives the measured size range (:func:`rn_deploy.sizes.measure_range`), which
-``record=True`` writes into the checkpoint (the one source of truth; see :mod:`rn_deploy.sizes`).
+``record=True`` writes into the checkpoint (the one source of truth; see :mod:`rn_deploy.sizes`) only
+when the verdict passes and the range contains the training size, which is always measured.
 eval.json, eval.md and sizes.png are rewritten atomically with the section in them.
 """
 
@@ -27,15 +28,14 @@ from typing import Any
 import torch
 
 from ..checkpoint import ModelConfig
-from ..datasets.sources import load_split
 from ..errors import RnDeployError
 from ..log import Log
 from ..sizes import DEFAULT_DROP, RESAMPLING, hw_at, measure_range, record_range, size_range
 from .artifacts import open_runner, plan_artifacts
 from .gates import judge, limits_for
-from .predict import default_names, predict_split
+from .predict import load_judged_split, predict_split
 from .report import markdown
-from .scores import accuracy, agreement
+from .scores import accuracy, agreement, lost_images
 
 
 def at_size(config: ModelConfig, side: int) -> ModelConfig:
@@ -57,19 +57,22 @@ def _cell(side: int, hw: Sequence[int], acc: dict[str, Any], agree: float, ref_t
 def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int], *, onnx: Sequence[str | Path] = (),
               engines: Sequence[str | Path] = (), backends: Sequence[str] | None = None, max_drop: float | None = None,
               size_drop: float = DEFAULT_DROP, range_drop: float = DEFAULT_DROP, record: bool = False, batch: int = 256,
-              allow_skip: bool = False, log: Log | None = None, progress: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+              allow_skip: bool = False, log: Log | None = None, progress: bool = True,
+              min_agreement: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Add the per-size section to ``report`` (from ``run_eval`` with the same artifacts) and rewrite its files.
 
     Args:
         report, files: what :func:`rn_deploy.evaluate.run_eval` returned.
-        sizes: short-side sizes in px (see :func:`rn_deploy.sizes.sizes_from` for ``--scales``).
-        onnx, engines, backends, max_drop, batch, allow_skip: as given to ``run_eval``.
+        sizes: short-side sizes in px (see :func:`rn_deploy.sizes.sizes_from` for ``--scales``); the training size is added.
+        onnx, engines, backends, max_drop, min_agreement, batch, allow_skip: as given to ``run_eval``: parity at each size
+            is judged by the same limits (:func:`rn_deploy.evaluate.gates.judge`).
         size_drop: top-1 points an artifact may fall below the reference's training-size top-1 at a size.
         range_drop: the range is where the reference stays within this many points of its best size.
-        record: write the measured range into the checkpoint.
+        record: write the measured range into the checkpoint; refused (``sizes.not_recorded`` says why) when the verdict
+            fails, or when the range leaves out the training size (then a report failure: the run did not do what was asked).
     """
     from ..checkpoint import load_checkpoint
-    from ..runners import RunnerUnavailable, TorchRunner
+    from ..runners import ArtifactUnsupported, RunnerUnavailable, TorchRunner
 
     say = log or (lambda _s: None)
     if not sizes or min(sizes) < 1:
@@ -77,14 +80,17 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
     checkpoint = report["checkpoint"]
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.config
-    images = load_split(report["dataset"], report["data"], report["split"], limit=report["limit"], seed=report["seed"],
-                        presize=config.presize or max(config.image_size), channels=config.in_channels,
-                        class_names=config.class_names if report["dataset"] == "imagefolder" and not default_names(config) else None)
+    images = load_judged_split(report["dataset"], report["data"], report["split"], config, limit=report["limit"],
+                               seed=report["seed"])
     ref_train_top1 = float(report["artifacts"][0]["top1"])
     artifacts = plan_artifacts(checkpoint, config, onnx, engines, backends)
     ref_rows: list[dict[str, Any]] = []
     rows: dict[str, list[dict[str, Any]]] = {a.label: [] for a in artifacts}
-    for side in sorted(set(sizes)):
+    train_side = min(config.image_size)
+    if train_side not in sizes:  # every size is judged against the training size, and the range must be placed around it
+        say(f"also measuring the training size {train_side} px")
+    sizes = sorted({*sizes, train_side})
+    for side in sizes:
         cfg = at_size(config, side)
         hw = cfg.image_size
         with TorchRunner(ckpt.model, device="cuda" if torch.cuda.is_available() else "cpu") as ref_runner:
@@ -99,13 +105,18 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
                 rows[a.label].append({"size": side, "hw": hw, "ran": False, "reason": str(e), "passed": allow_skip,
                                       "failures": [] if allow_skip else [f"at {side} px: cannot run here ({e})"]})
                 continue
+            except ArtifactUnsupported as e:  # the artifact itself: a failure at every size, --allow-skip or not
+                rows[a.label].append({"size": side, "hw": hw, "ran": False, "reason": str(e), "passed": False,
+                                      "failures": [f"at {side} px: {e}"]})
+                continue
             except RnDeployError as e:  # an engine whose profiles do not take this size: not a size it accepts
                 rows[a.label].append({"size": side, "hw": hw, "ran": False, "reason": f"not accepted: {e}", "passed": True,
                                       "failures": []})
                 continue
             acc = accuracy(pred, config.class_names)
             agree, _ = agreement(pred, ref)
-            _, parity = judge(acc, ref_acc, agree, pred.nonfinite, limits_for(a.precision, max_drop))
+            _, parity = judge(acc, ref_acc, agree, pred.nonfinite, limits_for(a.precision, max_drop, min_agreement),
+                              lost=lost_images(pred, ref))
             rows[a.label].append(_cell(side, hw, acc, agree, ref_train_top1, parity, size_drop))
         say(f"{side} px: reference top-1 {100 * ref_acc['top1']:.2f}%"
             + "".join(f"; {name} {100 * r[-1]['top1']:.2f}%" for name, r in rows.items() if r[-1]["ran"]))
@@ -118,12 +129,19 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
         art["failing_sizes"] = [c["size"] for c in art["per_size"] if not c["passed"]]
         art["passed"] = not art["failing_sizes"]
     section: dict[str, Any] = {
-        "sizes": sorted(set(sizes)), "train_size": list(config.image_size), "resampling": f"whole image, {RESAMPLING}",
+        "sizes": sizes, "train_size": list(config.image_size), "resampling": f"whole image, {RESAMPLING}",
         "size_drop_points": size_drop, "range_drop_points": range_drop, "reference_train_top1": ref_train_top1,
-        "measured_range": [lo, hi], "recorded_range_before": config.size_range, "recorded": False,
+        "measured_range": [lo, hi], "recorded_range_before": config.size_range, "recorded": False, "not_recorded": None,
         "artifacts": arts, "passed": all(a["passed"] for a in arts)}
     say(f"size range: {lo}-{hi} px (the reference within {range_drop:g} pt of its best; {size_range(config).describe()} before)")
-    if record:
+    why_not = _why_not_record(report, section, train_side) if record else None
+    if why_not:
+        section["not_recorded"] = why_not
+        if report["passed"] and section["passed"]:  # the verdict holds, but what was asked for was not done: exit 1, this line
+            report["failures"] = [*report["failures"], why_not]
+        else:
+            say(why_not)
+    elif record:
         measured = {"sizes": list(curve), "top1": list(curve.values()), "drop_points": range_drop, "range": [lo, hi], "by": "eval",
                     "resampling": section["resampling"], **{k: report[k] for k in ("dataset", "data", "split", "count", "limit", "seed")}}
         record_range(checkpoint, (lo, hi), measured)
@@ -131,8 +149,28 @@ def run_sizes(report: dict[str, Any], files: dict[str, str], sizes: Sequence[int
         stale = [a["name"] for a in arts[1:] if a.get("carries_range") != [lo, hi]]
         say(f"recorded size range {lo}-{hi} px in {checkpoint}" + (f"; re-export so {', '.join(stale)} carry it" if stale else ""))
     report["sizes"] = section
-    report["passed"] = bool(report["passed"]) and section["passed"]
+    report["passed"] = bool(report["passed"]) and section["passed"] and not report["failures"]
     return report, _rewrite(report, files)
+
+
+def _why_not_record(report: dict[str, Any], section: dict[str, Any], train_side: int) -> str | None:
+    """Why the measured range must not go into the checkpoint (one line), or None when it may.
+
+    Engine and serve resize every image into the recorded range: a range without the training size, or one measured in
+    a run whose verdict failed, would move images the model is right at to sizes it is wrong at.
+    """
+    lo, hi = section["measured_range"]
+    head = f"not recording the size range {lo}-{hi} px in {report['checkpoint']}"
+    if not (report["passed"] and section["passed"]):
+        failing = [*report["failures"], *(f"{a['name']}: {'; '.join(a['failures'])}" for a in report["artifacts"] if not a["passed"]),
+                   *(f"{a['name']} at {', '.join(f'{s} px' for s in a['failing_sizes'])}" for a in section["artifacts"]
+                     if not a["passed"])]
+        why = failing[0] + (f" and {len(failing) - 1} more" if len(failing) > 1 else "")
+        return f"{head}: the verdict failed ({why}); measure sizes where it passes, or loosen --size-drop"
+    if not lo <= train_side <= hi:
+        return (f"{head}: it leaves out the training size {train_side} px (the reference is more than "
+                f"{section['range_drop_points']:g} pt better there than at {train_side} px); a range must contain the training size")
+    return None
 
 
 def size_markdown(section: dict[str, Any]) -> str:
@@ -155,7 +193,8 @@ def size_markdown(section: dict[str, Any]) -> str:
     lo, hi = section["measured_range"]
     lines += ["", "Cells: top-1 % (top-1 agreement with the reference at the same size, %).", "",
               f"Measured size range: {lo}-{hi} px (the reference within {section['range_drop_points']:g} pt of its best)"
-              + ("; recorded in the checkpoint." if section["recorded"] else "; not recorded (pass --record-range)."), ""]
+              + ("; recorded in the checkpoint." if section["recorded"] else f"; {section['not_recorded']}." if section.get("not_recorded")
+                 else "; not recorded (pass --record-range)."), ""]
     for a in section["artifacts"]:
         for c in a["per_size"]:
             lines += [f"- {a['name']}: {f}" for f in c["failures"]]

@@ -8,8 +8,8 @@ TensorRT-compatible options is the alternative (``quantizer="ort"``). docs/quant
 comparison that made ModelOpt the default.
 
 Calibration images come from the TRAINING split only; the gate evaluates the Q/DQ model with ONNX
-Runtime (CPU) on the held-out split against the FP32 ONNX (:mod:`rn_deploy.evaluate`). When the
-top-1 drop exceeds ``max_drop`` points it walks a ladder (another calibration method, more
+Runtime (CPU) on the held-out split against the FP32 ONNX, by eval's own rule (:func:`rn_deploy.evaluate.judge`:
+``max_drop`` top-1 points, ``min_agreement`` with FP32). When a rung fails it walks a ladder (another calibration method, more
 calibration images, first/last layers kept in higher precision) and keeps the first rung that
 passes; if none does, nothing is written unless ``force``.
 """

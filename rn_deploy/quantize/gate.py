@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from .calibration import calibration_array
@@ -30,7 +29,8 @@ class QuantizeOptions:
     method: str = "entropy"
     precision: str = "int8"
     exclude: tuple[str, ...] = ()
-    max_drop: float = 1.0
+    max_drop: float | None = None  # None: the precision's default (rn_deploy.evaluate.gates.DEFAULT_MAX_DROP), as eval
+    min_agreement: dict[str, float] | None = None  # per precision; None: eval's defaults (DEFAULT_MIN_AGREEMENT)
     force: bool = False
     ladder: bool = True
     quantizer: str = "modelopt"
@@ -49,13 +49,13 @@ class QuantizeOptions:
             raise QuantizeError(f"--precision fp8 --quantizer {self.quantizer}: FP8 needs --quantizer modelopt ({MODELOPT_INSTALL})")
         if self.calib_size < 1:
             raise QuantizeError(f"--calib-size {self.calib_size}: must be at least 1")
-        if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
+        if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
             raise QuantizeError(f"--max-drop {self.max_drop}: must be a finite number of points >= 0")
 
 
 def ladder(first: Recipe, train_size: int, tried: list[Rung]) -> list[tuple[str, Recipe]]:
     """The next rungs after ``first``: another method, more calibration images, first/last layers kept."""
-    best = min(tried, key=lambda r: r.drop_pts).recipe if tried else first
+    best = min(tried, key=lambda r: (r.drop_pts, -r.agreement)).recipe if tried else first
     other = next(m for m in ("entropy", "percentile", "minmax") if m != first.method)
     more = min(train_size, first.calib_size * LADDER_CALIB_FACTOR)
     keep = tuple(dict.fromkeys((*best.exclude, "first", "last")))
@@ -82,24 +82,32 @@ def finish_model(path: Path, src: onnx.ModelProto, precision: str, recipe: Recip
     return counts
 
 
-def evaluate_onnx(path: Path, images: Any, cfg: Any, batch: int = 256) -> tuple[dict[str, Any], np.ndarray]:
-    """Accuracy of an ONNX file on ``images`` with ONNX Runtime (CPU), through :mod:`rn_deploy.evaluate`,
-    and which images it got right (bool per image)."""
+def evaluate_onnx(path: Path, images: Any, cfg: Any, batch: int = 256) -> tuple[dict[str, Any], Any]:
+    """Accuracy of an ONNX file on ``images`` with ONNX Runtime (CPU), through :mod:`rn_deploy.evaluate`, and its
+    predictions (:class:`rn_deploy.evaluate.SplitPredictions`)."""
     from ..evaluate import accuracy, predict_split
     from ..runners.ort import OrtRunner
 
     with OrtRunner(path) as r:
         pred = predict_split(r, images, cfg, batch=batch, progress=False)
-    return accuracy(pred, cfg.class_names), pred.top1 == pred.labels
+    return accuracy(pred, cfg.class_names), pred
 
 
-def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any, ref: tuple[dict[str, Any], np.ndarray],
+def gate_limits(opts: QuantizeOptions, precision: str) -> dict[str, float | None]:
+    """The limits a ``precision`` rung is held to: eval's (:func:`rn_deploy.evaluate.limits_for`) with these options."""
+    from ..evaluate import limits_for
+
+    return limits_for(precision, opts.max_drop, opts.min_agreement)
+
+
+def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any, ref: tuple[dict[str, Any], Any],
                opts: QuantizeOptions, why: str) -> Rung:
     """Quantize ``fp32`` into ``dst`` by ``recipe`` and judge it on ``test`` against the FP32 result ``ref``.
 
-    A rung passes when the top-1 drop is at most ``opts.max_drop`` points; ``max_drop == 0`` means
-    nothing may be lost, so it also needs no image that FP32 got right to be wrong (a net drop of 0
-    can hide losses balanced by lucky gains).
+    A rung passes eval's gate (:func:`rn_deploy.evaluate.judge`) with the limits of its graph's precision
+    (:func:`rn_deploy.onnxfile.graph_precision`): top-1 at most ``max_drop`` points below FP32 (0: no image FP32
+    got right may be lost) and top-1 agreement with FP32 of at least ``min_agreement``, so a rung that passes here
+    passes ``eval`` on the same images.
     """
     t1 = time.perf_counter()
     src_model = onnx.load(str(fp32), load_external_data=False)
@@ -108,13 +116,17 @@ def try_recipe(fp32: Path, dst: Path, recipe: Recipe, calib_pool: Any, test: Any
     quantize_file(fp32, dst, calibration_array(calib_pool, recipe.calib_size, cfg, opts.seed), method=recipe.method,
                   precision=opts.precision, exclude_nodes=excluded, quantizer=recipe.quantizer)
     counts = finish_model(dst, src_model, opts.precision, recipe, excluded, opts.calib or "")
-    acc, hit = evaluate_onnx(dst, test, cfg, opts.batch)
-    ref_acc, ref_hit = ref
-    drop = round((ref_acc["top1"] - acc["top1"]) * 100, 4)
-    lost, gained = int((ref_hit & ~hit).sum()), int((~ref_hit & hit).sum())
-    passed = drop <= opts.max_drop and (opts.max_drop > 0 or lost == 0)
-    return Rung(why, recipe, excluded, acc["top1"], acc["top5"], drop, passed, round(time.perf_counter() - t1, 2),
-                counts, _per_class(ref_acc, acc), lost, gained)
+    from ..evaluate import agreement, judge, lost_images
+    from ..onnxfile import graph_precision
+
+    acc, pred = evaluate_onnx(dst, test, cfg, opts.batch)
+    ref_acc, ref_pred = ref
+    agree, _ = agreement(pred, ref_pred)
+    lost, gained = lost_images(pred, ref_pred), lost_images(ref_pred, pred)
+    limits = gate_limits(opts, graph_precision(onnx.load(str(dst), load_external_data=False)))
+    drop, fails = judge(acc, ref_acc, agree, pred.nonfinite, limits, lost=lost)
+    return Rung(why, recipe, excluded, acc["top1"], acc["top5"], round(drop, 4), not fails, round(time.perf_counter() - t1, 2),
+                counts, _per_class(ref_acc, acc), lost, gained, agree, fails)
 
 
 def _config(m: onnx.ModelProto) -> Any:

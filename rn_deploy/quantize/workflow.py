@@ -17,7 +17,7 @@ from ..log import Log
 from ..onnxfile import qdq_precision
 from .calibration import calib_dataset
 from .form import QuantizeError, resolve_exclude
-from .gate import LADDER_CALIB_FACTOR, QuantizeOptions, evaluate_onnx, ladder, try_recipe
+from .gate import LADDER_CALIB_FACTOR, QuantizeOptions, evaluate_onnx, gate_limits, ladder, try_recipe
 from .recipes import Recipe, load_modelopt
 from .report import GateFailed, QuantizeReport, report_paths
 
@@ -51,11 +51,12 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
     """Quantize a checkpoint or FP32 ONNX to a Q/DQ ONNX that passes the accuracy gate, and write it with its report.
 
     Raises:
-        GateFailed: no rung kept top-1 within ``opts.max_drop`` and ``opts.force`` is off; nothing is written.
+        GateFailed: no rung passed eval's gate (top-1 drop, agreement with FP32) and ``opts.force`` is off; nothing is
+            written.
         QuantizeError / DataError / MissingDependencyError: bad input, in one line.
     """
     from ..datasets.sources import default_split, load_split
-    from ..evaluate import check_data_fits
+    from ..evaluate import check_data_fits, load_judged_split
 
     say = log or (lambda _s: None)
     t0 = time.perf_counter()
@@ -77,11 +78,12 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
         eval_split = default_split(calib)
         where = f"--calib {calib}"
         calib_pool = load_split(calib, opts.data, "train", limit=opts.calib_size * (LADDER_CALIB_FACTOR if opts.ladder else 1),
-                                seed=opts.seed, presize=cfg.presize, channels=cfg.in_channels, class_names=cfg.class_names)
+                                seed=opts.seed, presize=cfg.presize or max(cfg.image_size), channels=cfg.in_channels,
+                                class_names=cfg.class_names)
         check_data_fits(calib_pool, cfg, where)
-        test = load_split(calib, opts.data, eval_split, limit=opts.eval_limit, seed=opts.seed, presize=cfg.presize,
-                          channels=cfg.in_channels, class_names=cfg.class_names)
-        check_data_fits(test, cfg, f"{where} ({eval_split} split)")
+        # the gate's images are eval's: `eval --limit N --seed S` judges exactly what `--eval-limit N --seed S` gated on
+        test = load_judged_split(calib, opts.data, eval_split, cfg, limit=opts.eval_limit, seed=opts.seed,
+                                 where=f"{where} ({eval_split} split)")
         say(f"calibration: {calib} train split ({len(calib_pool)} images available); gate: {len(test)} {eval_split} images")
         fp32 = source
         if source.suffix != ".onnx":
@@ -93,8 +95,9 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
 
         ref = evaluate_onnx(fp32, test, cfg, opts.batch)
         say(f"reference: FP32 ONNX top-1 {ref[0]['top1'] * 100:.2f}%")
-        report = QuantizeReport(source=str(source), output=None, precision=opts.precision, max_drop=opts.max_drop,
-                                calib_dataset=calib, calib_split="train", eval_split=eval_split, eval_images=len(test),
+        limits = gate_limits(opts, opts.precision)
+        report = QuantizeReport(source=str(source), output=None, precision=opts.precision, max_drop=limits["max_drop_points"],
+                                min_agreement=limits["min_agreement"], calib_dataset=calib, calib_split="train", eval_split=eval_split, eval_images=len(test),
                                 reference=ref[0], forced=opts.force)
         plan: list[tuple[str, Recipe]] = [("requested", first)]
         files: list[Path] = []
@@ -107,7 +110,8 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
             report.rungs.append(rung)
             files.append(dst)
             say(f"rung {len(report.rungs)} ({why}): {recipe.label()}: top-1 {rung.top1 * 100:.2f}% "
-                f"(drop {rung.drop_pts:+.2f} pt; {rung.lost} images lost, {rung.gained} gained) {'pass' if rung.passed else 'fail'}")
+                f"(drop {rung.drop_pts:+.2f} pt; agreement {rung.agreement * 100:.2f}%; {rung.lost} images lost, {rung.gained} "
+                f"gained) " + ("pass" if rung.passed else "fail: " + "; ".join(rung.failures)))
             if rung.passed:
                 report.chosen = len(report.rungs) - 1
                 break
@@ -115,12 +119,12 @@ def quantize(source: str | Path, out: str | Path, opts: QuantizeOptions, *, log:
                 plan = ladder(first, len(calib_pool), report.rungs)
         report.seconds = round(time.perf_counter() - t0, 2)
         if report.chosen is None:
-            best = min(range(len(report.rungs)), key=lambda i: report.rungs[i].drop_pts)
+            best = min(range(len(report.rungs)), key=lambda i: (report.rungs[i].drop_pts, -report.rungs[i].agreement))
             if not opts.force:
                 r = report.rungs[best]
-                raise GateFailed(f"{out}: not written: no rung kept top-1 within {opts.max_drop:g} pt of FP32 "
-                                 f"({ref[0]['top1'] * 100:.2f}%); best was rung {best + 1} ({r.recipe.label()}) at {r.drop_pts:+.2f} pt; "
-                                 "relax --max-drop, or --force to write it anyway", report)
+                raise GateFailed(f"{out}: not written: no rung passed the gate ({report.gate_text()}; FP32 top-1 "
+                                 f"{ref[0]['top1'] * 100:.2f}%); best was rung {best + 1} ({r.recipe.label()}): "
+                                 f"{'; '.join(r.failures)}; relax --max-drop/--min-agreement, or --force to write it anyway", report)
             report.chosen = best
             say(f"--force: writing rung {best + 1} although it fails the gate")
         report.output = str(out)

@@ -6,14 +6,15 @@ runner's device, that the caller owns: no later call writes into it) and ``sync(
 the device). ``framework``, ``device`` and ``precision`` say what computes; ``artifact`` is the
 file it runs (None for an in-memory model). Creating a runner for a backend that is
 not available here raises :class:`RunnerUnavailable` with the reason, which reports print as a
-skip rather than a crash.
+skip rather than a crash; an artifact the runner cannot take (its own tensor types, say) raises
+:class:`ArtifactUnsupported`, which is a failure wherever it is met.
 """
 
 from __future__ import annotations
 
-from .base import BaseRunner, Runner, RunnerUnavailable
+from .base import ArtifactUnsupported, BaseRunner, Runner, RunnerUnavailable
 from .ort import OrtRunner
 from .torch_runner import TorchRunner
 from .trt import TrtRunner
 
-__all__ = ["BaseRunner", "OrtRunner", "Runner", "RunnerUnavailable", "TorchRunner", "TrtRunner"]
+__all__ = ["ArtifactUnsupported", "BaseRunner", "OrtRunner", "Runner", "RunnerUnavailable", "TorchRunner", "TrtRunner"]

@@ -10,7 +10,13 @@ from ..errors import RnDeployError
 
 
 class RunnerUnavailable(RnDeployError):
-    """The backend cannot run here (library or GPU missing); the message says why."""
+    """This machine cannot run the backend (library or GPU missing); the message says why. The only refusal
+    ``--allow-skip`` excuses: elsewhere the same artifact may run."""
+
+
+class ArtifactUnsupported(RnDeployError):
+    """The artifact itself cannot be run by this runner on any machine (a tensor type it does not take, a class
+    dimension it needs fixed): a failure of the artifact, never a skip, whatever ``--allow-skip`` says."""
 
 
 @runtime_checkable

@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import RnDeployError
 from ..preprocess import to_layout
-from .base import BaseRunner, RunnerUnavailable
+from .base import ArtifactUnsupported, BaseRunner, RunnerUnavailable
 from .lru import DEFAULT_MAX_SHAPES, ShapeLRU
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def _ort() -> Any:
@@ -55,16 +57,21 @@ class OrtRunner(BaseRunner):
         provider: ``cpu`` or ``cuda``.
         cuda_graph: with ``cuda``: one CUDA-graph session per input shape, in an LRU.
         threads: intra-op threads for CPU (None: ORT's default).
+        session_config: ONNX Runtime session config entries (``session.intra_op.allow_spinning``: "0"
+            lets the pool sleep between runs instead of spinning on cores a server's other threads need)
+            and, as ``inter_op_threads``, the inter-op pool's size.
         nhwc: let ORT's CUDA EP prefer NHWC kernels.
         max_graphs: the most CUDA-graph sessions kept (one per shape); the least recently used is
             evicted, freeing its GPU memory.
+        graph_opt: ONNX Runtime's graph optimisation level, one of :data:`GRAPH_OPT_LEVELS` (None: ORT's default, all).
     """
 
     framework = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, provider: str = "cpu", cuda_graph: bool = False, threads: int | None = None,
-                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES):
-        from ..onnxfile import check_onnx_file, onnx_interface, weights_fp16
+                 nhwc: bool = True, max_graphs: int = DEFAULT_MAX_SHAPES, graph_opt: str | None = None,
+                 session_config: dict[str, str] | None = None):
+        from ..onnxfile import check_onnx_file, graph_precision, onnx_interface
 
         ort = _ort()
         self.path, self.nhwc, self.threads = Path(onnx_path), nhwc, threads
@@ -84,8 +91,18 @@ class OrtRunner(BaseRunner):
         self.opts.log_severity_level = 3
         if threads:
             self.opts.intra_op_num_threads = threads
-        quantized = next((p.value for p in graph.metadata_props if p.key == "rn_deploy.precision" and p.value in ("int8", "fp8")), None)
-        self.precision = quantized or ("fp16" if weights_fp16(graph) else "fp32")
+        self.graph_opt = graph_opt
+        if graph_opt is not None:
+            if graph_opt not in GRAPH_OPT_LEVELS:
+                raise RnDeployError(f"graph optimisation level {graph_opt!r}: choose one of {', '.join(GRAPH_OPT_LEVELS)}")
+            self.opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_opt])
+        self.session_config = dict(session_config or {})
+        for key, value in self.session_config.items():
+            if key == "inter_op_threads":
+                self.opts.inter_op_num_threads = int(value)
+            else:
+                self.opts.add_session_config_entry(key, value)
+        self.precision = graph_precision(graph)
         self.sess = self._session(False)
         inp, out = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         # Names and element types come from the model, not from assumptions.
@@ -93,7 +110,7 @@ class OrtRunner(BaseRunner):
         self.in_type, self.out_type = inp.type, out.type
         for t in (self.in_type, self.out_type):
             if t not in _TORCH:
-                raise RunnerUnavailable(f"{self.path}: tensor type {t} is not supported by this runner (float or float16)")
+                raise ArtifactUnsupported(f"{self.path}: tensor type {t} is not supported by this runner (float or float16)")
         self.n_out = out.shape[1] if len(out.shape) > 1 and isinstance(out.shape[1], int) else None
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.name = f"ort-{provider}{'-graph' if self.cuda_graph else ''}-{self.precision}"
@@ -123,7 +140,7 @@ class OrtRunner(BaseRunner):
             twin.graphs = ShapeLRU(self.graphs.maxsize, twin._evict)
             return twin
         return OrtRunner(self.path, provider=self.provider, cuda_graph=self.cuda_graph, threads=self.threads, nhwc=self.nhwc,
-                         max_graphs=self.graphs.maxsize)
+                         max_graphs=self.graphs.maxsize, graph_opt=self.graph_opt, session_config=self.session_config)
 
     def prepare(self, x: torch.Tensor) -> Any:
         dtype = _TORCH[self.in_type]
@@ -139,7 +156,7 @@ class OrtRunner(BaseRunner):
 
     def _out_buffer(self, batch: int) -> torch.Tensor:
         if self.n_out is None:
-            raise RunnerUnavailable(f"{self.path}: the output's class dimension is not fixed; IOBinding needs it")
+            raise ArtifactUnsupported(f"{self.path}: the output's class dimension is not fixed; IOBinding needs it")
         return torch.empty(batch, self.n_out, device="cuda", dtype=_TORCH[self.out_type])
 
     def _bind(self, sess: Any, x: torch.Tensor, out: torch.Tensor) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,12 +135,21 @@ def check_engine_file(engine_path: str | Path) -> tuple[EngineManifest, Any, byt
         raise ManifestError(f"{engine_path}: no such engine file")
     m = EngineManifest.load(engine_path)
     data = engine_path.read_bytes()
-    if m.engine_sha256 and hashlib.sha256(data).hexdigest() != m.engine_sha256:
-        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
-                                       f"or truncated; {_rebuild_hint(m)}")
+    check_engine_digest(m, hashlib.sha256(data).hexdigest(), engine_path)
     trt = import_backend(m.backend)
     check_compatible(m, trt, None)
     return m, trt, data
+
+
+def check_engine_digest(m: EngineManifest, digest: str, engine_path: str | Path) -> None:
+    """The engine's sha256 must equal the manifest's ``engine_sha256``, which must be a sha256: an empty or malformed one
+    is not "nothing to check" (deserialising may allow the plan's host code, trusted only on a matching digest)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", str(m.engine_sha256 or "")):
+        raise EngineCompatibilityError(f"{engine_path}: its manifest records no valid engine_sha256 ({m.engine_sha256!r}), so the "
+                                       f"engine cannot be checked and is not loaded; {_rebuild_hint(m)}")
+    if digest != m.engine_sha256:
+        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
+                                       f"or truncated; {_rebuild_hint(m)}")
 
 
 def deserialize_checked(m: EngineManifest, trt: Any, data: bytes) -> Any:
@@ -150,7 +160,8 @@ def deserialize_checked(m: EngineManifest, trt: Any, data: bytes) -> Any:
         raise EngineCompatibilityError(f"{m.engine_path}: no CUDA GPU visible; {m.backend} engines need one to run")
     check_compatible(m, trt, gpu["compute_capability"])
     runtime: trt_api.Runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    if m.version_compatible:
+    if m.version_compatible:  # host code is allowed below on the digest alone: check it here too, whoever called
+        check_engine_digest(m, hashlib.sha256(data).hexdigest(), m.engine_path)
         runtime = _version_compatible_runtime(m, runtime, str(trt.__version__))
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
@@ -180,9 +191,7 @@ def inspect_engine(engine_path: str | Path) -> dict[str, Any]:
     if not Path(engine_path).is_file():
         raise ManifestError(f"{engine_path}: no such engine file")
     m = EngineManifest.load(engine_path)
-    if m.engine_sha256 and sha256_file(engine_path) != m.engine_sha256:  # a changed engine is an error, not a skipped detail
-        raise EngineCompatibilityError(f"{engine_path}: engine bytes do not match its manifest (sha256); the file was changed "
-                                       f"or truncated; {_rebuild_hint(m)}")
+    check_engine_digest(m, sha256_file(engine_path), engine_path)  # a changed engine is an error, not a skipped detail
     out: dict[str, Any] = {"manifest": m.to_dict(), "layers": None, "layers_skipped": None}
     try:
         _m, trt, engine = load_engine_checked(engine_path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+from ..names import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+from ..triton import DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_MODEL = "classifier"
 SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"
@@ -26,4 +27,6 @@ class ServeOptions:
     instances: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect: float = DEFAULT_MAX_ASPECT
+    max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     exit_timeout_s: int = 4  # Triton waits this long for open HTTP connections, then in-flight requests: < 10 s in all

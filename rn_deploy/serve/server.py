@@ -23,6 +23,32 @@ from .repository import write_repository
 from .tritonserver import server_env, stage_backends, tritonserver_command
 
 START_TIMEOUT_S = 180
+CHECK_TIMEOUT_S = 300  # the check imports torch and ONNX Runtime: slow on a loaded machine, still bounded
+
+# Run in a child interpreter: loads the model as the backend stub will (Engine.load) and prints what the supervisor
+# needs to know about it. The supervisor itself then never imports torch or ONNX Runtime (issue 33).
+_CHECK_CODE = """import json, sys
+from rn_deploy.errors import RnDeployError
+try:
+    from rn_deploy.engine import Engine
+    from rn_deploy.serve.server import range_uncovered
+    engine = Engine.load(sys.argv[1])
+    try:
+        cfg, why = engine.config, range_uncovered(engine)
+    finally:
+        engine.close()
+    if why:
+        raise RnDeployError(f"{sys.argv[1]}: {why}; serve resizes every image into that range: rebuild the engine with "
+                            "profiles covering it (rn-deploy build --min/--max), or serve the ONNX")
+except RnDeployError as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(3)
+json.dump({"arch": cfg.arch, "n_classes": cfg.n_classes, "in_channels": cfg.in_channels,
+           "image_size": list(cfg.image_size), "class_names": list(cfg.class_names)}, sys.stdout)
+sys.stdout.flush()
+import os
+os._exit(0)  # torch's interpreter shutdown is slow and checks nothing
+"""
 
 
 def _ready_url(opts: ServeOptions) -> str:
@@ -62,25 +88,51 @@ def _stop_server(proc: subprocess.Popen[bytes], wait_s: float) -> None:
     proc.wait()
 
 
+def check_model(model: Path) -> dict[str, Any]:
+    """Load ``model`` as the server will, in a short-lived child process; its config (arch, n_classes, in_channels,
+    image_size, class_names). Raises :class:`RnDeployError` with the loader's one line when it is refused."""
+    import json
+
+    if not Path(model).is_file():
+        raise RnDeployError(f"{model}: no such file")
+    try:
+        run = subprocess.run([sys.executable, "-c", _CHECK_CODE, str(model)], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, env=server_env(), timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RnDeployError(f"{model}: loading the model took over {CHECK_TIMEOUT_S} s; is the machine overloaded?") from None
+    lines = [ln for ln in run.stderr.strip().splitlines() if ln.strip()]
+    if run.returncode == 3:
+        raise RnDeployError(lines[-1] if lines else f"{model}: refused by the model loader")
+    if run.returncode != 0:
+        raise RnDeployError(f"{model}: loading the model failed (exit {run.returncode}): {lines[-1] if lines else 'no message'}")
+    info: dict[str, Any] = json.loads(run.stdout)
+    return info
+
+
 def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None,
-          on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+          on_ready: Callable[[dict[str, Any]], None] | None = None, *, model_info: dict[str, Any] | None = None,
+          server_log: Path | None = None) -> None:
     """Load the model, start tritonserver and serve until SIGTERM/SIGINT (or ``stop`` is set); then drain and exit.
 
     ``on_ready`` is called once the server answers, with its endpoints (``rn-deploy serve --json``
     prints them as one JSON object on stdout: a script can wait for that line). tritonserver's own
     log goes to stderr.
 
+    ``model_info``: what :func:`check_model` returned for this model (the check is then not repeated);
+    ``server_log``: a file for tritonserver's log instead of stderr.
+
     Raises :class:`RnDeployError` (before any server process starts) for a bad model or a taken port.
     """
-    from ..engine import Engine
     from ..triton import check_model_name
 
-    if opts.max_batch < 1 or opts.instances < 1 or opts.max_pixels < 1 or opts.max_queue_delay_us < 0 or opts.max_aspect < 1:
-        raise RnDeployError("--max-batch, --instances, --max-pixels and --max-aspect must be >= 1, --max-queue-delay-us >= 0")
+    if min(opts.max_batch, opts.instances, opts.max_pixels, opts.max_aspect, opts.max_request_bytes) < 1 or opts.max_queue_delay_us < 0:
+        raise RnDeployError("--max-batch, --instances, --max-pixels, --max-aspect and --max-request-bytes must be >= 1, "
+                            "--max-queue-delay-us >= 0")
+    if opts.max_batch_pixels < opts.max_pixels:
+        raise RnDeployError(f"--max-batch-pixels {opts.max_batch_pixels} is below --max-pixels {opts.max_pixels}: "
+                            "an admitted request could never run; raise it")
     check_model_name(opts.name)
-    engine = Engine.load(opts.model)  # refuses a bad model here, in one line, before any server starts
-    cfg = engine.config
-    engine.close()
+    cfg = model_info or check_model(opts.model)  # refuses a bad model here, in one line, before any server starts
     check_ports(opts.host, {"--http-port": opts.http_port, "--grpc-port": opts.grpc_port, "--metrics-port": opts.metrics_port})
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -88,10 +140,11 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
             signal.signal(sig, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="rn-deploy-serve.") as tmp:
         repo = Path(tmp) / "models"
-        write_repository(repo, opts, cfg.in_channels, cfg.n_classes)
+        write_repository(repo, opts, cfg["in_channels"], cfg["n_classes"])
         cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
-                                env=server_env())
+        with open(server_log, "ab") if server_log else open(os.devnull, "rb") as f:
+            out = f.fileno() if server_log else sys.stderr.fileno()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=server_env())
         try:
             url, deadline = _ready_url(opts), time.monotonic() + START_TIMEOUT_S
             while not _is_ready(url):
@@ -104,14 +157,15 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                     break
             else:
                 if on_ready is not None:
-                    on_ready({"model": str(opts.model), "name": opts.name, "arch": cfg.arch, "classes": cfg.class_names,
-                              "in_channels": cfg.in_channels, "image_size": cfg.image_size,
+                    on_ready({"model": str(opts.model), "name": opts.name, "arch": cfg["arch"], "classes": cfg["class_names"],
+                              "in_channels": cfg["in_channels"], "image_size": cfg["image_size"],
                               "http": f"{opts.host}:{opts.http_port}", "grpc": f"{opts.host}:{opts.grpc_port}",
                               "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
                               "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
+                              "max_batch_pixels": opts.max_batch_pixels, "max_request_bytes": opts.max_request_bytes,
                               "pid": os.getpid()})
-                log(f"serving {opts.model} as model {opts.name!r} ({cfg.arch}, {cfg.n_classes} classes, {cfg.in_channels} channel(s), "
-                    f"{cfg.image_size[0]}x{cfg.image_size[1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
+                log(f"serving {opts.model} as model {opts.name!r} ({cfg['arch']}, {cfg['n_classes']} classes, "
+                    f"{cfg['in_channels']} channel(s), {cfg['image_size'][0]}x{cfg['image_size'][1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
                     f"metrics {opts.host}:{opts.metrics_port}/metrics; SIGTERM or Ctrl-C stops")
                 while not stop.wait(0.5):
                     if proc.poll() is not None:
@@ -120,6 +174,19 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
         finally:
             _stop_server(proc, opts.exit_timeout_s + 4)
     log("stopped")
+
+
+def range_uncovered(engine: Any) -> str | None:
+    """Why ``engine``'s profiles cannot run every size of its model's size range at batch 1 (None when they can)."""
+    from ..sizes import size_range, target_size
+
+    cfg = engine.config
+    rng = size_range(cfg)
+    for side in range(rng.lo, rng.hi + 1):
+        h, w = target_size(cfg, side, side * 4)  # short side `side`: the size an image of it runs at
+        if engine.runner.covers((1, cfg.in_channels, h, w)):
+            return (f"its profiles do not take {w}x{h}, inside the model's size range {rng.describe()}")
+    return None
 
 
 def check_ports(host: str, ports: dict[str, int]) -> None:
@@ -136,3 +203,15 @@ def check_ports(host: str, ports: dict[str, int]) -> None:
             except OSError as e:
                 raise RnDeployError(f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror}); "
                                     f"stop what uses it or pass another {flag}") from None
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 now (for servers started by ``serve --tune`` and tests)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
