@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -114,7 +115,11 @@ def train_command(compile_: bool, as_json: bool, quiet: bool, **opts: Any) -> No
             click.echo(f"interrupted: {e.checkpoint} holds {plural(e.epochs_done, 'epoch')} of {e.epochs}; run the same command "
                        "with --resume to continue from it" if e.checkpoint else
                        f"interrupted before the first epoch finished; no checkpoint was written ({cfg.out})", err=True)
-        raise SystemExit(130) from None
+        # Every checkpoint is complete (written to a temporary file, then renamed): nothing is left for the interpreter's
+        # shutdown to do, and torch's teardown after a Ctrl-C sometimes ended the process by SIGINT (-2) instead of 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     if not rank0:
         return
     if as_json:
