@@ -113,11 +113,15 @@ def perf_analyzer_env() -> dict[str, str]:
 
 
 def run_perf_analyzer(exe: Path, url: str, data: Path, concurrency: int, out: Path, interval_ms: int,
-                      stability: int) -> dict[str, Any]:
+                      stability: int, expected_rps: float | None = None) -> dict[str, Any]:
     """One perf_analyzer level over HTTP: throughput and client-side latency percentiles from its CSV."""
     csv = out / f"perf_analyzer_c{concurrency}.csv"
+    # docs/serving.md's command: count windows (time windows judged on p99 failed to stabilise on a CPU server, issue 32),
+    # sized to about interval_ms of requests at this level's rate (at least 200 requests).
+    count = max(200, int(expected_rps * interval_ms / 1000)) if expected_rps else 200
     cmd = [str(exe), "-m", "classifier", "-u", url, "-i", "http", "--input-data", str(data), "--concurrency-range",
-           str(concurrency), "--measurement-interval", str(interval_ms), "--percentile", "99", "-s", str(stability), "-f", str(csv)]
+           str(concurrency), "--measurement-mode", "count_windows", "--measurement-request-count", str(count),
+           "--stability-percentage", str(stability), "--max-trials", "20", "-f", str(csv)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=perf_analyzer_env(), timeout=600)
     if run.returncode != 0:
         return {"error": (run.stderr or run.stdout).strip().splitlines()[-1:], "command": " ".join(cmd)}

@@ -101,9 +101,9 @@ def compare_generators(exe: Path | None, url: str, encoded: list[bytes], levels:
     for c in levels:
         r = rows.setdefault(c, {"perf_analyzer": [], "loadtest": []})
         for _ in range(2):
-            pa = run_perf_analyzer(exe, url, data, c, out, int(seconds * 1000), stability)
-            r["perf_analyzer"].append(pa)
             lv = run_level(url, "classifier", encoded, c, seconds, False)
+            pa = run_perf_analyzer(exe, url, data, c, out, int(seconds * 1000), stability, lv.requests_per_s)
+            r["perf_analyzer"].append(pa)
             r["loadtest"].append({"requests_per_s": lv.requests_per_s, "p50_ms": lv.p50_ms, "p99_ms": lv.p99_ms,
                                   "client_cpu": lv.client_cpu, "client_bound": lv.client_bound, "verdict": lv.verdict})
         pa_rate = [p["requests_per_s"] for p in r["perf_analyzer"] if "requests_per_s" in p]
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary [default: PATH, then the tritonclient wheel's bin/].")
-    ap.add_argument("--pa-stability", type=int, default=10, help="perf_analyzer -s (raise it on a loaded machine).")
+    ap.add_argument("--pa-stability", type=int, default=20, help="perf_analyzer --stability-percentage (docs/serving.md's 20).")
     ap.add_argument("--out", type=Path, default=Path("exports/serve-efficiency"))
     args = ap.parse_args()
 
