@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -177,6 +178,34 @@ def test_rerun_reuses_unchanged_candidates_and_redoes_what_changed(run: dict[str
     assert r.exit_code == 0, r.stderr[-2000:]
     assert "[onnx-fp16] make: reused" in r.stderr and "judge: reused" not in r.stderr
     assert json.loads((out / "optimize.json").read_text())["reference"]["sizes"] == [28]
+
+
+@needs_fashion
+def test_the_triton_folder_takes_the_serving_setting_tuned_for_the_chosen_file(run: dict[str, Any]):
+    """Issue 34: the Triton repository carries `serve --tune`'s setting when one was saved for the chosen artifact
+    (ARTIFACT.serving.json, sha256 of the very file); a stale one (other bytes) is ignored with a warning. Planted:
+    write_triton without the tuned setting fails the first half."""
+    from rn_deploy.tuned import save_tuned, tuned_path
+
+    out = run["out"]
+    chosen = json.loads((out / "optimize.json").read_text())
+    artifact = out / next(c["artifact"] for c in chosen["candidates"] if c["name"] == chosen["chosen"])
+    saved = save_tuned(artifact, {"max_batch": 4, "max_queue_delay_us": 750, "instances": 2}, {"note": "planted by the test"})
+    try:
+        r = CliRunner().invoke(main, ["optimize", str(run["ckpt"]), "-o", str(out), *FAST])
+        assert r.exit_code == 0, r.stderr[-2000:]
+        cfg = (out / "triton/mnist_cnn/config.pbtxt").read_text()
+        assert re.search(r"^max_batch_size: 4$", cfg, flags=re.M), cfg
+        doc = json.loads((out / "optimize.json").read_text())
+        if doc["chosen"] == chosen["chosen"]:  # the timing is redone: the same winner is the usual case
+            assert "tuned serving setting max_batch=4, max_queue_delay_us=750, instances=2" in doc["triton"]["settings"]
+        record = json.loads(saved.read_text())
+        saved.write_text(json.dumps({**record, "model_sha256": "0" * 64}))  # tuned for other bytes: stale
+        r = CliRunner().invoke(main, ["optimize", str(run["ckpt"]), "-o", str(out), *FAST])
+        assert r.exit_code == 0 and "is stale" in r.stderr, r.stderr[-2000:]
+        assert not re.search(r"^max_batch_size: 4$", (out / "triton/mnist_cnn/config.pbtxt").read_text(), flags=re.M)
+    finally:
+        tuned_path(artifact).unlink(missing_ok=True)
 
 
 @needs_fashion

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,18 @@ def triton_name(arch: str) -> str:
     return name[:128]
 
 
-def write_triton(artifact: Path, repo: Path, name: str, backend: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The chosen artifact as a Triton model folder (``rn-deploy export-triton``), with its ONNX Runtime settings."""
+def write_triton(artifact: Path, repo: Path, name: str, backend: str, settings: dict[str, Any],
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The chosen artifact as a Triton model folder (``rn-deploy export-triton``), with its ONNX Runtime settings and,
+    when ``rn-deploy serve ARTIFACT --tune`` saved one for this very file (ARTIFACT.serving.json), its serving setting."""
     from ..triton import export_triton
+    from ..tuned import load_tuned
 
     kind = "cpu" if backend == "ort-cpu" else "gpu"
-    dest = export_triton(artifact, repo, name, force=True, kind=kind)
-    said = []
+    tuned = load_tuned(artifact, warn=log) or {}
+    dest = export_triton(artifact, repo, name, max_batch=tuned.get("max_batch"), force=True, kind=kind,
+                         image_max_queue_delay_us=tuned.get("max_queue_delay_us"), image_instances=tuned.get("instances"))
+    said = [f"tuned serving setting {', '.join(f'{k}={v}' for k, v in tuned.items())}"] if tuned else []
     extra = ""
     if settings.get("threads"):
         extra += f'parameters {{\n  key: "intra_op_thread_count"\n  value: {{ string_value: "{int(settings["threads"])}" }}\n}}\n'

@@ -268,7 +268,7 @@ def _finish(cands: list[Candidate], src: Source, folder: Path, opts: OptimizeOpt
     if chosen is not None:
         c = next(c for c in cands if c.name == chosen)
         doc["triton"] = write_triton(folder / c.artifact, folder / "triton", opts.triton_name or triton_name(src.config.arch),
-                                     c.backend, c.settings)
+                                     c.backend, c.settings, log=say)
         say(f"triton: wrote {doc['triton']['folder']}" + (f" ({doc['triton']['settings']})" if doc["triton"]["settings"] else ""))
     files = write_reports(doc, folder)
     say(f"wrote {', '.join(files.values())}")
