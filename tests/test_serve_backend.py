@@ -298,16 +298,23 @@ def test_server_fault_is_internal_with_an_id_that_the_log_carries(tmp_path: Path
 # ---------------------------------------------------------------- item 7: the documented perf_analyzer command
 
 
-def test_documented_perf_analyzer_command_uses_count_windows_and_says_it_was_not_run() -> None:
+def test_documented_perf_analyzer_command_uses_count_windows_and_a_concurrency_range_it_parses() -> None:
     """The documented `--percentile 99` with 5 s time windows failed to stabilise in 4 of 6 runs at concurrency 4: p99
-    of a few hundred requests per window decided stability. Planted: the old command in docs/serving.md fails this."""
+    of a few hundred requests per window decided stability. perf_analyzer (2.50.0, run against `serve`) refuses
+    `--concurrency-range 1:16:x4`: its grammar is start[:end[:step]] of integers (a linear step). Planted: the old
+    command, and `1:16:x4`, in docs/serving.md fail this."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
     (cmd,) = re.findall(r"^perf_analyzer .*?(?<!\\)$", text.replace("\\\n", "\\ "), flags=re.M | re.S)
     flags = cmd.split()
     assert "--percentile" not in cmd and "--measurement-interval" not in cmd, cmd
     assert flags[flags.index("--measurement-mode") + 1] == "count_windows", cmd
     assert int(flags[flags.index("--measurement-request-count") + 1]) >= 100, cmd
-    assert "Not run here" in text
+    levels = flags[flags.index("--concurrency-range") + 1]
+    if levels == "$c":  # one run per level from the loop around it
+        (levels,) = re.findall(r"^for c in ([0-9 ]+); do$", text, flags=re.M)
+        assert [int(c) for c in levels.split()] == [1, 4, 16], levels
+    else:
+        assert re.fullmatch(r"[0-9]+(:[0-9]+(:[0-9]+)?)?", levels), f"perf_analyzer refuses --concurrency-range {levels}"
 
 
 def test_serve_refuses_a_batch_pixel_budget_below_max_pixels_as_a_bad_option(tmp_path: Path) -> None:
