@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import RnDeployError
 
@@ -113,3 +114,22 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed), imported on first use: plotting is optional work."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> str:
+    """Lay out ``fig``, write it to ``path`` as a PNG atomically (temporary file, then rename), close it; the path."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    pyplot().close(fig)
+    return str(path)

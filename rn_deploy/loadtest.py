@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_write_text, pyplot, save_png
 from .client import find_model, host_port, make_client, protocol_module, server_message
 from .errors import DataError, MissingDependencyError
 from .serve import IMAGE, INDEX, LABEL, PROBS, SCORE, SERVE_EXTRA
@@ -303,17 +303,8 @@ def markdown(rep: LoadReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot(rep: LoadReport, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     c = [lv.concurrency for lv in rep.levels]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(c, [lv.requests_per_s for lv in rep.levels], "o-", color="tab:blue", label="requests/s")
@@ -330,15 +321,12 @@ def plot(rep: LoadReport, path: Path) -> None:
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [str(h.get_label()) for h in lines], loc="upper left")
     ax.set_title(f"{rep.model}: throughput and latency ({rep.protocol})")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_split(rep: LoadReport, path: Path) -> None:
     """Stacked bars per concurrency: the mean latency's client, queue, compute and remaining server parts."""
-    plt = _pyplot()
+    plt = pyplot()
     levels = [lv for lv in rep.levels if lv.split]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     x = [str(lv.concurrency) for lv in levels]
@@ -353,10 +341,7 @@ def plot_split(rep: LoadReport, path: Path) -> None:
     ax.set_title(f"{rep.model}: where the latency went ({rep.protocol})" if levels else "no server statistics")
     if names:
         ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(rep: LoadReport, out: str | Path) -> dict[str, str]:

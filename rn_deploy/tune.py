@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_write_text, pyplot, save_png
 from .loadtest import run_level
 from .serve.options import ServeOptions
 from .serve.procfs import cpu_seconds, process_tree
@@ -231,10 +231,7 @@ def markdown(res: TuneResult) -> str:
 
 def plot(res: TuneResult, path: Path) -> None:
     """Throughput against p99 per setting, the budget as a line, the chosen setting ringed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in [r for r in res.rows if not r.failed and r.p99_ms is not None]:
@@ -250,8 +247,5 @@ def plot(res: TuneResult, path: Path) -> None:
     ax.set_ylabel("requests/s")
     ax.set_title(f"serve --tune: {Path(res.model).name}, concurrency {res.concurrency}")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 

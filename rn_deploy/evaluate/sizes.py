@@ -202,13 +202,9 @@ def size_markdown(section: dict[str, Any]) -> str:
 
 
 def _plot(section: dict[str, Any], path: Path) -> str:
-    import matplotlib
+    from .._io import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .._io import atomic_path
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     lo, hi = section["measured_range"]
     ax.axvspan(lo - 0.5, hi + 0.5, color="tab:green", alpha=0.12, label=f"measured range {lo}-{hi} px")
@@ -225,11 +221,7 @@ def _plot(section: dict[str, Any], path: Path) -> str:
     ax.set_title("Accuracy against image size", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_png(fig, path)
 
 
 def _rewrite(report: dict[str, Any], files: dict[str, str]) -> dict[str, str]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_write_text, pyplot, save_png
 from ..strictjson import dumps
 
 FORMAT = "rn-deploy-optimize/1"
@@ -77,10 +77,7 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
     pts = [c for c in doc["candidates"] if c["images_per_s"] is not None and c["top1"] is not None]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for c in pts:
@@ -97,11 +94,7 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
     ax.set_title("Accuracy against throughput", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_png(fig, path)
 
 
 def triton_name(arch: str) -> str:
