@@ -50,12 +50,13 @@ class Classifier:
                                "send it resized into the model's size range")
         return ([(cfg.presize, cfg.presize)] if cfg.presize else []) + [(th, tw)]
 
-    def check_size(self, request: dict[str, np.ndarray]) -> None:
-        """Refuse a request whose bytes are over ``max_request_bytes``, before any of them is decoded."""
+    def check_size(self, request: dict[str, np.ndarray]) -> int:
+        """The request's bytes; :class:`RequestError` when they are over ``max_request_bytes``, before any is decoded."""
         n = request_bytes(request)
         if n > self.max_request_bytes:
             raise RequestError(f"request of {n} bytes is over the server's --max-request-bytes {self.max_request_bytes}; "
                                "send smaller images")
+        return n
 
     def read(self, request: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The images of one request (a request may carry several rows); :class:`RequestError` if it cannot be read."""
@@ -239,11 +240,11 @@ class TritonPythonModel:
         body = 0
         for req in requests:  # one request's tensors at a time: an over-limit body is dropped before the next is read
             d = {n: t.as_numpy() for n in (IMAGE, PIXELS) if (t := pb.get_input_tensor_by_name(req, n)) is not None}
-            body += request_bytes(d)
             try:
-                self.classifier.check_size(d)
+                body += self.classifier.check_size(d)
                 inputs.append(d)
             except RequestError as e:
+                body += request_bytes(d)  # over the limit: the body that most needs its memory given back
                 inputs.append(e.with_traceback(None))
             del d
         try:
