@@ -615,7 +615,7 @@ def test_export_triton_image_model_is_the_served_contract_and_runs_on_tritonserv
     assert [o.name for o in ours.output] == ["label", "index", "score", "probs"] and list(ours.output[3].dims) == [10]
     assert (tmp_path / "repo" / "fm_image" / "1" / "model.py").read_text() == (served / "1" / "model.py").read_text()
 
-    cmd = tritonserver_command(opts, tmp_path / "repo", stage_backends(tmp_path / "backends"), "t",
+    cmd = tritonserver_command(opts, tmp_path / "repo", stage_backends(tmp_path / "backends"), "t", (h, g),
                                "--model-control-mode=explicit", "--load-model=fm_image")  # fm itself needs the ORT backend
     with open(tmp_path / "triton.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env())

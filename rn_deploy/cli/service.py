@@ -29,7 +29,10 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 @click.option("--max-batch-pixels", type=click.IntRange(min=1), default=24_000_000, show_default=True,
               help="Decoded pixels one model instance holds at once (>= --max-pixels); later requests of a batch wait for the next part.")
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
-              help="Largest request (its images' bytes together); refused with HTTP 400 before any decoding.")
+              help="Largest request body; refused at the socket (HTTP 413, gRPC RESOURCE_EXHAUSTED) before it is read.")
+@click.option("--max-bytes-in-flight", type=click.IntRange(min=1), default=256 << 20, show_default=True,
+              help="Request bodies passed to tritonserver and not yet answered, together (>= --max-request-bytes); "
+                   "later ones wait. Bounds the backend's shared memory, which never shrinks.")
 @click.option("--tune", is_flag=True,
               help="Instead of serving: sweep --tune-grid on real servers, report the fastest setting whose p99 meets --p99-ms "
                    "and save it as MODEL.serving.json, which later serve/export-triton runs use for options not given.")
@@ -50,7 +53,7 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
               help="Print the endpoints as one JSON object on stdout once the server is ready (with --tune: the tune result).")
 def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
               max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int,
-              max_request_bytes: int, tune: bool, tune_grid: dict[str, list[int]] | None,
+              max_request_bytes: int, max_bytes_in_flight: int, tune: bool, tune_grid: dict[str, list[int]] | None,
               p99_ms: float, tune_seconds: float, tune_concurrency: int, tune_images: Path | None, tune_out: Path | None,
               as_json: bool) -> None:
     """Serve MODEL (.onnx or .engine) on Triton Inference Server (bundled tritonserver, Python backend): HTTP/gRPC, dynamic batching, metrics.
@@ -69,12 +72,16 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
     from ..serve import ServeOptions, serve
     from ..strictjson import print_json
 
+    if max_bytes_in_flight < max_request_bytes:
+        raise click.BadParameter(f"{max_bytes_in_flight} is below --max-request-bytes {max_request_bytes}: an admitted "
+                                 "request could never go", param_hint="--max-bytes-in-flight")
     if max_batch_pixels < max_pixels:
         raise click.BadParameter(f"{max_batch_pixels} is below --max-pixels {max_pixels}: an admitted image could never run",
                                  param_hint="--max-batch-pixels")
     opts = ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                         max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
-                        max_aspect=max_aspect, max_batch_pixels=max_batch_pixels, max_request_bytes=max_request_bytes)
+                        max_aspect=max_aspect, max_batch_pixels=max_batch_pixels, max_request_bytes=max_request_bytes,
+                        max_bytes_in_flight=max_bytes_in_flight)
     if tune:
         from ..tune import DEFAULT_GRID
         from ..tune import tune as run_tune

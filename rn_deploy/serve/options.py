@@ -29,4 +29,5 @@ class ServeOptions:
     max_aspect: float = DEFAULT_MAX_ASPECT
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_bytes_in_flight: int = 4 * DEFAULT_MAX_REQUEST_BYTES  # request bodies forwarded to tritonserver, not yet answered
     exit_timeout_s: int = 4  # Triton waits this long for open HTTP connections, then in-flight requests: < 10 s in all

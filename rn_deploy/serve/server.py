@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RnDeployError
+from .guard import BodyGuard
 from .options import ServeOptions
 from .procfs import alive, process_tree
 from .repository import write_repository
@@ -128,6 +129,9 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     if min(opts.max_batch, opts.instances, opts.max_pixels, opts.max_aspect, opts.max_request_bytes) < 1 or opts.max_queue_delay_us < 0:
         raise RnDeployError("--max-batch, --instances, --max-pixels, --max-aspect and --max-request-bytes must be >= 1, "
                             "--max-queue-delay-us >= 0")
+    if opts.max_bytes_in_flight < opts.max_request_bytes:
+        raise RnDeployError(f"--max-bytes-in-flight {opts.max_bytes_in_flight} is below --max-request-bytes {opts.max_request_bytes}: "
+                            "raise it")
     if opts.max_batch_pixels < opts.max_pixels:
         raise RnDeployError(f"--max-batch-pixels {opts.max_batch_pixels} is below --max-pixels {opts.max_pixels}: "
                             "an admitted request could never run; raise it")
@@ -141,10 +145,23 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     with tempfile.TemporaryDirectory(prefix="rn-deploy-serve.") as tmp:
         repo = Path(tmp) / "models"
         write_repository(repo, opts, cfg["in_channels"], cfg["n_classes"])
-        cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16))
-        with open(server_log, "ab") if server_log else open(os.devnull, "rb") as f:
-            out = f.fileno() if server_log else sys.stderr.fileno()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=server_env())
+        upstream = free_ports(2)
+        guard = BodyGuard(opts.host, opts.http_port, opts.grpc_port, upstream[0], upstream[1], opts.max_request_bytes,
+                          opts.max_bytes_in_flight)
+        try:
+            guard.start()
+        except OSError as e:
+            guard.stop(0)
+            raise RnDeployError(f"cannot listen on {opts.host} ports {opts.http_port}/{opts.grpc_port} ({e}); "
+                                "stop what uses them or pass other --http-port/--grpc-port") from None
+        cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16), (upstream[0], upstream[1]))
+        try:
+            with open(server_log, "ab") if server_log else open(os.devnull, "rb") as f:
+                out = f.fileno() if server_log else sys.stderr.fileno()
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=server_env())
+        except BaseException:
+            guard.stop(0)
+            raise
         try:
             url, deadline = _ready_url(opts), time.monotonic() + START_TIMEOUT_S
             while not _is_ready(url):
@@ -163,6 +180,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                               "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
                               "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
                               "max_batch_pixels": opts.max_batch_pixels, "max_request_bytes": opts.max_request_bytes,
+                              "max_bytes_in_flight": opts.max_bytes_in_flight,
                               "pid": os.getpid()})
                 log(f"serving {opts.model} as model {opts.name!r} ({cfg['arch']}, {cfg['n_classes']} classes, "
                     f"{cfg['in_channels']} channel(s), {cfg['image_size'][0]}x{cfg['image_size'][1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
@@ -173,6 +191,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
             log("stopping: answering requests in flight")
         finally:
             _stop_server(proc, opts.exit_timeout_s + 4)
+            guard.stop(0)
     log("stopped")
 
 

@@ -37,12 +37,14 @@ def tritonserver_dist() -> tuple[Path, Path, Path]:
     return root, Path(get_libs_path()), Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
 
 
-def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str, *extra: str) -> list[str]:
-    """The tritonserver command line: our addresses and ports, statistics open, admin APIs behind ``token``."""
+def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str, upstream: tuple[int, int],
+                         *extra: str) -> list[str]:
+    """The tritonserver command line: HTTP and gRPC on loopback ports ``upstream`` behind the body guard
+    (:mod:`.guard` holds the public ones), metrics on the public address, statistics open, admin APIs behind ``token``."""
     root, _, _ = tritonserver_dist()
     return [str(root / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
-            f"--http-address={opts.host}", f"--http-port={opts.http_port}", f"--grpc-address={opts.host}",
-            f"--grpc-port={opts.grpc_port}", f"--metrics-address={opts.host}", f"--metrics-port={opts.metrics_port}",
+            "--http-address=127.0.0.1", f"--http-port={upstream[0]}", "--grpc-address=127.0.0.1",
+            f"--grpc-port={upstream[1]}", f"--metrics-address={opts.host}", f"--metrics-port={opts.metrics_port}",
             "--allow-gpu-metrics=false", f"--exit-timeout-secs={opts.exit_timeout_s}",
             f"--http-restricted-api={RESTRICTED_APIS}:rn-deploy-token={token}",
             f"--grpc-restricted-protocol={RESTRICTED_APIS}:rn-deploy-token={token}", *extra]

@@ -1,0 +1,354 @@
+"""The body guard: ``serve``'s public HTTP and gRPC ports, refusing bodies over ``--max-request-bytes`` at the socket.
+
+The tritonserver bundled with nvidia-pytriton 0.7.0 (2.51) has no request-size limit (no ``--http-max-input-size``;
+its gRPC server takes messages up to 2 GiB): it receives a body whole and copies it into the Python backend's
+shared-memory region before the model can look at it, and that region never shrinks (ten 80 MB bodies left
++0.5-0.7 GB; issue 32). So tritonserver listens on loopback ports of its own and this guard, in the supervisor,
+takes the public ones:
+
+- HTTP/1.1: reads each request's head (at most 64 KiB), refuses a ``Content-Length`` over the limit with 413 and a
+  body without ``Content-Length`` (chunked) with 411, both before reading a byte of the body; forwards the rest
+  unchanged on one upstream connection per client connection and relays the answers. A refusal waits for the
+  connection's earlier answers (pipelining keeps its order), drops whatever body the client still sends (so it
+  reads the answer instead of a reset), then closes the connection.
+- gRPC: a proxy whose server refuses a message over the limit (``RESOURCE_EXHAUSTED``) as gRPC does, forwarding
+  every other call, metadata included, to tritonserver's gRPC port.
+
+Bodies admitted also share a budget, ``--max-bytes-in-flight``: a body that would take the bytes forwarded and not
+yet answered over it waits (an HTTP one unread, in the client's socket) until earlier answers free room, so the
+shared-memory region, which keeps its high-water mark, stays under about that much whatever clients send at once.
+A body alone over the budget still goes when nothing else is in flight.
+
+Headers (the restricted-API token among them) pass through: tritonserver still decides what a client may call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+HEAD_LIMIT = 64 << 10  # request and response heads; longer ones get 431 (tritonserver's answers are a few hundred bytes)
+CHUNK = 1 << 20  # bodies go through in pieces of at most this: the guard never holds a body whole
+LINGER_IDLE_S, LINGER_MAX_S = 5.0, 30.0  # after a refusal, drop what the client still sends: until 5 s idle (nginx's lingering_timeout), 30 s at most
+UPSTREAM_WAIT_S = 30.0  # how long a refusal waits for the connection's earlier answers
+
+
+class ByteBudget:
+    """Bytes forwarded and not yet answered, at most ``limit`` (or one body, when it alone is larger)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self, n: int) -> None:
+        while self.used and self.used + n > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        while self._waiters:  # every waiter checks again; few wait at once (each holds a large body)
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _answer(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def _headers(head: bytes) -> tuple[str, dict[str, list[str]]]:
+    """The first line and the header fields (lower-case names) of an HTTP head; ValueError when it is not one."""
+    lines = head.decode("latin-1").split("\r\n")
+    fields: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ValueError(f"malformed header line {line[:60]!r}")
+        fields.setdefault(name.lower(), []).append(value.strip())
+    return lines[0], fields
+
+
+def _content_length(fields: dict[str, list[str]]) -> int | None:
+    values = set(fields.get("content-length", []))
+    if not values:
+        return None
+    if len(values) > 1 or not next(iter(values)).isdigit():
+        raise ValueError("invalid Content-Length")
+    return int(next(iter(values)))
+
+
+class HttpGuard:
+    """The HTTP side: one asyncio server on the public address, forwarding to tritonserver's loopback port."""
+
+    def __init__(self, upstream: tuple[str, int], max_body: int, budget: ByteBudget):
+        self.upstream, self.max_body, self.budget = upstream, max_body, budget
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_writer: asyncio.StreamWriter | None = None
+        relay: asyncio.Task[None] | None = None
+        pending: deque[int] = deque()  # body sizes of the requests forwarded and not yet answered, oldest first
+        answered = asyncio.Event()
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return  # the client closed the connection between requests
+                except asyncio.LimitOverrunError:
+                    await self._refuse(writer, pending, answered, 431, "Request Header Fields Too Large",
+                                       f"request head over {HEAD_LIMIT} bytes", reader)
+                    return
+                try:
+                    line, fields = _headers(head)
+                    length = _content_length(fields)
+                except ValueError as e:
+                    await self._refuse(writer, pending, answered, 400, "Bad Request", f"bad request: {e}", reader)
+                    return
+                if "transfer-encoding" in fields:
+                    await self._refuse(writer, pending, answered, 411, "Length Required",
+                                       "send the request body with a Content-Length (chunked bodies are not taken)", reader)
+                    return
+                if length is not None and length > self.max_body:
+                    await self._refuse(writer, pending, answered, 413, "Content Too Large",
+                                       f"request body of {length} bytes is over the server's --max-request-bytes "
+                                       f"{self.max_body}; send smaller images", reader)
+                    return
+                if relay is not None and relay.done():
+                    return  # tritonserver closed this connection (the relay closed the client's too)
+                if up_writer is None:
+                    try:
+                        up_reader, up_writer = await asyncio.open_connection(*self.upstream, limit=HEAD_LIMIT)
+                    except OSError:
+                        await self._refuse(writer, pending, answered, 503, "Service Unavailable",
+                                           "the model server is not running (starting or stopping); retry", reader)
+                        return
+                    relay = asyncio.ensure_future(self._relay(up_reader, writer, pending, answered))
+                await self.budget.take(length or 0)
+                pending.append(length or 0)
+                up_writer.write(head)
+                remaining = length or 0
+                while remaining:
+                    piece = await reader.read(min(remaining, CHUNK))
+                    if not piece:
+                        return  # the client went away mid-body: closing upstream drops the partial request there
+                    remaining -= len(piece)
+                    up_writer.write(piece)
+                    await up_writer.drain()
+                await up_writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if relay is not None:
+                if up_writer is not None and pending and not relay.done():
+                    with contextlib.suppress(OSError, asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(relay), UPSTREAM_WAIT_S)  # answers the client waits for
+                relay.cancel()
+            self.budget.give(sum(pending))
+            pending.clear()
+            for w in (up_writer, writer):
+                if w is not None:
+                    w.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, pending: deque[int], answered: asyncio.Event, status: int,
+                      reason: str, message: str, reader: asyncio.StreamReader) -> None:
+        """Answer ``status`` after the connection's earlier answers, then drop what the client still sends for a while."""
+        deadline = asyncio.get_running_loop().time() + UPSTREAM_WAIT_S
+        while pending and asyncio.get_running_loop().time() < deadline:
+            answered.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(answered.wait(), 1.0)
+        with contextlib.suppress(ConnectionError):
+            writer.write(_answer(status, reason, message))
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            # A client still sending its body reads the answer only once it is done: closing now would reset the
+            # connection under it (EPIPE instead of the 413). Drop what it sends until it stops (or LINGER_MAX_S).
+            end = asyncio.get_running_loop().time() + LINGER_MAX_S
+            while (left := end - asyncio.get_running_loop().time()) > 0:
+                try:
+                    if not await asyncio.wait_for(reader.read(CHUNK), min(left, LINGER_IDLE_S)):
+                        break
+                except asyncio.TimeoutError:
+                    break
+
+    async def _relay(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: deque[int],
+                     answered: asyncio.Event) -> None:
+        """tritonserver's answers to the client, one at a time (framed by their heads, so refusals keep their order)."""
+        try:
+            while True:
+                try:
+                    head = await up.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    break
+                writer.write(head)
+                status_line, fields = _headers(head)
+                status = int(status_line.split(" ", 2)[1])
+                if 100 <= status < 200:
+                    await writer.drain()
+                    continue  # 100 Continue: the final answer follows
+                if pending:
+                    self.budget.give(pending.popleft())
+                # framed by Content-Length whatever the method: tritonserver's HEAD answers carry their body too
+                if (length := _content_length(fields)) is not None:
+                    while length:
+                        piece = await up.read(min(length, CHUNK))
+                        if not piece:
+                            raise ConnectionError("tritonserver closed mid-answer")
+                        length -= len(piece)
+                        writer.write(piece)
+                        await writer.drain()
+                elif "chunked" in ",".join(fields.get("transfer-encoding", [])).lower():
+                    await self._relay_chunked(up, writer)
+                else:  # read to the end of the connection
+                    while piece := await up.read(CHUNK):
+                        writer.write(piece)
+                        await writer.drain()
+                    break
+                await writer.drain()
+                answered.set()
+        except (ConnectionError, ValueError, IndexError):
+            pass
+        finally:
+            self.budget.give(sum(pending))
+            pending.clear()
+            answered.set()
+            writer.close()
+
+    @staticmethod
+    async def _relay_chunked(up: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            size_line = await up.readuntil(b"\r\n")
+            writer.write(size_line)
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while (trailer := await up.readuntil(b"\r\n")) != b"\r\n":
+                    writer.write(trailer)
+                writer.write(b"\r\n")
+                return
+            writer.write(await up.readexactly(size + 2))
+            await writer.drain()
+
+
+class _GrpcForward:
+    """A generic gRPC handler: every method of tritonserver's service, request and answer as raw bytes."""
+
+    def __init__(self, channel: Any, budget: ByteBudget):
+        self.channel, self.budget = channel, budget
+
+    def handler(self, method: str) -> Any:
+        import grpc
+
+        if method.endswith("/ModelStreamInfer"):
+            async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+                sizes: deque[int] = deque()  # one answer per request (the served model is not decoupled)
+
+                async def counted() -> AsyncIterator[bytes]:
+                    async for request in requests:
+                        await self.budget.take(len(request))
+                        sizes.append(len(request))
+                        yield request
+
+                call = self.channel.stream_stream(method)(counted(), metadata=_metadata(context),
+                                                          timeout=context.time_remaining())
+                try:
+                    async for answer in call:
+                        if sizes:
+                            self.budget.give(sizes.popleft())
+                        yield answer
+                except grpc.aio.AioRpcError as e:
+                    await context.abort(e.code(), e.details() or "")
+                finally:
+                    self.budget.give(sum(sizes))
+                    sizes.clear()
+            return grpc.stream_stream_rpc_method_handler(stream)
+
+        async def unary(request: bytes, context: Any) -> bytes:
+            await self.budget.take(len(request))
+            try:
+                answer: bytes = await self.channel.unary_unary(method)(request, metadata=_metadata(context),
+                                                                        timeout=context.time_remaining())
+                return answer
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "")
+                raise  # abort raises; this line is never reached
+            finally:
+                self.budget.give(len(request))
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+def _metadata(context: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith(":") and k != "user-agent")
+
+
+class BodyGuard:
+    """Both guards on one event loop in a thread of the supervisor: :meth:`start` binds the public ports, :meth:`stop`."""
+
+    def __init__(self, host: str, http_port: int, grpc_port: int, upstream_http: int, upstream_grpc: int,
+                 max_body: int, max_in_flight: int):
+        self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
+        self.upstream_http, self.upstream_grpc, self.max_body = upstream_http, upstream_grpc, max_body
+        self.max_in_flight = max_in_flight
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rn-deploy-guard", daemon=True)
+        self._http: asyncio.base_events.Server | None = None
+        self._grpc: Any = None
+        self._channel: Any = None
+
+    def start(self) -> None:
+        """Bind both public ports (OSError when one is taken) and start forwarding."""
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+
+    async def _start(self) -> None:
+        import grpc
+
+        budget = ByteBudget(self.max_in_flight)  # HTTP and gRPC bodies together: one shared-memory region takes both
+        guard = HttpGuard(("127.0.0.1", self.upstream_http), self.max_body, budget)
+        self._http = await asyncio.start_server(guard.handle, self.host, self.http_port, limit=HEAD_LIMIT,
+                                                reuse_address=True, backlog=1024)
+        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.upstream_grpc}", options=unlimited)
+        forward = _GrpcForward(self._channel, budget)
+
+        class Generic(grpc.GenericRpcHandler):
+            def service(self, details: Any) -> Any:
+                return forward.handler(details.method)
+
+        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_body),
+                                              ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+        self._grpc.add_generic_rpc_handlers((Generic(),))
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if not self._grpc.add_insecure_port(f"{host}:{self.grpc_port}"):
+            raise OSError(f"cannot listen on {host}:{self.grpc_port}")
+        await self._grpc.start()
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop listening, give calls in flight ``grace_s``, close the upstream channel and the loop."""
+        if not self.thread.is_alive():
+            return
+
+        async def _stop() -> None:
+            if self._http is not None:
+                self._http.close()
+            if self._grpc is not None:
+                await self._grpc.stop(grace_s)
+            if self._channel is not None:
+                await self._channel.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(grace_s + 5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

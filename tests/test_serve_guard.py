@@ -1,0 +1,269 @@
+"""The body guard in front of tritonserver (rn_deploy/serve/guard.py): bodies over --max-request-bytes refused at the
+socket, before a byte of them is read, and bodies in flight bounded by --max-bytes-in-flight.
+
+The HTTP half runs against an upstream written here (a few lines of asyncio that record the bytes they get and
+answer when told): the independent answer for what reaches tritonserver. The real-server tests run `rn-deploy serve`
+and watch its memory while oversized bodies arrive over HTTP and gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rn_deploy.serve.guard import BodyGuard
+from rn_deploy.serve.procfs import tree_pss_mb
+
+from .conftest import free_ports
+
+
+class Upstream:
+    """An HTTP/1.1 server in a thread: records each request's head and body; answers it once ``release()`` is called
+    (or at once when ``hold`` is False) with ``200`` and a body naming how many bytes it got."""
+
+    def __init__(self, hold: bool = False):
+        self.hold, self.received, self.gate = hold, [], threading.Semaphore(0)
+        self.bytes_read = 0
+        self.loop = asyncio.new_event_loop()
+        self.port = free_ports(1)[0]
+        ready = threading.Event()
+
+        async def main() -> None:
+            self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port)
+            ready.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(main()), self.loop.run_forever()), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), 0)
+                body = await reader.readexactly(length)
+                self.bytes_read += len(head) + len(body)
+                self.received.append((head, body))
+                if self.hold:
+                    await asyncio.get_running_loop().run_in_executor(None, self.gate.acquire)
+                answer = f"got {len(body)}".encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.gate.release()
+
+    def close(self) -> None:
+        self.hold = False
+        self.release(100)  # no handler stays blocked in the executor (its threads would hold the interpreter's exit)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture()
+def upstream() -> Iterator[Upstream]:
+    up = Upstream()
+    yield up
+    up.close()
+
+
+def start_guard(upstream: Upstream, max_body: int, in_flight: int) -> BodyGuard:
+    h, g, grpc_up = free_ports(3)
+    guard = BodyGuard("127.0.0.1", h, g, upstream.port, grpc_up, max_body, in_flight)
+    guard.start()
+    return guard
+
+
+def exchange(port: int, data: bytes, answers: int = 1, timeout: float = 10.0) -> list[bytes]:
+    """Send ``data`` on one connection; the raw answers (status line + body), read until ``answers`` came or it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        got, buf = [], b""
+        while len(got) < answers:
+            while b"\r\n\r\n" not in buf:
+                piece = s.recv(65536)
+                if not piece:
+                    return got
+                buf += piece
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            length = next(int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:"))
+            while len(buf) < length:
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                buf += piece
+            got.append(head.split(b"\r\n")[0] + b" " + buf[:length])
+            buf = buf[length:]
+        return got
+
+
+def post(body: bytes, extra: str = "") -> bytes:
+    return f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def test_bodies_under_the_limit_pass_unchanged_on_one_kept_alive_connection(upstream: Upstream) -> None:
+    guard = start_guard(upstream, 1000, 4000)
+    try:
+        reqs = [post(b"a" * 1000), post(b""), post(bytes(range(256)) * 3)]
+        answers = exchange(guard.http_port, b"".join(reqs), answers=3)
+        assert answers == [b"HTTP/1.1 200 OK got 1000", b"HTTP/1.1 200 OK got 0", b"HTTP/1.1 200 OK got 768"]
+        assert [h + b for h, b in upstream.received] == reqs  # byte for byte what the client sent
+    finally:
+        guard.stop(0)
+
+
+def test_a_body_over_the_limit_is_refused_with_413_from_its_head_alone_and_never_reaches_the_server(upstream: Upstream) -> None:
+    guard = start_guard(upstream, 1000, 4000)
+    try:
+        # Only the head is sent: the answer must come without the body (the guard reads none of it).
+        (answer,) = exchange(guard.http_port, b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b"request body of 1001 bytes is over the server's --max-request-bytes 1000" in answer
+        (answer,) = exchange(guard.http_port, post(b"x" * 5000))  # with the body sent: still the 413, no reset
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        chunked = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        (answer,) = exchange(guard.http_port, chunked)
+        assert answer.startswith(b"HTTP/1.1 411 ") and b"Content-Length" in answer
+        assert upstream.received == [] and upstream.bytes_read == 0
+    finally:
+        guard.stop(0)
+
+
+def test_a_refusal_keeps_the_order_of_answers_on_its_connection(upstream: Upstream) -> None:
+    """Pipelined: a good request, then an oversized one: the good one's answer first, then the 413, then close."""
+    upstream.hold = True
+    guard = start_guard(upstream, 1000, 4000)
+    try:
+        threading.Timer(0.5, upstream.release).start()  # the good answer comes late: the 413 must wait for it
+        answers = exchange(guard.http_port, post(b"g" * 10) + post(b"x" * 2000) + post(b"never"), answers=3)
+        assert answers[0] == b"HTTP/1.1 200 OK got 10" and answers[1].startswith(b"HTTP/1.1 413 ") and len(answers) == 2
+        assert [b for _, b in upstream.received] == [b"g" * 10]
+    finally:
+        guard.stop(0)
+
+
+def test_bodies_in_flight_stay_under_the_budget_later_ones_wait(upstream: Upstream) -> None:
+    """Budget 1500 bytes, three clients with 1000-byte bodies, answers held: one body reaches the server, the
+    others wait unread until its answer frees the room; all three are answered in the end."""
+    upstream.hold = True
+    guard = start_guard(upstream, 1000, 1500)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(exchange, guard.http_port, post(bytes([k]) * 1000)) for k in range(3)]
+            time.sleep(1.0)
+            assert len(upstream.received) == 1  # the second would take 2000 > 1500 bytes in flight
+            for n in (2, 3):
+                upstream.release()
+                deadline = time.monotonic() + 10
+                while len(upstream.received) < n and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                time.sleep(0.3)
+                assert len(upstream.received) == n
+            upstream.release()
+            assert sorted(f.result(timeout=10)[0] for f in futures) == [b"HTTP/1.1 200 OK got 1000"] * 3
+    finally:
+        guard.stop(0)
+
+
+def test_a_server_not_listening_is_a_503_not_a_hang(upstream: Upstream) -> None:
+    upstream.close()
+    time.sleep(0.2)
+    h, g, up_h, up_g = free_ports(4)
+    guard = BodyGuard("127.0.0.1", h, g, up_h, up_g, 1000, 4000)  # nothing listens on up_h
+    guard.start()
+    try:
+        (answer,) = exchange(h, post(b"x"))
+        assert answer.startswith(b"HTTP/1.1 503 ")
+    finally:
+        guard.stop(0)
+
+
+# --- the real server ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    from .test_serve import start_server
+
+    d = tmp_path_factory.mktemp("guard")
+    model = _model(d)
+    srv = start_server(model, d / "serve.log")
+    try:
+        yield srv
+    finally:
+        assert srv.stop() == 0
+
+
+def _model(d: Path) -> Path:
+    import torch
+
+    from rn_deploy.checkpoint import ModelConfig, save_checkpoint
+    from rn_deploy.export import export_onnx
+    from rn_deploy.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("mnist_resnet", n_classes=10, in_channels=1)
+    cfg = ModelConfig(arch="mnist_resnet", n_classes=10, in_channels=1, image_size=[28, 28], class_names=[str(i) for i in range(10)])
+    save_checkpoint(d / "model.pt", net, cfg, {"note": "random test weights"})
+    return Path(export_onnx(d / "model.pt", d / "model.onnx", verify=False).onnx_path)
+
+
+def test_oversized_bodies_over_http_and_grpc_cost_the_server_no_memory(served) -> None:
+    """Ten 80 MB bodies at once (five HTTP, five gRPC; the default limit is 64 MiB) took the server to +1.6-1.9 GB
+    and left +0.5-0.7 GB when tritonserver received them; refused at the socket they cost it < 50 MB at the peak."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    from rn_deploy.client import classify
+
+    from .test_serve import png
+
+    body = b"\x89PNG" + bytes(80_000_000)
+    http_port, grpc_addr = int(served.http.rsplit(":", 1)[1]), served.grpc
+    base = tree_pss_mb(served.proc.pid)
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], tree_pss_mb(served.proc.pid))
+
+    def over_http() -> bytes:
+        return exchange(http_port, post(body), timeout=60)[0]
+
+    def over_grpc() -> str:
+        c = tgrpc.InferenceServerClient(grpc_addr)
+        inp = tgrpc.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[body]], dtype=object))
+        try:
+            c.infer("classifier", [inp])
+            return "answered"
+        except InferenceServerException as e:
+            return f"{e.status()} {e.message()}"
+        finally:
+            c.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            http_answers = [pool.submit(over_http) for _ in range(5)]
+            grpc_answers = [pool.submit(over_grpc) for _ in range(5)]
+            results = [f.result(timeout=120) for f in http_answers], [f.result(timeout=120) for f in grpc_answers]
+    finally:
+        done.set()
+        sampler.join()
+    assert all(a.startswith(b"HTTP/1.1 413 ") and b"--max-request-bytes 67108864" in a for a in results[0]), results[0]
+    assert all(r.startswith("StatusCode.RESOURCE_EXHAUSTED") and "larger than max (80000" in r for r in results[1]), results[1]
+    assert peak[0] - base < 50, (base, peak[0])
+    (ok,) = classify(served.http, [png(np.zeros((28, 28), np.uint8))])  # and the server still answers
+    assert "error" not in ok, ok
