@@ -3,6 +3,7 @@
     python bench/serve_efficiency.py --out exports/serve-efficiency                       # resnet18 28 px, 20 s per segment
     python bench/serve_efficiency.py --delays 0,500,1000,2000,4000 --duration 10         # choose --max-queue-delay-us
     python bench/serve_efficiency.py --perf-analyzer /opt/pa/bin/perf_analyzer            # + loadtest vs perf_analyzer
+    python bench/serve_efficiency.py --guards on,off                                      # what the body guard costs
 
 Per CPU-second is the fair comparison on a shared machine: it does not care who else uses the cores.
 The same Fashion-MNIST test images, PNG-encoded, everywhere:
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds per segment (in-process or one served level).")
     ap.add_argument("--reps", type=int, default=2, help="Alternated repetitions of every segment.")
     ap.add_argument("--delays", default="2000", help="--max-queue-delay-us values: one server each (choose the default).")
+    ap.add_argument("--guards", default="on", help="'on', 'off' or 'on,off': servers with and without the body guard "
+                    "(serve --no-body-guard), to measure what it costs.")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary [default: PATH, then the tritonclient wheel's bin/].")
@@ -143,11 +146,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export(args.arch, args.size, Path(tmp))
         eng = Engine.load(onnx, provider="cpu")
-        for delay in [int(d) for d in args.delays.split(",")]:
-            extra = ["--max-batch", str(args.max_batch), "--instances", str(args.instances), "--max-queue-delay-us", str(delay)]
-            proc, url = start(onnx, args.out / f"serve-d{delay}.log", extra)
-            run: dict[str, Any] = {"max_queue_delay_us": delay, "max_batch": args.max_batch, "instances": args.instances,
-                                   "segments": []}
+        servers = [(int(d), g) for d in args.delays.split(",") for g in args.guards.split(",")]
+        for delay, guard in servers:
+            extra = ["--max-batch", str(args.max_batch), "--instances", str(args.instances), "--max-queue-delay-us", str(delay),
+                     "--body-guard" if guard == "on" else "--no-body-guard"]
+            proc, url = start(onnx, args.out / f"serve-d{delay}-guard-{guard}.log", extra)
+            run: dict[str, Any] = {"max_queue_delay_us": delay, "body_guard": guard, "max_batch": args.max_batch,
+                                   "instances": args.instances, "segments": []}
             try:
                 run_level(url, "classifier", encoded, max(levels), 2.0, False)  # warm-up
                 for rep in range(args.reps):
@@ -159,7 +164,7 @@ def main() -> None:
                         seg["ratio"] = (seg["served"]["img_per_server_cpu_s"] or 0) / seg["in_process"]["img_per_cpu_s"]
                         run["segments"].append(seg)
                         s = seg["served"]
-                        print(f"delay {delay} us, rep {rep}, concurrency {c:>2}: served {s['img_per_server_cpu_s']:.0f} img/server-CPU-s "
+                        print(f"delay {delay} us, guard {guard}, rep {rep}, concurrency {c:>2}: served {s['img_per_server_cpu_s']:.0f} img/server-CPU-s "
                               f"({s['server_cores']:.2f} cores, {s['requests_per_s']:.0f} req/s, batches "
                               f"{(s['split'] or {}).get('avg_batch')}) vs in-process {seg['in_process']['img_per_cpu_s']:.0f} "
                               f"img/CPU-s: {seg['ratio']:.2f} (load {seg['load_average'][0]:.2f})", flush=True)
@@ -168,8 +173,8 @@ def main() -> None:
                 goals = {1: 0.60, 16: 0.90}
                 for c, r in run["ratio_by_concurrency"].items():
                     goal = f" (goal >= {goals[c]:.2f})" if c in goals else ""
-                    print(f"delay {delay} us: concurrency {c}: served / in-process per CPU-second = {r:.2f}{goal}", flush=True)
-                if delay == int(args.delays.split(",")[0]):
+                    print(f"delay {delay} us, guard {guard}: concurrency {c}: served / in-process per CPU-second = {r:.2f}{goal}", flush=True)
+                if (delay, guard) == servers[0]:
                     run["generators"] = compare_generators(find_perf_analyzer(args.perf_analyzer), url, encoded, levels,
                                                            min(args.duration, 20), args.out, args.pa_stability)
             finally:

@@ -10,7 +10,9 @@ limits (--max-pixels 12 MP, --max-batch-pixels 24 MP, --max-request-bytes 64 MiB
 2. one 12 MP RGB PNG (4000 x 3000, the --max-pixels limit);
 3. four such PNGs at once (one batch: two sub-batches of 24 MP);
 4. four such PNGs beside 16 clients looping on 28 px PNGs;
-5. ten 80 MB bodies at once (over --max-request-bytes: each a 400).
+5. ten 60 MB bodies at once (under --max-request-bytes, so tritonserver receives them; not images: each a 400
+   from the decoder): what --max-bytes-in-flight (256 MiB) bounds;
+6. ten 80 MB bodies at once (over --max-request-bytes: each a 413 from the body guard, which reads none of them).
 
 For each: the peak (PSS sampled every 50 ms while it runs) and the level 2 s after it ends, both minus the idle
 baseline. PSS counts the stub's shared-memory region (mapped by tritonserver and the stub) once.
@@ -152,6 +154,7 @@ def measure(channels: int, work: Path, photo: bytes) -> dict[str, Any]:
         scenario("one_12mp_rgb_png", [photo])
         scenario("four_at_once", [photo] * 4)
         scenario("four_beside_16_good_clients", [photo] * 4, good_clients=16)
+        scenario("ten_60mb_bodies", [b"\x89PNG\r\n\x1a\n" + bytes(60_000_000)] * 10)
         scenario("ten_80mb_bodies", [b"\x89PNG\r\n\x1a\n" + bytes(80_000_000)] * 10)
     finally:
         proc.terminate()
@@ -172,7 +175,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-memory.") as tmp:
         for ch in args.channels:
             result["models"].append(measure(ch, Path(tmp), photo))
-    names = ["one_12mp_rgb_png", "four_at_once", "four_beside_16_good_clients", "ten_80mb_bodies"]
+    names = ["one_12mp_rgb_png", "four_at_once", "four_beside_16_good_clients", "ten_60mb_bodies", "ten_80mb_bodies"]
     print("| model | idle PSS | " + " | ".join(n.replace("_", " ") for n in names) + " |")
     print("|---|---|" + "---|" * len(names))
     for m in result["models"]:

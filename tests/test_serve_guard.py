@@ -267,3 +267,26 @@ def test_oversized_bodies_over_http_and_grpc_cost_the_server_no_memory(served) -
     assert peak[0] - base < 50, (base, peak[0])
     (ok,) = classify(served.http, [png(np.zeros((28, 28), np.uint8))])  # and the server still answers
     assert "error" not in ok, ok
+
+
+def test_no_body_guard_leaves_the_ports_to_tritonserver_and_the_backend_still_refuses(tmp_path: Path) -> None:
+    """--no-body-guard (behind a proxy that limits bodies): tritonserver reads the body, the backend's own check
+    answers 400 (not the guard's 413), and nothing of the supervisor listens on the HTTP port."""
+    from rn_deploy.client import classify
+
+    from .test_serve import png, start_server
+
+    srv = start_server(_model(tmp_path), tmp_path / "serve.log", "--no-body-guard", "--max-request-bytes", "100000",
+                       "--max-bytes-in-flight", "100000")
+    try:
+        port = int(srv.http.rsplit(":", 1)[1])
+        (answer,) = classify(srv.http, [b"\x89PNG" + bytes(200_000)])
+        assert answer["error"].startswith("request of 200004 bytes is over the server's --max-request-bytes 100000"), answer
+        (ok,) = classify(srv.http, [png(np.zeros((28, 28), np.uint8))])
+        assert "error" not in ok, ok
+        inodes = {str(p.readlink()) for p in Path(f"/proc/{srv.proc.pid}/fd").iterdir()}
+        tcp = [ln.split() for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        http_listeners = {f"socket:[{f[9]}]" for f in tcp if f[3] == "0A" and int(f[1].split(":")[1], 16) == port}
+        assert http_listeners and not (http_listeners & inodes)  # tritonserver, not the supervisor, holds the port
+    finally:
+        assert srv.stop() == 0

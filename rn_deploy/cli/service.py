@@ -33,6 +33,10 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 @click.option("--max-bytes-in-flight", type=click.IntRange(min=1), default=256 << 20, show_default=True,
               help="Request bodies passed to tritonserver and not yet answered, together (>= --max-request-bytes); "
                    "later ones wait. Bounds the backend's shared memory, which never shrinks.")
+@click.option("--body-guard/--no-body-guard", default=True, show_default=True,
+              help="Hold the public HTTP/gRPC ports in front of tritonserver to enforce the two byte limits above. "
+                   "--no-body-guard: tritonserver takes them itself and reads any body whole (the backend then refuses "
+                   "one over --max-request-bytes with a 400): only behind a proxy that limits bodies.")
 @click.option("--tune", is_flag=True,
               help="Instead of serving: sweep --tune-grid on real servers, report the fastest setting whose p99 meets --p99-ms "
                    "and save it as MODEL.serving.json, which later serve/export-triton runs use for options not given.")
@@ -53,7 +57,7 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
               help="Print the endpoints as one JSON object on stdout once the server is ready (with --tune: the tune result).")
 def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
               max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int,
-              max_request_bytes: int, max_bytes_in_flight: int, tune: bool, tune_grid: dict[str, list[int]] | None,
+              max_request_bytes: int, max_bytes_in_flight: int, body_guard: bool, tune: bool, tune_grid: dict[str, list[int]] | None,
               p99_ms: float, tune_seconds: float, tune_concurrency: int, tune_images: Path | None, tune_out: Path | None,
               as_json: bool) -> None:
     """Serve MODEL (.onnx or .engine) on Triton Inference Server (bundled tritonserver, Python backend): HTTP/gRPC, dynamic batching, metrics.
@@ -81,7 +85,7 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
     opts = ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                         max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
                         max_aspect=max_aspect, max_batch_pixels=max_batch_pixels, max_request_bytes=max_request_bytes,
-                        max_bytes_in_flight=max_bytes_in_flight)
+                        max_bytes_in_flight=max_bytes_in_flight, body_guard=body_guard)
     if tune:
         from ..tune import DEFAULT_GRID
         from ..tune import tune as run_tune

@@ -20,12 +20,15 @@ the size it will run at: one the server cannot read (not a PNG/JPEG, truncated, 
 ``--max-request-bytes``, ``--max-pixels`` or ``--max-aspect``) gets its own INVALID_ARG error (HTTP
 400, gRPC INVALID_ARGUMENT) with one line naming the problem, and the valid requests of the same
 call run as :class:`Engine` batches of at most ``--max-batch-pixels`` decoded pixels; a batch that
-fails is retried request by request. A fault of the server itself is answered with an INTERNAL
+fails is retried request by request. Before any of that, :mod:`.guard` holds the public HTTP and gRPC
+ports: a body over ``--max-request-bytes`` is refused there (HTTP 413, gRPC RESOURCE_EXHAUSTED)
+without being read, and bodies in flight are bounded by ``--max-bytes-in-flight``. A fault of the server itself is answered with an INTERNAL
 error (HTTP 500) carrying a short id; the server log has the detail
 
 Modules: :mod:`.options` (ServeOptions), :mod:`.decode` (one request's image), :mod:`.backend`
 (Classifier, TritonPythonModel), :mod:`.repository` (the model repository it writes),
-:mod:`.tritonserver` (the bundled server's files, command and environment), :mod:`.server` (the
+:mod:`.tritonserver` (the bundled server's files, command and environment), :mod:`.guard` (the
+public ports: body limits in front of tritonserver), :mod:`.server` (the
 process: launch, ports, readiness, SIGTERM) and :mod:`.procfs` (process tree, memory). The generated
 ``model.py`` imports ``rn_deploy.serve.TritonPythonModel``: it stays importable from here.
 

@@ -30,4 +30,5 @@ class ServeOptions:
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_bytes_in_flight: int = 4 * DEFAULT_MAX_REQUEST_BYTES  # request bodies forwarded to tritonserver, not yet answered
+    body_guard: bool = True  # False: tritonserver takes the public ports itself (a proxy in front limits bodies)
     exit_timeout_s: int = 4  # Triton waits this long for open HTTP connections, then in-flight requests: < 10 s in all

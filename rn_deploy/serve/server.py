@@ -145,22 +145,26 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     with tempfile.TemporaryDirectory(prefix="rn-deploy-serve.") as tmp:
         repo = Path(tmp) / "models"
         write_repository(repo, opts, cfg["in_channels"], cfg["n_classes"])
-        upstream = free_ports(2)
-        guard = BodyGuard(opts.host, opts.http_port, opts.grpc_port, upstream[0], upstream[1], opts.max_request_bytes,
-                          opts.max_bytes_in_flight)
-        try:
-            guard.start()
-        except OSError as e:
-            guard.stop(0)
-            raise RnDeployError(f"cannot listen on {opts.host} ports {opts.http_port}/{opts.grpc_port} ({e}); "
-                                "stop what uses them or pass other --http-port/--grpc-port") from None
-        cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16), (upstream[0], upstream[1]))
+        upstream, guard = None, None
+        if opts.body_guard:
+            ports = free_ports(2)
+            upstream = (ports[0], ports[1])
+            guard = BodyGuard(opts.host, opts.http_port, opts.grpc_port, *upstream, opts.max_request_bytes,
+                              opts.max_bytes_in_flight)
+            try:
+                guard.start()
+            except OSError as e:
+                guard.stop(0)
+                raise RnDeployError(f"cannot listen on {opts.host} ports {opts.http_port}/{opts.grpc_port} ({e}); "
+                                    "stop what uses them or pass other --http-port/--grpc-port") from None
+        cmd = tritonserver_command(opts, repo, stage_backends(Path(tmp) / "backends"), secrets.token_hex(16), upstream)
         try:
             with open(server_log, "ab") if server_log else open(os.devnull, "rb") as f:
                 out = f.fileno() if server_log else sys.stderr.fileno()
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=server_env())
         except BaseException:
-            guard.stop(0)
+            if guard is not None:
+                guard.stop(0)
             raise
         try:
             url, deadline = _ready_url(opts), time.monotonic() + START_TIMEOUT_S
@@ -180,7 +184,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                               "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
                               "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
                               "max_batch_pixels": opts.max_batch_pixels, "max_request_bytes": opts.max_request_bytes,
-                              "max_bytes_in_flight": opts.max_bytes_in_flight,
+                              "max_bytes_in_flight": opts.max_bytes_in_flight, "body_guard": opts.body_guard,
                               "pid": os.getpid()})
                 log(f"serving {opts.model} as model {opts.name!r} ({cfg['arch']}, {cfg['n_classes']} classes, "
                     f"{cfg['in_channels']} channel(s), {cfg['image_size'][0]}x{cfg['image_size'][1]}): http {opts.host}:{opts.http_port}, grpc {opts.host}:{opts.grpc_port}, "
@@ -191,7 +195,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
             log("stopping: answering requests in flight")
         finally:
             _stop_server(proc, opts.exit_timeout_s + 4)
-            guard.stop(0)
+            if guard is not None:
+                guard.stop(0)
     log("stopped")
 
 

@@ -37,14 +37,16 @@ def tritonserver_dist() -> tuple[Path, Path, Path]:
     return root, Path(get_libs_path()), Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
 
 
-def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str, upstream: tuple[int, int],
+def tritonserver_command(opts: ServeOptions, repo: Path, backends: Path, token: str, upstream: tuple[int, int] | None,
                          *extra: str) -> list[str]:
     """The tritonserver command line: HTTP and gRPC on loopback ports ``upstream`` behind the body guard
-    (:mod:`.guard` holds the public ones), metrics on the public address, statistics open, admin APIs behind ``token``."""
+    (:mod:`.guard` holds the public ones; None: the public ones, no guard), metrics on the public address,
+    statistics open, admin APIs behind ``token``."""
     root, _, _ = tritonserver_dist()
+    host, (http, grpc) = ("127.0.0.1", upstream) if upstream else (opts.host, (opts.http_port, opts.grpc_port))
     return [str(root / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
-            "--http-address=127.0.0.1", f"--http-port={upstream[0]}", "--grpc-address=127.0.0.1",
-            f"--grpc-port={upstream[1]}", f"--metrics-address={opts.host}", f"--metrics-port={opts.metrics_port}",
+            f"--http-address={host}", f"--http-port={http}", f"--grpc-address={host}",
+            f"--grpc-port={grpc}", f"--metrics-address={opts.host}", f"--metrics-port={opts.metrics_port}",
             "--allow-gpu-metrics=false", f"--exit-timeout-secs={opts.exit_timeout_s}",
             f"--http-restricted-api={RESTRICTED_APIS}:rn-deploy-token={token}",
             f"--grpc-restricted-protocol={RESTRICTED_APIS}:rn-deploy-token={token}", *extra]
