@@ -22,7 +22,7 @@ import io
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 from ._io import atomic_write_text, pyplot, save_png
 from .client import find_model, host_port, make_client, protocol_module, server_message
 from .errors import DataError, MissingDependencyError
+from .httpload import Connection, infer_request, split_address
 from .serve import IMAGE, INDEX, LABEL, PROBS, SCORE, SERVE_EXTRA
 from .serverstats import LatencySplit, fetch_async, instances_async, split
 from .strictjson import ToDict
@@ -42,6 +43,7 @@ CLIENT_BOUND_CPU = 0.9
 LAG_TICK_S = 0.002  # the ticker's sleep; how late it wakes is the loop's lag
 STARVED_SHARE = 0.10  # loop lag over this share of the mean latency (and over 0.2 ms): the client held the pace back
 SATURATED = 0.90  # ... unless the model instances were busy at least this share of the window
+OUTPUTS = (LABEL, INDEX, SCORE, PROBS)
 
 
 @dataclass
@@ -163,25 +165,53 @@ async def _stats(client: Any, model: str, grpc: bool, at_least: int = 0) -> dict
         return None
 
 
-async def _run_level_async(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float,
-                           grpc: bool) -> _Window:
-    tc, aio = protocol_module(grpc), _aio_module(grpc)
-    client = aio.InferenceServerClient(host_port(url))
-    outs = [tc.InferRequestedOutput(n) for n in (LABEL, INDEX, SCORE, PROBS)]
+def _http_senders(url: str, model: str, images: Sequence[bytes], concurrency: int) -> tuple[list[Callable[[int], Awaitable[None]]],
+                                                                                             Callable[[], Awaitable[None]]]:
+    """One raw keep-alive connection per sender (:mod:`rn_deploy.httpload`), each image's request prebuilt."""
+    host, port = split_address(url)
+    requests = [infer_request(host, port, model, IMAGE, data, OUTPUTS) for data in images]
+    conns = [Connection(host, port, OUTPUTS) for _ in range(concurrency)]
+
+    def sender(conn: Connection) -> Callable[[int], Awaitable[None]]:
+        return lambda i: conn.infer(requests[i % len(requests)])
+
+    async def close() -> None:
+        for c in conns:
+            await c.close()
+
+    return [sender(c) for c in conns], close
+
+
+def _grpc_senders(client: Any, model: str, images: Sequence[bytes], concurrency: int) -> list[Callable[[int], Awaitable[Any]]]:
+    """tritonclient's ``aio`` gRPC client, shared by the senders; each image's input tensor built once."""
+    tc = protocol_module(True)
+    outs = [tc.InferRequestedOutput(n) for n in OUTPUTS]
     inputs = []
-    for data in images:  # encoded once: the client's work per request is the request itself
+    for data in images:
         inp = tc.InferInput(IMAGE, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[data]], dtype=object))
         inputs.append([inp])
+    return [lambda i: client.infer(model, inputs[i % len(inputs)], outputs=outs)] * concurrency
+
+
+async def _run_level_async(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float,
+                           grpc: bool) -> _Window:
+    aio = _aio_module(grpc)
+    client = aio.InferenceServerClient(host_port(url))  # statistics and the model's config, outside the window
+    close_senders: Callable[[], Awaitable[None]] | None = None
+    if grpc:
+        senders: Sequence[Callable[[int], Awaitable[Any]]] = _grpc_senders(client, model, images, concurrency)
+    else:
+        senders, close_senders = _http_senders(url, model, images, concurrency)
     lat: list[float] = []
     errs: list[str] = []
     go, warmed = asyncio.Event(), asyncio.Event()
     deadline, ready = [0.0], [0]
 
     async def worker(k: int) -> None:
-        i = k
+        i, send = k, senders[k]
         try:
-            await client.infer(model, inputs[i % len(inputs)], outputs=outs)  # warm-up: connection set up, not timed
+            await send(i)  # warm-up: connection set up, not timed
         except Exception as e:  # noqa: BLE001 - counted as an error of this level
             errs.append(server_message(e))
         ready[0] += 1
@@ -191,7 +221,7 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
         while (t0 := time.perf_counter()) < deadline[0]:
             i += concurrency
             try:
-                await client.infer(model, inputs[i % len(inputs)], outputs=outs)
+                await send(i)
                 lat.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is one error of this level
                 errs.append(server_message(e))
@@ -219,6 +249,8 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
         after = await _stats(client, model, grpc, at_least=expected)  # every sender has its answer
         return _Window(lat, errs, seconds, cpu, lags, before, after, instances)
     finally:
+        if close_senders is not None:
+            await close_senders()
         await client.close()
 
 
