@@ -2,17 +2,28 @@
 
     rn-deploy loadtest 127.0.0.1:8000 --dataset fashion-mnist --concurrency 1,4,16,64 --duration 20 --out exports/load
 
-For each concurrency N, N closed-loop senders on one asyncio event loop (tritonclient's ``aio`` clients,
-HTTP or gRPC) each send one image per request back to back for ``duration`` seconds (after one untimed
-warm-up request each); latency is the client's wall time per request. The server's statistics are read
-just before and just after the window (no request is in flight at either moment), so their difference
-covers exactly the window's requests: each level's mean latency is split into client-side, queue,
-compute input / infer / output and the server's remainder (:mod:`rn_deploy.serverstats`). The report
-also gives the client's own CPU per wall second: at >= 90% of a core the client set the pace
-(``client_bound``), and the fraction of the window the model was busy says how far the server could go.
-A client can also hold the pace back without using CPU, when the machine's cores are busy serving: a
-ticker on the event loop measures how late the loop ran (``loop_lag_ms``); a lag over a tenth of the
-mean latency, while the model was idle more than a tenth of the window, flags the level as ``client_starved``.
+For each concurrency N, N closed-loop senders on one asyncio event loop each send one image per request
+back to back for ``duration`` seconds (after one untimed warm-up request each); latency is the client's
+wall time per request. Over HTTP each sender has its own keep-alive connection and sends requests built
+once per image before the window (:mod:`rn_deploy.httpload`: a raw HTTP/1.1 client, since tritonclient's
+aiohttp one cost ~0.7 ms per request); over gRPC they share tritonclient's ``aio`` client. The server's
+statistics are read just before and just after the window (no request is in flight at either moment),
+so their difference covers exactly the window's requests: each level's mean latency is split into
+client-side, queue, compute input / infer / output and the server's remainder (:mod:`rn_deploy.serverstats`).
+
+Who set the pace (``LoadLevel.judge``), in this order:
+
+- ``client_bound``: the client's own CPU per wall second was >= 90% of a core; the fraction of the
+  window the model was busy says how far the server could go;
+- ``client_starved``: the client held the pace back without using CPU, waiting for cores busy serving:
+  a ticker on the event loop measures how late the loop ran (``loop_lag_ms``); a lag over a tenth of
+  the mean latency (and 0.2 ms), while the model was idle more than a tenth of the window;
+- ``client_held``: the client side of the split (mean latency minus the server's own time: the load
+  generator, the network stack, HTTP) was >= ``CLIENT_SHARE`` of the mean latency while the model was
+  busy < ``SATURATED`` of the window. In a closed loop rate = N / latency, so a zero-overhead client
+  could reach up to ~mean / (mean - client) times the rate (``ceiling_x``, at most 1 / busy): the
+  verdict gives both figures and the client's CPU per request;
+- otherwise the server set the pace (the verdict still gives the client's share).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ CLIENT_BOUND_CPU = 0.9
 LAG_TICK_S = 0.002  # the ticker's sleep; how late it wakes is the loop's lag
 STARVED_SHARE = 0.10  # loop lag over this share of the mean latency (and over 0.2 ms): the client held the pace back
 SATURATED = 0.90  # ... unless the model instances were busy at least this share of the window
+CLIENT_SHARE = 0.10  # the client side over this share of the mean latency, the model not saturated: the client held the rate back
 OUTPUTS = (LABEL, INDEX, SCORE, PROBS)
 
 
@@ -65,20 +77,64 @@ class LoadLevel:
     loop_lag_ms: float | None = None  # how late the client's event loop woke, on average over the window
     client_starved: bool = False  # the loop ran late by > STARVED_SHARE of the mean latency: the client waited for a core
 
+    client_share: float | None = None  # the client side's share of the mean latency (split.client_ms / mean_ms)
+    client_cpu_ms: float | None = None  # the load generator's CPU ms per request (client_cpu / requests_per_s)
+    client_held: bool = False  # client share >= CLIENT_SHARE while the model was busy < SATURATED: the client held the rate back
+    ceiling_x: float | None = None  # the rate a zero-overhead client could reach at this level, as a multiple of this one
+
+    def assess(self) -> None:
+        """Fill the client figures from the split, the mean and the client's CPU; then the verdict."""
+        s, mean = self.split, self.mean_ms
+        self.client_cpu_ms = (round(self.client_cpu * 1e3 / self.requests_per_s, 4)
+                              if self.client_cpu is not None and self.requests_per_s > 0 else None)
+        if s is not None and mean:
+            own = min(max(0.0, s.client_ms), mean)
+            self.client_share = round(own / mean, 4)
+            # Closed loop: rate = concurrency / latency. Without the client's own time the latency is mean - own, as long
+            # as the model has room: it cannot be busy more than all the window (rate x 1/busy).
+            x = mean / (mean - own) if own < mean else float("inf")
+            if s.busy:
+                x = min(x, 1 / s.busy)
+            self.ceiling_x = round(x, 3) if x != float("inf") else None
+            self.client_held = self.client_share >= CLIENT_SHARE and (s.busy is None or s.busy < SATURATED)
+        self.verdict = self.judge()
+
+    def _own_time(self) -> str:
+        """How much of each request was the client's, and what a zero-overhead client could reach ('' without a split)."""
+        if self.split is None or self.client_share is None or not self.mean_ms:
+            return ""
+        cpu = f"; the load generator's CPU {self.client_cpu_ms:.2f} ms per request" if self.client_cpu_ms is not None else ""
+        text = (f"the client's own time was {max(0.0, self.split.client_ms):.2f} ms of each {self.mean_ms:.2f} ms request "
+                f"({self.client_share:.0%}{cpu})")
+        if self.ceiling_x is None:
+            return text + ": the server's share was nil, so the rate is the client's"
+        if self.ceiling_x > 1.005:
+            text += (f": with a zero-overhead client this level could reach up to ~{self.ceiling_x:.2f}x this rate "
+                     f"({self.requests_per_s * self.ceiling_x:.0f} req/s)")
+        return text
+
     def judge(self) -> str:
-        """Who set the pace: the client (and how far the server could go), or the server."""
+        """Who set the pace: the client (and by how much; how far the server could go), or the server."""
         busy = self.split.busy if self.split else None
+        own = self._own_time()
+        busy_text = f", the model busy {busy:.0%} of the window" if busy is not None else ""
         if self.client_bound:
             room = (f"; the model was busy {busy:.0%} of the window, so the server could answer up to ~{1 / busy:.1f}x "
                     f"this rate ({self.requests_per_s / busy:.0f} req/s)") if busy and busy < 1 else ""
             return (f"the client was the bottleneck: the load generator used {self.client_cpu:.0%} of a CPU core "
-                    f"(>= {CLIENT_BOUND_CPU:.0%}){room}")
-        busy_text = f", the model busy {busy:.0%} of the window" if busy is not None else ""
+                    f"(>= {CLIENT_BOUND_CPU:.0%}){room}" + (f"; {own}" if own else ""))
         if self.client_starved:
             return (f"the client was the bottleneck: its event loop ran {self.loop_lag_ms:.2f} ms late on average "
                     f"({(self.loop_lag_ms or 0) / (self.mean_ms or 1):.0%} of the mean latency) while using only "
-                    f"{self.client_cpu or 0:.0%} of a core: it waited for a CPU the server was using{busy_text}")
-        return f"the server set the pace (client CPU {self.client_cpu or 0:.0%} of a core{busy_text})"
+                    f"{self.client_cpu or 0:.0%} of a core: it waited for a CPU the server was using{busy_text}"
+                    + (f"; {own}" if own else ""))
+        if self.client_held:
+            return f"the client was the bottleneck: {own}{busy_text}"
+        if self.split is None:
+            return (f"who set the pace is unknown: no server statistics to split the latency "
+                    f"(client CPU {self.client_cpu or 0:.0%} of a core)")
+        return (f"the server set the pace ({own + ', ' if own else ''}client CPU {self.client_cpu or 0:.0%} of a core"
+                f"{busy_text})")
 
 
 @dataclass
@@ -267,7 +323,7 @@ def run_level(url: str, model: str, images: Sequence[bytes], concurrency: int, d
         lv.loop_lag_ms = round(float(np.mean(w.lag)) * 1e3, 4)
         busy = parts.busy if parts else None  # a model busy nearly all the window set the pace whatever the client did
         lv.client_starved = mean is not None and lv.loop_lag_ms > max(0.2, STARVED_SHARE * mean) and (busy or 0) < SATURATED
-    lv.verdict = lv.judge()
+    lv.assess()
     return lv
 
 
@@ -313,13 +369,15 @@ def markdown(rep: LoadReport) -> str:
     lines = [f"# Load test: `{rep.model}` at {rep.url} ({rep.protocol})", "",
              f"{rep.images} images from {rep.image_source or 'the given set'}, {rep.duration_s:g} s per level, "
              f"{rep.machine.get('host')} ({rep.machine.get('cpu')}), {rep.machine.get('date')}.", "",
-             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | client loop lag ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | client loop lag ms | client share |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in rep.levels:
         cells = ["-" if v is None else f"{v:.2f}" for v in (lv.p50_ms, lv.p90_ms, lv.p99_ms)]
         cpu = "-" if lv.client_cpu is None else f"{lv.client_cpu:.0%}" + (" (client-bound)" if lv.client_bound else "")
         lag = _ms(lv.loop_lag_ms) + (" (starved)" if lv.client_starved else "")
-        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} | {lag} |")
+        share = "-" if lv.client_share is None else f"{lv.client_share:.0%}" + (" (held the rate back)" if lv.client_held else "")
+        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} | {lag} "
+                     f"| {share} |")
     lines += ["", "Where the mean latency went (ms per request; queue and compute from the server's statistics over the "
               "window, client = the client's mean minus the server's own time):", "", SPLIT_HEAD, "|---:" * 10 + "|"]
     for lv in rep.levels:
@@ -328,10 +386,11 @@ def markdown(rep: LoadReport) -> str:
             if s else ["-"] * 8
         lines.append(f"| {lv.concurrency} | {_ms(lv.mean_ms)} | {' | '.join(cells)} |")
     lines += ["", *[f"- concurrency {lv.concurrency}: {lv.verdict}." for lv in rep.levels]]
-    if any(lv.client_bound or lv.client_starved for lv in rep.levels):
-        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, or its event loop "
-                  "waited for a core the server was using, so their req/s is a floor for the server; measure them with "
-                  "perf_analyzer (docs/serving.md) or a client on another machine."]
+    if any(lv.client_bound or lv.client_starved or lv.client_held for lv in rep.levels):
+        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, its event loop "
+                  f"waited for a core the server was using, or the client's own time was >= {CLIENT_SHARE:.0%} of each request "
+                  f"while the model was busy < {SATURATED:.0%} of the window, so their req/s is a floor for the server (the "
+                  "verdict says by how much); measure them with perf_analyzer (docs/serving.md) or a client on another machine."]
     return "\n".join(lines) + "\n"
 
 
