@@ -184,7 +184,9 @@ def test_infer_body_matches_tritonclient_http() -> None:
 
     inp = th.InferInput("image", [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[IMAGE]], dtype=object))
-    theirs, their_len = _get_inference_request([inp], "", [th.InferRequestedOutput(n) for n in OUTPUTS], 0, False, False, 0, None, None)
+    theirs, their_len = _get_inference_request(inputs=[inp], request_id="", outputs=[th.InferRequestedOutput(n) for n in OUTPUTS],
+                                               sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
+                                               custom_parameters=None)
     ours, our_len = infer_body("image", IMAGE, OUTPUTS)
     assert ours[our_len:] == theirs[their_len:]
     assert json.loads(ours[:our_len]) == json.loads(theirs[:their_len])
