@@ -23,7 +23,8 @@ import pytest
 
 from rn_deploy.client import server_message
 from rn_deploy.httpload import Connection, HttpInferError, infer_body, infer_request, split_address
-from rn_deploy.loadtest import CLIENT_SHARE, LoadLevel, markdown, run_level
+from rn_deploy.loadlevel import CLIENT_SHARE, LoadLevel
+from rn_deploy.loadtest import LoadReport, markdown, run_level
 from rn_deploy.serverstats import LatencySplit
 
 OUTPUTS = ("label", "index", "score", "probs")
@@ -298,7 +299,5 @@ def test_verdict_without_statistics_is_unknown_and_markdown_flags_held_levels() 
     lv = LoadLevel(1, 10, 0, 1.0, 10.0, 5.0, 5.0, 5.0, client_cpu=0.1, mean_ms=5.0)
     lv.assess()
     assert lv.client_share is None and not lv.client_held and lv.verdict.startswith("who set the pace is unknown")
-    from rn_deploy.loadtest import LoadReport
-
     md = markdown(LoadReport("x:1", "m", "http", 1, "", 1.0, levels=[level(5.0, 0.7, 0.5)]))
     assert "| 14% (held the rate back) |" in md and "Client-bound levels" in md
