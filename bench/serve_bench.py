@@ -268,7 +268,9 @@ def main() -> None:
                                                          for c in conc if "requests_per_s" in pa.get(c, {})}
                 for c, r in result["loadtest_over_perf_analyzer"].items():
                     print(f"concurrency {c}: loadtest / perf_analyzer = {r:.1%} (goal 90-110%)"
-                          + (" (loadtest was client-bound)" if by_c[c].client_bound else ""))
+                          + (" (loadtest was client-bound)" if by_c[c].client_bound else "")
+                          + (f" (loadtest's client held the rate back: up to ~{by_c[c].ceiling_x:.2f}x)"
+                             if by_c[c].client_held and by_c[c].ceiling_x else ""))
                 if args.batch in by_c:
                     served = pa.get(args.batch, {}).get("requests_per_s") or by_c[args.batch].requests_per_s
                     result["served_vs_in_process"] = served / result["in_process"]["img_per_s"]

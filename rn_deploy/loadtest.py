@@ -2,17 +2,17 @@
 
     rn-deploy loadtest 127.0.0.1:8000 --dataset fashion-mnist --concurrency 1,4,16,64 --duration 20 --out exports/load
 
-For each concurrency N, N closed-loop senders on one asyncio event loop (tritonclient's ``aio`` clients,
-HTTP or gRPC) each send one image per request back to back for ``duration`` seconds (after one untimed
-warm-up request each); latency is the client's wall time per request. The server's statistics are read
-just before and just after the window (no request is in flight at either moment), so their difference
-covers exactly the window's requests: each level's mean latency is split into client-side, queue,
-compute input / infer / output and the server's remainder (:mod:`rn_deploy.serverstats`). The report
-also gives the client's own CPU per wall second: at >= 90% of a core the client set the pace
-(``client_bound``), and the fraction of the window the model was busy says how far the server could go.
-A client can also hold the pace back without using CPU, when the machine's cores are busy serving: a
-ticker on the event loop measures how late the loop ran (``loop_lag_ms``); a lag over a tenth of the
-mean latency, while the model was idle more than a tenth of the window, flags the level as ``client_starved``.
+For each concurrency N, N closed-loop senders on one asyncio event loop each send one image per request
+back to back for ``duration`` seconds (after one untimed warm-up request each); latency is the client's
+wall time per request. Over HTTP each sender has its own keep-alive connection and sends requests built
+once per image before the window (:mod:`rn_deploy.httpload`: a raw HTTP/1.1 client, since tritonclient's
+aiohttp one cost ~0.7 ms per request); over gRPC they share tritonclient's ``aio`` client. The server's
+statistics are read just before and just after the window (no request is in flight at either moment),
+so their difference covers exactly the window's requests: each level's mean latency is split into
+client-side, queue, compute input / infer / output and the server's remainder (:mod:`rn_deploy.serverstats`).
+
+Who set the pace, and by how much (client-bound, starved for a core, or holding the rate back by its share of
+each request; otherwise the server): :mod:`rn_deploy.loadlevel`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import io
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,50 +33,18 @@ import numpy as np
 from ._io import atomic_write_text, pyplot, save_png
 from .client import find_model, host_port, make_client, protocol_module, server_message
 from .errors import DataError, MissingDependencyError
+from .httpload import Connection, infer_request, split_address
+from .loadlevel import CLIENT_BOUND_CPU, CLIENT_SHARE, SATURATED, STARVED_SHARE, LoadLevel
 from .serve import IMAGE, INDEX, LABEL, PROBS, SCORE, SERVE_EXTRA
-from .serverstats import LatencySplit, fetch_async, instances_async, split
+from .serverstats import fetch_async, instances_async, split
 from .strictjson import ToDict
 
+__all__ = ["CLIENT_BOUND_CPU", "CLIENT_SHARE", "SATURATED", "STARVED_SHARE", "LoadLevel", "LoadReport", "dataset_images",
+           "folder_images", "format_level", "loadtest", "markdown", "run_level", "write_report"]
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-CLIENT_BOUND_CPU = 0.9
 LAG_TICK_S = 0.002  # the ticker's sleep; how late it wakes is the loop's lag
-STARVED_SHARE = 0.10  # loop lag over this share of the mean latency (and over 0.2 ms): the client held the pace back
-SATURATED = 0.90  # ... unless the model instances were busy at least this share of the window
-
-
-@dataclass
-class LoadLevel:
-    concurrency: int
-    requests: int
-    errors: int
-    seconds: float
-    requests_per_s: float
-    p50_ms: float | None
-    p90_ms: float | None
-    p99_ms: float | None
-    first_error: str | None = None
-    client_cpu: float | None = None  # the load generator's CPU seconds per wall second (1.0 = one core)
-    client_bound: bool = False  # the client used >= CLIENT_BOUND_CPU of a core: its figure is a floor, not the server's
-    mean_ms: float | None = None  # the client's mean latency: what ``split`` divides
-    split: LatencySplit | None = None  # from the server's statistics over the window (None: not readable)
-    verdict: str = ""  # one sentence: who set the pace, and by how much
-    loop_lag_ms: float | None = None  # how late the client's event loop woke, on average over the window
-    client_starved: bool = False  # the loop ran late by > STARVED_SHARE of the mean latency: the client waited for a core
-
-    def judge(self) -> str:
-        """Who set the pace: the client (and how far the server could go), or the server."""
-        busy = self.split.busy if self.split else None
-        if self.client_bound:
-            room = (f"; the model was busy {busy:.0%} of the window, so the server could answer up to ~{1 / busy:.1f}x "
-                    f"this rate ({self.requests_per_s / busy:.0f} req/s)") if busy and busy < 1 else ""
-            return (f"the client was the bottleneck: the load generator used {self.client_cpu:.0%} of a CPU core "
-                    f"(>= {CLIENT_BOUND_CPU:.0%}){room}")
-        busy_text = f", the model busy {busy:.0%} of the window" if busy is not None else ""
-        if self.client_starved:
-            return (f"the client was the bottleneck: its event loop ran {self.loop_lag_ms:.2f} ms late on average "
-                    f"({(self.loop_lag_ms or 0) / (self.mean_ms or 1):.0%} of the mean latency) while using only "
-                    f"{self.client_cpu or 0:.0%} of a core: it waited for a CPU the server was using{busy_text}")
-        return f"the server set the pace (client CPU {self.client_cpu or 0:.0%} of a core{busy_text})"
+OUTPUTS = (LABEL, INDEX, SCORE, PROBS)
 
 
 @dataclass
@@ -163,25 +131,53 @@ async def _stats(client: Any, model: str, grpc: bool, at_least: int = 0) -> dict
         return None
 
 
-async def _run_level_async(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float,
-                           grpc: bool) -> _Window:
-    tc, aio = protocol_module(grpc), _aio_module(grpc)
-    client = aio.InferenceServerClient(host_port(url))
-    outs = [tc.InferRequestedOutput(n) for n in (LABEL, INDEX, SCORE, PROBS)]
+def _http_senders(url: str, model: str, images: Sequence[bytes], concurrency: int) -> tuple[list[Callable[[int], Awaitable[None]]],
+                                                                                             Callable[[], Awaitable[None]]]:
+    """One raw keep-alive connection per sender (:mod:`rn_deploy.httpload`), each image's request prebuilt."""
+    host, port = split_address(url)
+    requests = [infer_request(host, port, model, IMAGE, data, OUTPUTS) for data in images]
+    conns = [Connection(host, port, OUTPUTS) for _ in range(concurrency)]
+
+    def sender(conn: Connection) -> Callable[[int], Awaitable[None]]:
+        return lambda i: conn.infer(requests[i % len(requests)])
+
+    async def close() -> None:
+        for c in conns:
+            await c.close()
+
+    return [sender(c) for c in conns], close
+
+
+def _grpc_senders(client: Any, model: str, images: Sequence[bytes], concurrency: int) -> list[Callable[[int], Awaitable[Any]]]:
+    """tritonclient's ``aio`` gRPC client, shared by the senders; each image's input tensor built once."""
+    tc = protocol_module(True)
+    outs = [tc.InferRequestedOutput(n) for n in OUTPUTS]
     inputs = []
-    for data in images:  # encoded once: the client's work per request is the request itself
+    for data in images:
         inp = tc.InferInput(IMAGE, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[data]], dtype=object))
         inputs.append([inp])
+    return [lambda i: client.infer(model, inputs[i % len(inputs)], outputs=outs)] * concurrency
+
+
+async def _run_level_async(url: str, model: str, images: Sequence[bytes], concurrency: int, duration_s: float,
+                           grpc: bool) -> _Window:
+    aio = _aio_module(grpc)
+    client = aio.InferenceServerClient(host_port(url))  # statistics and the model's config, outside the window
+    close_senders: Callable[[], Awaitable[None]] | None = None
+    if grpc:
+        senders: Sequence[Callable[[int], Awaitable[Any]]] = _grpc_senders(client, model, images, concurrency)
+    else:
+        senders, close_senders = _http_senders(url, model, images, concurrency)
     lat: list[float] = []
     errs: list[str] = []
     go, warmed = asyncio.Event(), asyncio.Event()
     deadline, ready = [0.0], [0]
 
     async def worker(k: int) -> None:
-        i = k
+        i, send = k, senders[k]
         try:
-            await client.infer(model, inputs[i % len(inputs)], outputs=outs)  # warm-up: connection set up, not timed
+            await send(i)  # warm-up: connection set up, not timed
         except Exception as e:  # noqa: BLE001 - counted as an error of this level
             errs.append(server_message(e))
         ready[0] += 1
@@ -191,7 +187,7 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
         while (t0 := time.perf_counter()) < deadline[0]:
             i += concurrency
             try:
-                await client.infer(model, inputs[i % len(inputs)], outputs=outs)
+                await send(i)
                 lat.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is one error of this level
                 errs.append(server_message(e))
@@ -219,6 +215,8 @@ async def _run_level_async(url: str, model: str, images: Sequence[bytes], concur
         after = await _stats(client, model, grpc, at_least=expected)  # every sender has its answer
         return _Window(lat, errs, seconds, cpu, lags, before, after, instances)
     finally:
+        if close_senders is not None:
+            await close_senders()
         await client.close()
 
 
@@ -235,7 +233,7 @@ def run_level(url: str, model: str, images: Sequence[bytes], concurrency: int, d
         lv.loop_lag_ms = round(float(np.mean(w.lag)) * 1e3, 4)
         busy = parts.busy if parts else None  # a model busy nearly all the window set the pace whatever the client did
         lv.client_starved = mean is not None and lv.loop_lag_ms > max(0.2, STARVED_SHARE * mean) and (busy or 0) < SATURATED
-    lv.verdict = lv.judge()
+    lv.assess()
     return lv
 
 
@@ -281,13 +279,15 @@ def markdown(rep: LoadReport) -> str:
     lines = [f"# Load test: `{rep.model}` at {rep.url} ({rep.protocol})", "",
              f"{rep.images} images from {rep.image_source or 'the given set'}, {rep.duration_s:g} s per level, "
              f"{rep.machine.get('host')} ({rep.machine.get('cpu')}), {rep.machine.get('date')}.", "",
-             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | client loop lag ms |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| concurrency | requests | req/s | p50 ms | p90 ms | p99 ms | errors | client CPU | client loop lag ms | client share |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in rep.levels:
         cells = ["-" if v is None else f"{v:.2f}" for v in (lv.p50_ms, lv.p90_ms, lv.p99_ms)]
         cpu = "-" if lv.client_cpu is None else f"{lv.client_cpu:.0%}" + (" (client-bound)" if lv.client_bound else "")
         lag = _ms(lv.loop_lag_ms) + (" (starved)" if lv.client_starved else "")
-        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} | {lag} |")
+        share = "-" if lv.client_share is None else f"{lv.client_share:.0%}" + (" (held the rate back)" if lv.client_held else "")
+        lines.append(f"| {lv.concurrency} | {lv.requests} | {lv.requests_per_s:.1f} | {' | '.join(cells)} | {lv.errors} | {cpu} | {lag} "
+                     f"| {share} |")
     lines += ["", "Where the mean latency went (ms per request; queue and compute from the server's statistics over the "
               "window, client = the client's mean minus the server's own time):", "", SPLIT_HEAD, "|---:" * 10 + "|"]
     for lv in rep.levels:
@@ -296,10 +296,11 @@ def markdown(rep: LoadReport) -> str:
             if s else ["-"] * 8
         lines.append(f"| {lv.concurrency} | {_ms(lv.mean_ms)} | {' | '.join(cells)} |")
     lines += ["", *[f"- concurrency {lv.concurrency}: {lv.verdict}." for lv in rep.levels]]
-    if any(lv.client_bound or lv.client_starved for lv in rep.levels):
-        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, or its event loop "
-                  "waited for a core the server was using, so their req/s is a floor for the server; measure them with "
-                  "perf_analyzer (docs/serving.md) or a client on another machine."]
+    if any(lv.client_bound or lv.client_starved or lv.client_held for lv in rep.levels):
+        lines += ["", f"Client-bound levels: the load generator used >= {CLIENT_BOUND_CPU:.0%} of a CPU core, its event loop "
+                  f"waited for a core the server was using, or the client's own time was >= {CLIENT_SHARE:.0%} of each request "
+                  f"while the model was busy < {SATURATED:.0%} of the window, so their req/s is a floor for the server (the "
+                  "verdict says by how much); measure them with perf_analyzer (docs/serving.md) or a client on another machine."]
     return "\n".join(lines) + "\n"
 
 

@@ -267,13 +267,56 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
         assert s["avg_batch"] >= 1 and 0 < s["busy"] <= 1.05
         starved = lv["loop_lag_ms"] > max(0.2, 0.1 * lv["mean_ms"]) and s["busy"] < 0.9
         assert lv["loop_lag_ms"] >= 0 and lv["client_starved"] == starved
-        bound = lv["client_bound"] or lv["client_starved"]
+        assert lv["client_share"] == pytest.approx(max(0.0, s["client_ms"]) / lv["mean_ms"], abs=1e-3)
+        assert lv["client_held"] == (lv["client_share"] >= 0.1 and s["busy"] < 0.9)
+        assert lv["client_cpu_ms"] == pytest.approx(lv["client_cpu"] * 1e3 / lv["requests_per_s"], rel=0.01)
+        bound = lv["client_bound"] or lv["client_starved"] or lv["client_held"]
         assert lv["verdict"].startswith("the client was the bottleneck" if bound else "the server set the pace")
+        assert f"{max(0.0, s['client_ms']):.2f} ms of each {lv['mean_ms']:.2f} ms request" in lv["verdict"]
     assert rep["levels"][1]["split"]["avg_batch"] > 1  # four clients, a 5 ms batching window: batches form
     md = (tmp_path / "loadtest.md").read_text()
     assert "| compute infer |" in md and f"| 4 | {rep['levels'][1]['mean_ms']:.2f} |" in md
     assert (tmp_path / "loadtest-split.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean " in run.stdout and "compute infer" in run.stdout  # the table printed per level
+
+
+
+@needs_fashion
+def test_loadtest_raw_http_client_against_the_real_server(server: Server, fashion_test: np.ndarray) -> None:
+    """rn_deploy.httpload on a real Triton: keep-alive across requests, a 400 carries the same line tritonclient reads."""
+    import asyncio
+
+    from rn_deploy.httpload import Connection, HttpInferError, infer_request, split_address
+
+    host, port = split_address(server.http)
+    outs = ("label", "index", "score", "probs")
+    good = infer_request(host, port, "classifier", "image", png(fashion_test[0]), outs)
+    bad_bytes = b"hello, I am text, not a picture"
+    bad = infer_request(host, port, "classifier", "image", bad_bytes, outs)
+    other = infer_request(host, port, "nosuchmodel", "image", png(fashion_test[0]), outs)
+
+    async def go() -> tuple[int, list[str]]:
+        conn, errs = Connection(host, port, outs), []
+        try:
+            for req in (good, good, bad, good, other, good):
+                try:
+                    await asyncio.wait_for(conn.infer(req), 60)
+                except HttpInferError as e:
+                    errs.append(server_message(e))
+            return conn.connects, errs
+        finally:
+            await conn.close()
+
+    connects, errs = asyncio.run(go())
+    c = thttp.InferenceServerClient(server.http)
+    try:
+        with pytest.raises(InferenceServerException) as ei:
+            request(c, "classifier", bad_bytes)
+    finally:
+        c.close()
+    assert connects == 1  # one keep-alive connection, errors included
+    assert len(errs) == 2 and errs[0] == server_message(ei.value) and "not an image" in errs[0] and "\n" not in errs[0]
+    assert "nosuchmodel" in errs[1]
 
 
 def test_loadtest_split_over_grpc_counts_exactly_the_window(server: Server, fashion_test: np.ndarray) -> None:
