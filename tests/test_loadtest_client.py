@@ -265,9 +265,21 @@ def test_verdict_says_the_client_held_the_rate_back_and_by_how_much() -> None:
     assert lv.client_share == pytest.approx(0.14) and lv.client_held
     assert lv.ceiling_x == pytest.approx(5.0 / 4.3, abs=1e-3)  # closed loop: rate x mean / (mean - client)
     assert lv.client_cpu_ms == pytest.approx(0.14 * 1e3 / 170, abs=1e-4)
-    assert lv.verdict == ("the client was the bottleneck: the client's own time was 0.70 ms of each 5.00 ms request (14%; the load "
-                          "generator's CPU 0.82 ms per request): with a zero-overhead client this level could reach up to ~1.16x "
-                          "this rate (198 req/s), the model busy 50% of the window")
+    assert lv.own_ms == pytest.approx(0.7)  # its CPU per request (0.82 ms) is over the client side: capped by it
+    assert lv.verdict == ("the client was the bottleneck: the load generator's own time was 0.70 ms of each 5.00 ms request (14%; "
+                          "outside the server's statistics 0.70 ms: the client, the network stack, HTTP handling): with a "
+                          "zero-overhead client this level could reach up to ~1.16x this rate (198 req/s), the model busy 50% "
+                          "of the window")
+
+
+def test_verdict_counts_the_load_generators_cpu_not_the_network_and_http_every_client_pays() -> None:
+    """The measured case behind `own_ms`: 0.71 ms of each 6.16 ms request was outside the server's statistics, the
+    load generator's CPU was 0.47 ms per request (162 req/s), and perf_analyzer's C++ client got the same rate
+    within 1%: the server set the pace."""
+    lv = level(6.16, 0.71, 0.54, rps=162.0, cpu=0.47 * 162 / 1e3)
+    assert lv.own_ms == pytest.approx(0.47, abs=1e-3) and lv.client_share == pytest.approx(0.47 / 6.16, abs=1e-3)
+    assert not lv.client_held and lv.verdict.startswith("the server set the pace (the load generator's own time was 0.47 ms")
+    assert lv.ceiling_x == pytest.approx(6.16 / (6.16 - 0.47), abs=1e-3)
 
 
 def test_verdict_ceiling_is_capped_by_the_models_free_time() -> None:
@@ -278,7 +290,7 @@ def test_verdict_ceiling_is_capped_by_the_models_free_time() -> None:
 
 def test_verdict_server_when_saturated_or_the_client_share_is_small() -> None:
     busy = level(5.0, 0.7, 0.95)  # same client time, but the model was busy 95% of the window: the server set the pace
-    assert not busy.client_held and busy.verdict.startswith("the server set the pace (the client's own time was 0.70 ms")
+    assert not busy.client_held and busy.verdict.startswith("the server set the pace (the load generator's own time was 0.70 ms")
     small = level(5.0, 0.25, 0.5)
     assert small.client_share == pytest.approx(0.05) and small.client_share < CLIENT_SHARE and not small.client_held
     assert small.verdict.startswith("the server set the pace") and "(5%;" in small.verdict and "~1.05x" in small.verdict

@@ -267,12 +267,15 @@ def test_loadtest_cli_writes_json_markdown_png(server: Server, tmp_path: Path) -
         assert s["avg_batch"] >= 1 and 0 < s["busy"] <= 1.05
         starved = lv["loop_lag_ms"] > max(0.2, 0.1 * lv["mean_ms"]) and s["busy"] < 0.9
         assert lv["loop_lag_ms"] >= 0 and lv["client_starved"] == starved
-        assert lv["client_share"] == pytest.approx(max(0.0, s["client_ms"]) / lv["mean_ms"], abs=1e-3)
+        own = min(max(0.0, s["client_ms"]), lv["client_cpu_ms"])
+        assert lv["own_ms"] == pytest.approx(own, abs=1e-3)
+        assert lv["client_share"] == pytest.approx(own / lv["mean_ms"], abs=1e-3)
         assert lv["client_held"] == (lv["client_share"] >= 0.1 and s["busy"] < 0.9)
         assert lv["client_cpu_ms"] == pytest.approx(lv["client_cpu"] * 1e3 / lv["requests_per_s"], rel=0.01)
         bound = lv["client_bound"] or lv["client_starved"] or lv["client_held"]
         assert lv["verdict"].startswith("the client was the bottleneck" if bound else "the server set the pace")
-        assert f"{max(0.0, s['client_ms']):.2f} ms of each {lv['mean_ms']:.2f} ms request" in lv["verdict"]
+        assert f"{own:.2f} ms of each {lv['mean_ms']:.2f} ms request" in lv["verdict"]
+        assert f"outside the server's statistics {max(0.0, s['client_ms']):.2f} ms" in lv["verdict"]
     assert rep["levels"][1]["split"]["avg_batch"] > 1  # four clients, a 5 ms batching window: batches form
     md = (tmp_path / "loadtest.md").read_text()
     assert "| compute infer |" in md and f"| 4 | {rep['levels'][1]['mean_ms']:.2f} |" in md

@@ -34,6 +34,7 @@ from typing import Any
 
 HEAD_LIMIT = 64 << 10  # request and response heads; longer ones get 431 (tritonserver's answers are a few hundred bytes)
 CHUNK = 1 << 20  # bodies go through in pieces of at most this: the guard never holds a body whole
+SMALL = 64 << 10  # a head and a body up to this go on in one write
 LINGER_IDLE_S, LINGER_MAX_S = 5.0, 30.0  # after a refusal, drop what the client still sends: until 5 s idle (nginx's lingering_timeout), 30 s at most
 UPSTREAM_WAIT_S = 30.0  # how long a refusal waits for the connection's earlier answers
 
@@ -137,8 +138,10 @@ class HttpGuard:
                     relay = asyncio.ensure_future(self._relay(up_reader, writer, pending, answered))
                 await self.budget.take(length or 0)
                 pending.append(length or 0)
-                up_writer.write(head)
                 remaining = length or 0
+                if remaining <= SMALL and "expect" not in fields:  # one write: one segment for tritonserver to read
+                    head, remaining = head + await reader.readexactly(remaining), 0
+                up_writer.write(head)
                 while remaining:
                     piece = await reader.read(min(remaining, CHUNK))
                     if not piece:
@@ -193,16 +196,19 @@ class HttpGuard:
                     head = await up.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     break
-                writer.write(head)
                 status_line, fields = _headers(head)
                 status = int(status_line.split(" ", 2)[1])
+                length = _content_length(fields)
+                if length is not None and length <= SMALL:  # an answer: one write (one segment) to the client
+                    head, length = head + await up.readexactly(length), 0
+                writer.write(head)
                 if 100 <= status < 200:
                     await writer.drain()
                     continue  # 100 Continue: the final answer follows
                 if pending:
                     self.budget.give(pending.popleft())
                 # framed by Content-Length whatever the method: tritonserver's HEAD answers carry their body too
-                if (length := _content_length(fields)) is not None:
+                if length is not None:
                     while length:
                         piece = await up.read(min(length, CHUNK))
                         if not piece:
