@@ -275,7 +275,7 @@ def test_verdict_says_the_client_held_the_rate_back_and_by_how_much() -> None:
 def test_verdict_counts_the_load_generators_cpu_not_the_network_and_http_every_client_pays() -> None:
     """The measured case behind `own_ms`: 0.71 ms of each 6.16 ms request was outside the server's statistics, the
     load generator's CPU was 0.47 ms per request (162 req/s), and perf_analyzer's C++ client got the same rate
-    within 1%: the server set the pace."""
+    within 3%: the server set the pace."""
     lv = level(6.16, 0.71, 0.54, rps=162.0, cpu=0.47 * 162 / 1e3)
     assert lv.own_ms == pytest.approx(0.47, abs=1e-3) and lv.client_share == pytest.approx(0.47 / 6.16, abs=1e-3)
     assert not lv.client_held and lv.verdict.startswith("the server set the pace (the load generator's own time was 0.47 ms")
