@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rn_deploy.serve.budget import BUSY, NOT_RUNNING
 from rn_deploy.serve.guard import BodyGuard
 from rn_deploy.serve.procfs import tree_pss_mb
 
@@ -153,25 +154,110 @@ def test_a_refusal_keeps_the_order_of_answers_on_its_connection(upstream: Upstre
 
 
 def test_bodies_in_flight_stay_under_the_budget_later_ones_wait(upstream: Upstream) -> None:
-    """Budget 1500 bytes, three clients with 1000-byte bodies, answers held: one body reaches the server, the
-    others wait unread until its answer frees the room; all three are answered in the end."""
+    """Budget 150 kB, three clients with 100 kB bodies (over SMALL, so budgeted), answers held: one body reaches the
+    server, the others wait unread until its answer frees the room; all three are answered in the end."""
     upstream.hold = True
-    guard = start_guard(upstream, 1000, 1500)
+    guard = start_guard(upstream, 300_000, 150_000)
     try:
         with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(exchange, guard.http_port, post(bytes([k]) * 1000)) for k in range(3)]
+            futures = [pool.submit(exchange, guard.http_port, post(bytes([k]) * 100_000)) for k in range(3)]
             time.sleep(1.0)
-            assert len(upstream.received) == 1  # the second would take 2000 > 1500 bytes in flight
+            assert len(upstream.received) == 1  # the second would take 200 kB > 150 kB in flight
             for n in (2, 3):
                 upstream.release()
-                deadline = time.monotonic() + 10
-                while len(upstream.received) < n and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                wait_for(lambda n=n: len(upstream.received) >= n)
                 time.sleep(0.3)
                 assert len(upstream.received) == n
             upstream.release()
-            assert sorted(f.result(timeout=10)[0] for f in futures) == [b"HTTP/1.1 200 OK got 1000"] * 3
+            assert sorted(f.result(timeout=10)[0] for f in futures) == [b"HTTP/1.1 200 OK got 100000"] * 3
     finally:
+        guard.stop(0)
+
+
+def wait_for(cond, timeout: float = 10.0) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def stall(port: int, length: int = 100_000, sent: int = 10) -> socket.socket:
+    """A client that sends the head of a ``length``-byte body and ``sent`` bytes of it, then nothing."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode() + b"s" * sent)
+    return s
+
+
+def test_clients_stalling_large_bodies_hold_neither_small_requests_nor_the_room_for_long(upstream: Upstream) -> None:
+    """Two clients that send a large body's head and stop (the whole budget of 100 kB: with the old guard, which took
+    it before reading and counted small bodies too, every request with a body waited for ever): small requests pass at once, the stalled bodies give their
+    room back after the idle time, and a client gone mid-body gives it back at once."""
+    h, g, grpc_up = free_ports(3)
+    guard = BodyGuard("127.0.0.1", h, g, upstream.port, grpc_up, 100_000, 100_000, idle_s=1.5)
+    guard.start()
+    try:
+        stalled = [stall(h), stall(h)]
+        assert exchange(h, post(b"small" * 100), timeout=5) == [b"HTTP/1.1 200 OK got 500"]
+        with ThreadPoolExecutor(1) as pool:
+            big = pool.submit(exchange, h, post(b"b" * 100_000), 1, 20)
+            took = wait_for(lambda: any(len(b) == 100_000 and b[:1] == b"b" for _, b in upstream.received))
+            assert 0.5 < took < 6, took  # waited for a stalled body's idle time, not for ever
+            assert big.result(10) == [b"HTTP/1.1 200 OK got 100000"]
+        assert all(s.recv(100) == b"" for s in stalled)  # closed by the guard
+        gone = stall(h, sent=50_000)
+        time.sleep(0.3)
+        gone.close()  # mid-body: its room must come back at once, not after the idle time
+        t0 = time.monotonic()
+        assert exchange(h, post(b"c" * 100_000), timeout=10) == [b"HTTP/1.1 200 OK got 100000"]
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        guard.stop(0)
+
+
+def test_connections_over_the_cap_get_a_503_and_the_others_still_work(upstream: Upstream) -> None:
+    h, g, grpc_up = free_ports(3)
+    guard = BodyGuard("127.0.0.1", h, g, upstream.port, grpc_up, 1000, 4000, max_connections=2)
+    guard.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", h), timeout=10) for _ in range(2)]
+        time.sleep(0.3)
+        (answer,) = exchange(h, post(b"x"))
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"too many connections" in answer
+        idle[0].close()
+        time.sleep(0.3)
+        assert exchange(h, post(b"x")) == [b"HTTP/1.1 200 OK got 1"]
+        idle[1].close()
+    finally:
+        guard.stop(0)
+
+
+def test_grpc_errors_name_no_internal_address_and_a_full_budget_refuses_large_messages(upstream: Upstream) -> None:
+    """tritonserver's gRPC port closed (starting, stopping): the client's line is the guard's, not grpc's
+    'ipv4:127.0.0.1:PORT: Failed to connect'. A message over SMALL while the budget is held is refused at once
+    (gRPC messages arrive whole: holding them while they wait grew the supervisor by 50 MB per caller)."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    h, g, grpc_up = free_ports(3)
+    guard = BodyGuard("127.0.0.1", h, g, upstream.port, grpc_up, 100_000, 100_000)
+    guard.start()
+    c = tgrpc.InferenceServerClient(f"127.0.0.1:{g}")
+    try:
+        with pytest.raises(InferenceServerException) as ei:
+            c.is_server_ready()
+        assert ei.value.status() == "StatusCode.UNAVAILABLE" and ei.value.message() == NOT_RUNNING
+        assert str(grpc_up) not in str(ei.value)
+        held = stall(h, sent=1000)  # 100 kB of budget taken by a body still arriving
+        time.sleep(0.3)
+        inp = tgrpc.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[b"x" * 90_000]], dtype=object))
+        with pytest.raises(InferenceServerException) as ei:
+            c.infer("m", [inp])
+        assert ei.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and ei.value.message() == BUSY
+        held.close()
+    finally:
+        c.close()
         guard.stop(0)
 
 

@@ -11,13 +11,17 @@ takes the public ones:
   unchanged on one upstream connection per client connection and relays the answers. A refusal waits for the
   connection's earlier answers (pipelining keeps its order), drops whatever body the client still sends (so it
   reads the answer instead of a reset), then closes the connection.
-- gRPC: a proxy whose server refuses a message over the limit (``RESOURCE_EXHAUSTED``) as gRPC does, forwarding
-  every other call, metadata included, to tritonserver's gRPC port.
+- gRPC (:mod:`.guard_grpc`): a proxy whose server refuses a message over the limit (``RESOURCE_EXHAUSTED``) as
+  gRPC does, forwarding every other call, metadata included, to tritonserver's gRPC port.
 
-Bodies admitted also share a budget, ``--max-bytes-in-flight``: a body that would take the bytes forwarded and not
-yet answered over it waits (an HTTP one unread, in the client's socket) until earlier answers free room, so the
-shared-memory region, which keeps its high-water mark, stays under about that much whatever clients send at once.
-A body alone over the budget still goes when nothing else is in flight.
+Bodies over ``SMALL`` (64 KiB) also share a budget, ``--max-bytes-in-flight`` (:mod:`.budget`): an HTTP body that
+would take the bytes forwarded and not yet answered over it waits, unread in the client's socket, until earlier
+answers free room (503 after 30 s); a gRPC message, which arrives whole, is refused at once (``RESOURCE_EXHAUSTED``,
+retry). So the shared-memory region, which keeps its high-water mark, stays under about that much whatever clients
+send at once. A body alone over the budget still goes when nothing else is in flight; smaller bodies pass outside
+it, bounded by the connection cap. No client holds anything for long: a connection without a request head for 60 s,
+or a body that sends nothing for 60 s, is closed (a body's room comes back at once when its client goes); past
+about half the process's descriptor limit (raised to its hard limit) new connections get 503.
 
 Headers (the restricted-API token among them) pass through: tritonserver still decides what a client may call.
 """
@@ -29,36 +33,16 @@ import contextlib
 import json
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
+
+from .budget import BUSY, NOT_RUNNING, SMALL, ByteBudget
 
 HEAD_LIMIT = 64 << 10  # request and response heads; longer ones get 431 (tritonserver's answers are a few hundred bytes)
 CHUNK = 1 << 20  # bodies go through in pieces of at most this: the guard never holds a body whole
-SMALL = 64 << 10  # a head and a body up to this go on in one write
+IDLE_S = 60.0  # a connection with no request head for this long, or a body with no bytes for this long, is closed
+BUDGET_WAIT_S = 30.0  # a large body waits at most this long for room in --max-bytes-in-flight, then gets 503
 LINGER_IDLE_S, LINGER_MAX_S = 5.0, 30.0  # after a refusal, drop what the client still sends: until 5 s idle (nginx's lingering_timeout), 30 s at most
 UPSTREAM_WAIT_S = 30.0  # how long a refusal waits for the connection's earlier answers
-
-
-class ByteBudget:
-    """Bytes forwarded and not yet answered, at most ``limit`` (or one body, when it alone is larger)."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def take(self, n: int) -> None:
-        while self.used and self.used + n > self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-        self.used += n
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        while self._waiters:  # every waiter checks again; few wait at once (each holds a large body)
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -93,24 +77,44 @@ def _content_length(fields: dict[str, list[str]]) -> int | None:
 class HttpGuard:
     """The HTTP side: one asyncio server on the public address, forwarding to tritonserver's loopback port."""
 
-    def __init__(self, upstream: tuple[str, int], max_body: int, budget: ByteBudget):
+    def __init__(self, upstream: tuple[str, int], max_body: int, budget: ByteBudget, max_connections: int,
+                 idle_s: float = IDLE_S):
         self.upstream, self.max_body, self.budget = upstream, max_body, budget
+        self.max_connections, self.connections, self.idle_s = max_connections, 0, idle_s
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:  # each one holds two descriptors (client, tritonserver) and a head
+            with contextlib.suppress(OSError):
+                writer.write(_answer(503, "Service Unavailable", "too many connections; retry"))
+            writer.close()
+            return
+        self.connections += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.connections -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
         up_writer: asyncio.StreamWriter | None = None
         relay: asyncio.Task[None] | None = None
-        pending: deque[int] = deque()  # body sizes of the requests forwarded and not yet answered, oldest first
+        pending: deque[int] = deque()  # budgeted bytes of the requests forwarded and not yet answered, oldest first
         answered = asyncio.Event()
+        partial = False  # a request's body is being forwarded: if the client goes now, tritonserver can never answer it
         try:
             while True:
+                timer = loop.call_later(self.idle_s, writer.transport.abort)  # idle keep-alive and slow heads end here
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
                     return  # the client closed the connection between requests
                 except asyncio.LimitOverrunError:
+                    timer.cancel()
                     await self._refuse(writer, pending, answered, 431, "Request Header Fields Too Large",
                                        f"request head over {HEAD_LIMIT} bytes", reader)
                     return
+                finally:
+                    timer.cancel()
                 try:
                     line, fields = _headers(head)
                     length = _content_length(fields)
@@ -132,29 +136,50 @@ class HttpGuard:
                     try:
                         up_reader, up_writer = await asyncio.open_connection(*self.upstream, limit=HEAD_LIMIT)
                     except OSError:
-                        await self._refuse(writer, pending, answered, 503, "Service Unavailable",
-                                           "the model server is not running (starting or stopping); retry", reader)
+                        await self._refuse(writer, pending, answered, 503, "Service Unavailable", NOT_RUNNING, reader)
                         return
                     relay = asyncio.ensure_future(self._relay(up_reader, writer, pending, answered))
-                await self.budget.take(length or 0)
-                pending.append(length or 0)
                 remaining = length or 0
+                # Small bodies (a request head's worth) pass without the budget: the connection cap bounds them. A
+                # large one waits for room, unread in the client's socket, and holds it only while its bytes flow.
+                taken = remaining if remaining > SMALL else 0
+                if taken and not self.budget.fits(taken):
+                    try:
+                        await asyncio.wait_for(self.budget.take(taken), BUDGET_WAIT_S)
+                    except asyncio.TimeoutError:
+                        await self._refuse(writer, pending, answered, 503, "Service Unavailable", BUSY, reader)
+                        return
+                elif taken:
+                    await self.budget.take(taken)
+                pending.append(taken)
+                partial = True
                 if remaining <= SMALL and "expect" not in fields:  # one write: one segment for tritonserver to read
-                    head, remaining = head + await reader.readexactly(remaining), 0
+                    timer = loop.call_later(self.idle_s, writer.transport.abort)
+                    try:
+                        head, remaining = head + await reader.readexactly(remaining), 0
+                    finally:
+                        timer.cancel()
                 up_writer.write(head)
                 while remaining:
-                    piece = await reader.read(min(remaining, CHUNK))
+                    timer = loop.call_later(self.idle_s, writer.transport.abort)  # a body that stops flowing gives its room back
+                    try:
+                        piece = await reader.read(min(remaining, CHUNK))
+                    finally:
+                        timer.cancel()
                     if not piece:
-                        return  # the client went away mid-body: closing upstream drops the partial request there
+                        return  # the client went away mid-body
                     remaining -= len(piece)
                     up_writer.write(piece)
                     await up_writer.drain()
+                partial = False
                 await up_writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
+            if partial and up_writer is not None:  # drop the half request at tritonserver and its room at once
+                up_writer.transport.abort()
             if relay is not None:
-                if up_writer is not None and pending and not relay.done():
+                if up_writer is not None and pending and not partial and not relay.done():
                     with contextlib.suppress(OSError, asyncio.TimeoutError):
                         await asyncio.wait_for(asyncio.shield(relay), UPSTREAM_WAIT_S)  # answers the client waits for
                 relay.cancel()
@@ -172,7 +197,7 @@ class HttpGuard:
             answered.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(answered.wait(), 1.0)
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):  # ENOTCONN from write_eof on a client already gone, resets
             writer.write(_answer(status, reason, message))
             await writer.drain()
             if writer.can_write_eof():
@@ -248,65 +273,41 @@ class HttpGuard:
             await writer.drain()
 
 
-class _GrpcForward:
-    """A generic gRPC handler: every method of tritonserver's service, request and answer as raw bytes."""
+def _connection_cap() -> int:
+    """Client connections the HTTP side takes at once: each holds two descriptors (client, tritonserver), so about half
+    of this process's descriptor limit (raised to its hard limit first), leaving room for gRPC and the rest. Past it a
+    client gets a 503 instead of the accept loop failing (and logging) on every new connection."""
+    import resource
 
-    def __init__(self, channel: Any, budget: ByteBudget):
-        self.channel, self.budget = channel, budget
-
-    def handler(self, method: str) -> Any:
-        import grpc
-
-        if method.endswith("/ModelStreamInfer"):
-            async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-                sizes: deque[int] = deque()  # one answer per request (the served model is not decoupled)
-
-                async def counted() -> AsyncIterator[bytes]:
-                    async for request in requests:
-                        await self.budget.take(len(request))
-                        sizes.append(len(request))
-                        yield request
-
-                call = self.channel.stream_stream(method)(counted(), metadata=_metadata(context),
-                                                          timeout=context.time_remaining())
-                try:
-                    async for answer in call:
-                        if sizes:
-                            self.budget.give(sizes.popleft())
-                        yield answer
-                except grpc.aio.AioRpcError as e:
-                    await context.abort(e.code(), e.details() or "")
-                finally:
-                    self.budget.give(sum(sizes))
-                    sizes.clear()
-            return grpc.stream_stream_rpc_method_handler(stream)
-
-        async def unary(request: bytes, context: Any) -> bytes:
-            await self.budget.take(len(request))
-            try:
-                answer: bytes = await self.channel.unary_unary(method)(request, metadata=_metadata(context),
-                                                                        timeout=context.time_remaining())
-                return answer
-            except grpc.aio.AioRpcError as e:
-                await context.abort(e.code(), e.details() or "")
-                raise  # abort raises; this line is never reached
-            finally:
-                self.budget.give(len(request))
-        return grpc.unary_unary_rpc_method_handler(unary)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return max(32, (min(soft, 65536) - 512) // 4)
 
 
-def _metadata(context: Any) -> tuple[tuple[str, Any], ...]:
-    return tuple((k, v) for k, v in context.invocation_metadata() or () if not k.startswith(":") and k != "user-agent")
+def _return_large_blocks() -> None:
+    """glibc in this process (the supervisor): blocks of 1 MiB or more mmap'd, so bodies the guard held (gRPC messages
+    arrive whole) go back to the system when freed; what tritonserver gets from ``serve``'s environment (MALLOC_ENV)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 8 << 20)  # M_TRIM_THRESHOLD
 
 
 class BodyGuard:
     """Both guards on one event loop in a thread of the supervisor: :meth:`start` binds the public ports, :meth:`stop`."""
 
     def __init__(self, host: str, http_port: int, grpc_port: int, upstream_http: int, upstream_grpc: int,
-                 max_body: int, max_in_flight: int):
+                 max_body: int, max_in_flight: int, *, max_connections: int | None = None, idle_s: float = IDLE_S):
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.upstream_http, self.upstream_grpc, self.max_body = upstream_http, upstream_grpc, max_body
-        self.max_in_flight = max_in_flight
+        self.max_in_flight, self.max_connections, self.idle_s = max_in_flight, max_connections, idle_s
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="rn-deploy-guard", daemon=True)
         self._http: asyncio.base_events.Server | None = None
@@ -321,21 +322,17 @@ class BodyGuard:
     async def _start(self) -> None:
         import grpc
 
+        from .guard_grpc import grpc_server
+
+        _return_large_blocks()
         budget = ByteBudget(self.max_in_flight)  # HTTP and gRPC bodies together: one shared-memory region takes both
-        guard = HttpGuard(("127.0.0.1", self.upstream_http), self.max_body, budget)
+        connections = self.max_connections or _connection_cap()
+        guard = HttpGuard(("127.0.0.1", self.upstream_http), self.max_body, budget, connections, self.idle_s)
         self._http = await asyncio.start_server(guard.handle, self.host, self.http_port, limit=HEAD_LIMIT,
                                                 reuse_address=True, backlog=1024)
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.upstream_grpc}", options=unlimited)
-        forward = _GrpcForward(self._channel, budget)
-
-        class Generic(grpc.GenericRpcHandler):
-            def service(self, details: Any) -> Any:
-                return forward.handler(details.method)
-
-        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_body),
-                                              ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
-        self._grpc.add_generic_rpc_handlers((Generic(),))
+        self._grpc = grpc_server(self._channel, budget, self.max_body, connections)
         host = f"[{self.host}]" if ":" in self.host else self.host
         if not self._grpc.add_insecure_port(f"{host}:{self.grpc_port}"):
             raise OSError(f"cannot listen on {host}:{self.grpc_port}")
