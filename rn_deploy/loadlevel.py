@@ -15,7 +15,7 @@ answered, so rate = N / mean latency. Who set the pace (``LoadLevel.judge``), in
   (mean latency minus the server's own time) is not the client's alone: it holds the network stack,
   ``serve``'s body guard and tritonserver's HTTP handling, which every client pays. Measured (issue 33,
   docs/benchmarks.md): it was 7-13% of the latency at concurrency 1, 4 and 16 while perf_analyzer's C++
-  client got the same rate as loadtest within 6%, and loadtest's own CPU was 0.11-0.47 ms per request;
+  client got the same rate as loadtest within 8%, and loadtest's own CPU was 0.09-0.47 ms per request;
 - otherwise the server set the pace (the verdict still gives the client's share); without the server's
   statistics (no split) who set the pace is unknown, unless the client was bound or starved.
 """
