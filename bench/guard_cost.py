@@ -2,8 +2,8 @@
 
     python bench/guard_cost.py MODEL.onnx --runs 2            # alternated: --no-body-guard, --body-guard, ...
 
-Per run: one `rn-deploy serve` (127.0.0.1, free ports), a 2 s warm-up at concurrency 16, then `rn-deploy loadtest`'s
-closed loop (HTTP, Fashion-MNIST test images as PNG) at concurrency 1 and 16 for ``--seconds`` each. Prints req/s,
+Per run: one `rn-deploy serve` (127.0.0.1, free ports, started as bench/serve_bench.py starts it), a 2 s warm-up at
+concurrency 16, then `rn-deploy loadtest`'s closed loop (HTTP, Fashion-MNIST test images as PNG) at concurrency 1 and 16 for ``--seconds`` each. Prints req/s,
 the supervisor's CPU per request (the guard runs there; ~0 without it), the whole server tree's CPU per request
 (supervisor + tritonserver + stub, /proc) and Triton's average batch. Run it on a quiet machine.
 """
@@ -11,41 +11,30 @@ the supervisor's CPU per request (the guard runs there; ~0 without it), the whol
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from serve_bench import start  # noqa: E402
+
 from rn_deploy.loadtest import dataset_images, run_level  # noqa: E402
-from rn_deploy.serve.procfs import process_tree  # noqa: E402
-from rn_deploy.serve.server import free_ports  # noqa: E402
+from rn_deploy.serve.procfs import cpu_seconds, process_tree  # noqa: E402
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def one(onnx: Path, flag: str, seconds: float, images: list[bytes]) -> None:
-    h, g, m = free_ports(3)
-    proc = subprocess.Popen([sys.executable, "-m", "rn_deploy", "serve", str(onnx), "--host", "127.0.0.1", "--http-port", str(h),
-                             "--grpc-port", str(g), "--metrics-port", str(m), "--json", flag],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+def one(onnx: Path, flag: str, seconds: float, images: list[bytes], log: Path) -> None:
+    proc, url = start(onnx, log, [flag])
     try:
-        assert proc.stdout is not None
-        json.loads(proc.stdout.readline())
-        url = f"127.0.0.1:{h}"
         run_level(url, "classifier", images, 16, 2.0, False)
         for c in (1, 16):
             pids = [proc.pid, *process_tree(proc.pid)]
-            sup0, tree0 = cpu_s(proc.pid), sum(cpu_s(p) for p in pids)
+            sup0, tree0 = cpu_seconds([proc.pid]), cpu_seconds(pids)
             lv = run_level(url, "classifier", images, c, seconds, False)
-            sup1, tree1 = cpu_s(proc.pid), sum(cpu_s(p) for p in pids)
+            sup1, tree1 = cpu_seconds([proc.pid]), cpu_seconds(pids)
             print(f"{flag} c{c}: {lv.requests_per_s:.0f} req/s, supervisor {1e3 * (sup1 - sup0) / lv.requests:.3f} ms CPU/req, "
                   f"tree {1e3 * (tree1 - tree0) / lv.requests:.3f} ms/req, batch {lv.split.avg_batch if lv.split else None}, "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
@@ -61,9 +50,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     args = ap.parse_args()
     images = dataset_images("fashion-mnist", 256)
-    for _ in range(args.runs):
-        for flag in ("--no-body-guard", "--body-guard"):
-            one(args.model, flag, args.seconds, images)
+    with tempfile.TemporaryDirectory(prefix="guard-cost.") as tmp:
+        for k in range(args.runs):
+            for flag in ("--no-body-guard", "--body-guard"):
+                one(args.model, flag, args.seconds, images, Path(tmp) / f"serve-{k}{flag}.log")
 
 
 if __name__ == "__main__":
