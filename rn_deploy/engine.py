@@ -141,7 +141,7 @@ class Engine:
                 if why:
                     raise RnDeployError(why)
                 outs.append(runner.infer(runner.prepare(chunk)).cpu())
-        return torch.cat(outs)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, *, size: tuple[int, int] | None = None,
                 top_k: int | None = None) -> list[Prediction]:

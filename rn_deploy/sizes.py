@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import ModelConfig
 from .errors import RnDeployError
-from .preprocess import DEFAULT_MAX_ASPECT, as_chw_uint8, preprocess
+from .preprocess import DEFAULT_MAX_ASPECT, hwc_uint8, preprocess
 
 DEFAULT_DROP = 1.0
 """Top-1 points below the best measured size that still count as inside the range."""
@@ -87,8 +87,8 @@ def preprocess_in_range(images: Sequence[np.ndarray], config: ModelConfig, max_a
     """Normalised batches, one per target size: ``[(indices into images, NCHW tensor), ...]``."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
-        h, w = as_chw_uint8(img, config.in_channels, i).shape[-2:]  # checks every image with its own index
-        groups.setdefault(target_size(config, int(h), int(w)), []).append(i)
+        h, w = hwc_uint8(img, config.in_channels, i).shape[:2]  # checks every image with its own index
+        groups.setdefault(target_size(config, h, w), []).append(i)
     return [(idx, preprocess([images[i] for i in idx], size, config.in_channels, config.mean, config.std, presize=config.presize,
                              max_aspect=max_aspect))
             for size, idx in groups.items()]
@@ -101,8 +101,11 @@ def run_in_range(images: Sequence[np.ndarray], config: ModelConfig, infer: Calla
     Each image is fitted to :func:`target_size` of its own size, so an answer never depends on what
     else is in the batch; images that share a target run as one batch.
     """
+    groups = preprocess_in_range(images, config, max_aspect)
+    if len(groups) == 1:  # one target size: the rows are already in the images' order
+        return infer(groups[0][1])
     out: torch.Tensor | None = None
-    for idx, x in preprocess_in_range(images, config, max_aspect):
+    for idx, x in groups:
         y = infer(x)
         if out is None:
             out = y.new_empty((len(images), *y.shape[1:]))

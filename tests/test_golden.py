@@ -213,3 +213,23 @@ def test_serve_matches_the_golden_probabilities(model: dict[str, Any], pngs: lis
         np.testing.assert_allclose(got["probs"], want, atol=2e-5, err_msg=f"{path.name}")
         assert got["index"] == int(want.argmax()) and got["label"] == FASHION[got["index"]]
         assert got["score"] == pytest.approx(float(want.max()), abs=2e-5)
+
+
+def test_an_image_at_the_model_size_gets_the_same_numbers_alone_or_beside_one_that_is_resized():
+    """``preprocess`` normalises a batch that is all at the model size in NumPy (a server's batch of one) and a batch
+    that needs resizing with torch; the rows of the same image are bit-identical either way, and equal the documented
+    ``(x - 255 mean) / (255 std)`` in float32 written here. Planted: the NumPy path computing its mean/std in float64
+    (rows differ in the last bits), or leaving out the std (rows differ by far)."""
+    from rn_deploy.preprocess import preprocess
+
+    rng = np.random.default_rng(3)
+    mean, std = (0.2860, 0.4, 0.5), (0.3530, 0.25, 0.28)
+    at_size = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (40, 33, 3), dtype=np.uint8)
+    alone = preprocess([at_size], (28, 28), 3, mean, std).numpy()
+    beside = preprocess([at_size, other], (28, 28), 3, mean, std).numpy()
+    documented = ((at_size.astype(np.float32).transpose(2, 0, 1) - np.float32(255) * np.array(mean, np.float32)[:, None, None])
+                  / (np.float32(255) * np.array(std, np.float32)[:, None, None]))
+    assert alone.shape == (1, 3, 28, 28) and alone.dtype == np.float32 and alone.flags.c_contiguous
+    assert np.array_equal(alone[0], beside[0])
+    assert np.array_equal(alone[0], documented)
