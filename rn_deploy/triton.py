@@ -206,14 +206,16 @@ DEFAULT_MAX_BATCH_PIXELS = 24_000_000
 
 def contract_config_pbtxt(name: str, model: str, channels: int, n_classes: int, *, max_batch: int, max_queue_delay_us: int,
                           instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS,
-                          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> str:
+                          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, ort_threads: int = 0) -> str:
     """The image-classifier contract as a Python-backend model (what ``serve`` runs, and ``NAME_image`` of export-triton).
 
     ``image`` BYTES [1] or ``pixels`` UINT8 [-1, -1, C] in; ``label``, ``index``, ``score``, ``probs`` out;
-    ``model``: the ONNX/engine path, absolute or relative to this model's folder.
+    ``model``: the ONNX/engine path, absolute or relative to this model's folder; ``ort_threads``: ONNX Runtime
+    intra-op threads per instance, 0 for the backend's rule (:func:`rn_deploy.serve.backend.ort_settings`).
     """
     params = {"model": model, "max_pixels": str(max_pixels), "max_aspect": f"{max_aspect:g}",
-              "max_batch_pixels": str(max_batch_pixels), "max_request_bytes": str(max_request_bytes)}
+              "max_batch_pixels": str(max_batch_pixels), "max_request_bytes": str(max_request_bytes),
+              "ort_threads": str(ort_threads)}
     param_text = "".join(f"parameters {{\n  key: {json.dumps(k)}\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n"
                          for k, v in params.items())
     return f"""name: {json.dumps(name)}
@@ -256,7 +258,7 @@ def _replace(src: Path, dest: Path) -> None:
 
 
 def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int,
-                 max_queue_delay_us: int = 2000, instances: int = 1) -> None:
+                 max_queue_delay_us: int = 2000, instances: int = 1, ort_threads: int = 0) -> None:
     """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
     from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 
@@ -265,7 +267,7 @@ def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: 
     texts = {"config.pbtxt": contract_config_pbtxt(f"{name}{IMAGE_SUFFIX}", model, channels, n_classes, max_batch=max_batch,
                                                    max_queue_delay_us=max_queue_delay_us, instances=instances,
                                                    max_pixels=DEFAULT_MAX_PIXELS,
-                                                   max_aspect=DEFAULT_MAX_ASPECT),
+                                                   max_aspect=DEFAULT_MAX_ASPECT, ort_threads=ort_threads),
              "1/model.py": MODEL_PY}
     for fname, text in texts.items():
         (folder / fname).write_text(text)
@@ -273,14 +275,16 @@ def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: 
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
-                  kind: str | None = None, image_max_queue_delay_us: int | None = None, image_instances: int | None = None) -> Path:
+                  kind: str | None = None, image_max_queue_delay_us: int | None = None, image_instances: int | None = None,
+                  image_ort_threads: int | None = None) -> Path:
     """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder.
 
     Args:
         max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
         kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
-        image_max_queue_delay_us, image_instances: ``NAME_image``'s batching delay and instance count
-            (None: serve's defaults, 2000 us and 1; ``rn-deploy export-triton`` passes a tuned setting).
+        image_max_queue_delay_us, image_instances, image_ort_threads: ``NAME_image``'s batching delay, instance count
+            and ONNX Runtime threads per instance (None: serve's defaults, 2000 us, 1 and 0 = the backend's rule;
+            ``rn-deploy export-triton`` passes a tuned setting).
     """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
@@ -348,7 +352,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             os.chmod(stage / fname, 0o644)
         if front is not None:
             _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch,
-                         2000 if image_max_queue_delay_us is None else image_max_queue_delay_us, image_instances or 1)
+                         2000 if image_max_queue_delay_us is None else image_max_queue_delay_us, image_instances or 1,
+                         image_ort_threads or 0)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:

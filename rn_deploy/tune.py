@@ -1,4 +1,4 @@
-"""``rn-deploy serve --tune``: sweep max batch x queue delay x instances on real servers, keep the fastest under a p99 budget.
+"""``rn-deploy serve --tune``: sweep max batch x queue delay x instances x ORT threads on real servers, keep the fastest under a p99 budget.
 
 What NVIDIA Model Analyzer does for a Triton model, for this one: each setting of the grid (and the
 default setting, always) gets its own tritonserver on free loopback ports, a short warm-up, then a
@@ -31,11 +31,12 @@ from .serve.server import check_model, free_ports, serve
 from .strictjson import ToDict
 from .tuned import SETTINGS, save_tuned
 
-DEFAULT_GRID = {"max_batch": [8, 32], "max_queue_delay_us": [0, 2000], "instances": [1, 2]}
+DEFAULT_GRID = {"max_batch": [8, 32], "max_queue_delay_us": [0, 2000], "instances": [1, 2], "ort_threads": [0]}
 ALIASES = {"max_batch": "max_batch", "batch": "max_batch", "max_queue_delay_us": "max_queue_delay_us",
-           "delay_us": "max_queue_delay_us", "queue_delay_us": "max_queue_delay_us", "instances": "instances"}
-MINIMUM = {"max_batch": 1, "max_queue_delay_us": 0, "instances": 1}
-GRID_HELP = "max_batch=8,32 max_queue_delay_us=0,2000 instances=1,2"
+           "delay_us": "max_queue_delay_us", "queue_delay_us": "max_queue_delay_us", "instances": "instances",
+           "ort_threads": "ort_threads", "threads": "ort_threads"}
+MINIMUM = {"max_batch": 1, "max_queue_delay_us": 0, "instances": 1, "ort_threads": 0}
+GRID_HELP = "max_batch=8,32 max_queue_delay_us=0,2000 instances=1,2 ort_threads=1,2"
 
 
 def parse_grid(text: str) -> dict[str, list[int]]:
@@ -71,6 +72,7 @@ class TuneRow:
     max_batch: int
     max_queue_delay_us: int
     instances: int
+    ort_threads: int = 0  # 0: serve's rule (rn_deploy.serve.backend.ort_settings)
     default: bool = False
     requests_per_s: float = 0.0
     p50_ms: float | None = None
@@ -85,7 +87,7 @@ class TuneRow:
         return {k: getattr(self, k) for k in SETTINGS}
 
     def label(self) -> str:
-        return f"b{self.max_batch}/d{self.max_queue_delay_us}/i{self.instances}"
+        return f"b{self.max_batch}/d{self.max_queue_delay_us}/i{self.instances}/t{self.ort_threads or 'auto'}"
 
 
 def choose(rows: Sequence[TuneRow], p99_ms: float) -> TuneRow | None:
@@ -131,7 +133,7 @@ def measure(base: ServeOptions, info: dict[str, Any], setting: dict[str, int], i
     """One setting on its own server: warm-up, then ``concurrency`` closed-loop clients for ``seconds``."""
     h, g, m = free_ports(3)
     opts = ServeOptions(**{**base.__dict__, **setting, "host": "127.0.0.1", "http_port": h, "grpc_port": g, "metrics_port": m})
-    row = TuneRow(setting["max_batch"], setting["max_queue_delay_us"], setting["instances"])
+    row = TuneRow(setting["max_batch"], setting["max_queue_delay_us"], setting["instances"], setting["ort_threads"])
     stop, ready, failure = threading.Event(), threading.Event(), []
 
     def run() -> None:
@@ -215,15 +217,16 @@ def markdown(res: TuneResult) -> str:
              f"p99 budget {res.p99_budget_ms:g} ms, concurrency {res.concurrency}, {res.seconds:g} s per setting, {res.images}; "
              f"{res.machine.get('host')}, {res.machine.get('cpus')} CPUs, load average {res.machine.get('load_average_at_start')}, "
              f"{res.machine.get('date')}.", "",
-             "| max batch | queue delay us | instances | req/s | p50 ms | p99 ms | errors | server CPU (cores) | img per server CPU-s "
-             "| avg batch | meets budget |", "|---:" * 10 + "|:--|"]
+             "| max batch | queue delay us | instances | ORT threads | req/s | p50 ms | p99 ms | errors | server CPU (cores) "
+             "| img per server CPU-s | avg batch | meets budget |", "|---:" * 11 + "|:--|"]
     for r in res.rows:
         ok = "failed: " + r.failed if r.failed else ("yes" if r is choose([r], res.p99_budget_ms) else "no")
         mark = (" (default)" if r.default else "") + (" **chosen**" if res.chosen == r.setting() else "")
         cells = [f"{r.requests_per_s:.1f}", *("-" if v is None else f"{v:.2f}" for v in (r.p50_ms, r.p99_ms)), str(r.errors),
                  "-" if r.server_cpu is None else f"{r.server_cpu:.2f}", "-" if r.images_per_cpu_s is None else f"{r.images_per_cpu_s:.0f}",
                  "-" if r.avg_batch is None else f"{r.avg_batch:.1f}"]
-        lines.append(f"| {r.max_batch} | {r.max_queue_delay_us} | {r.instances} | {' | '.join(cells)} | {ok}{mark} |")
+        lines.append(f"| {r.max_batch} | {r.max_queue_delay_us} | {r.instances} | {r.ort_threads or 'auto'} | {' | '.join(cells)} "
+                     f"| {ok}{mark} |")
     lines += ["", f"Chosen: {res.chosen}, saved to `{res.saved}`." if res.chosen else
               "No setting met the budget: nothing saved; raise --p99-ms or lower the concurrency."]
     return "\n".join(lines) + "\n"

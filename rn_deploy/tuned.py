@@ -14,7 +14,8 @@ from typing import Any
 from ._io import atomic_write_text, sha256_file
 
 FORMAT = "rn-deploy-serving/1"
-SETTINGS = ("max_batch", "max_queue_delay_us", "instances")  # what a tune chooses; each a serve option of the same name
+SETTINGS = ("max_batch", "max_queue_delay_us", "instances", "ort_threads")  # what a tune chooses; each a serve option
+OPTIONAL = {"ort_threads": 0}  # settings a file written before they existed may lack: their default then
 
 
 def tuned_path(model: str | Path) -> Path:
@@ -39,7 +40,7 @@ def load_tuned(model: str | Path, warn: Callable[[str], None] | None = None) -> 
         return None
     try:
         doc = json.loads(path.read_text())
-        settings = {k: int(doc["settings"][k]) for k in SETTINGS}
+        settings = {k: int(doc["settings"][k] if k in doc["settings"] or k not in OPTIONAL else OPTIONAL[k]) for k in SETTINGS}
         digest = doc["model_sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         if warn:

@@ -326,3 +326,18 @@ def test_serve_refuses_a_batch_pixel_budget_below_max_pixels_as_a_bad_option(tmp
     res = CliRunner().invoke(main, ["serve", str(tmp_path / "m.onnx"), "--max-pixels", "1000", "--max-batch-pixels", "999"])
     assert res.exit_code == 2, res.output
     assert "--max-batch-pixels" in res.output and "999 is below --max-pixels 1000" in res.output
+
+
+@pytest.mark.parametrize(("cores", "instances", "asked", "threads"),
+                         [(2, 1, 0, 1), (16, 1, 0, 15), (16, 2, 0, 7), (16, 3, 0, 5), (1, 1, 0, 1), (2, 4, 0, 1), (16, 2, 3, 3)])
+def test_ort_threads_leave_a_core_for_the_server_unless_asked(monkeypatch: pytest.MonkeyPatch, cores: int, instances: int,
+                                                              asked: int, threads: int) -> None:
+    """serve --ort-threads 0: the cores less one (tritonserver's HTTP/gRPC, the guard, the backend's Python), split between
+    the instances, at least one each; a number asked for is used as it is. Hand-computed answers."""
+    from rn_deploy.serve.backend import ort_settings
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cores)))
+    cfg = {"instance_group": [{"count": instances, "kind": "KIND_CPU"}]}
+    got = ort_settings(cfg, asked)
+    assert got["threads"] == threads
+    assert got["session_config"] == {"session.intra_op.allow_spinning": "0", "inter_op_threads": "1"}

@@ -38,8 +38,8 @@ def test_choose_keeps_the_fastest_setting_within_the_p99_budget() -> None:
             TuneRow(16, 0, 2, requests_per_s=500, p99_ms=30),  # as fast, lower p99: wins the tie
             TuneRow(4, 0, 2, requests_per_s=800, p99_ms=10, errors=3),  # errors: never chosen
             TuneRow(4, 0, 1, requests_per_s=950, failed="tritonserver exited")]
-    assert choose(rows, 50).setting() == {"max_batch": 16, "max_queue_delay_us": 0, "instances": 2}
-    assert choose(rows, 100).setting() == {"max_batch": 8, "max_queue_delay_us": 0, "instances": 1}
+    assert choose(rows, 50).setting() == {"max_batch": 16, "max_queue_delay_us": 0, "instances": 2, "ort_threads": 0}
+    assert choose(rows, 100).setting() == {"max_batch": 8, "max_queue_delay_us": 0, "instances": 1, "ort_threads": 0}
     assert choose(rows, 25) is rows[0] and choose(rows, 5) is None
     tie = [TuneRow(8, 0, 1, requests_per_s=100, p99_ms=10), TuneRow(32, 2000, 1, default=True, requests_per_s=100, p99_ms=10)]
     assert choose(tie, 50) is tie[1]  # a full tie keeps the default
@@ -47,13 +47,16 @@ def test_choose_keeps_the_fastest_setting_within_the_p99_budget() -> None:
 
 def test_grid_parsing_and_the_default_setting_always_measured() -> None:
     grid = parse_grid("batch=16,8 delay_us=0;instances=2")
-    assert grid == {"max_batch": [8, 16], "max_queue_delay_us": [0], "instances": [2]}
+    assert grid == {"max_batch": [8, 16], "max_queue_delay_us": [0], "instances": [2], "ort_threads": [0]}
     assert parse_grid("instances=1")["max_batch"] == [8, 32]  # keys left out keep the default grid
-    settings = settings_of(grid, {"max_batch": 32, "max_queue_delay_us": 2000, "instances": 1})
-    assert settings[0] == {"max_batch": 32, "max_queue_delay_us": 2000, "instances": 1} and len(settings) == 3
+    assert parse_grid("threads=2,1")["ort_threads"] == [1, 2]
+    default = {"max_batch": 32, "max_queue_delay_us": 2000, "instances": 1, "ort_threads": 0}
+    settings = settings_of(grid, default)
+    assert settings[0] == default and len(settings) == 3
 
 
-@pytest.mark.parametrize("grid", ["max_batch=0", "colour=1,2", "max_batch=a", "max_batch=", " ", "delay_us=-5", "instances"])
+@pytest.mark.parametrize("grid", ["max_batch=0", "colour=1,2", "max_batch=a", "max_batch=", " ", "delay_us=-5", "instances",
+                                  "ort_threads=-1"])
 def test_a_bad_tune_grid_is_exit_2_naming_it_before_any_work(model: Path, grid: str) -> None:
     res = CliRunner().invoke(main, ["serve", str(model), "--tune", "--tune-grid", grid])
     assert res.exit_code == 2, res.output
@@ -78,19 +81,24 @@ def test_a_real_tune_saves_the_setting_that_serve_and_export_triton_reuse_until_
     best = max(res["rows"], key=lambda r: r["requests_per_s"])
     saved = json.loads(tuned_path(model).read_text())
     assert res["saved"] == str(tuned_path(model)) and saved["settings"] == res["chosen"]
-    assert res["chosen"] == {k: best[k] for k in ("max_batch", "max_queue_delay_us", "instances")}
+    assert res["chosen"] == {k: best[k] for k in ("max_batch", "max_queue_delay_us", "instances", "ort_threads")}
     assert saved["model_sha256"] and load_tuned(model) == res["chosen"]
-    assert "| 4 | 0 | 1 |" in (tmp_path / "tune" / "tune.md").read_text()
+    assert "| 4 | 0 | 1 | auto |" in (tmp_path / "tune" / "tune.md").read_text()
     assert (tmp_path / "tune" / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Reuse: a setting unlike any default (same file, same model digest), for the options not given.
+    # A file written before ort_threads was a setting still loads (0: serve's rule).
     saved["settings"] = {"max_batch": 4, "max_queue_delay_us": 700, "instances": 1}
+    tuned_path(model).write_text(json.dumps(saved))
+    assert load_tuned(model) == {"max_batch": 4, "max_queue_delay_us": 700, "instances": 1, "ort_threads": 0}
+    # Reuse: a setting unlike any default (same file, same model digest), for the options not given.
+    saved["settings"] = {"max_batch": 4, "max_queue_delay_us": 700, "instances": 1, "ort_threads": 1}
     tuned_path(model).write_text(json.dumps(saved))
     out = CliRunner().invoke(main, ["export-triton", str(model), "--repo", str(tmp_path / "repo"), "--name", "fm", "--kind", "cpu"])
     assert out.exit_code == 0, out.output
     assert "using the tuned setting" in out.output
     front = (tmp_path / "repo" / "fm_image" / "config.pbtxt").read_text()
     assert "max_batch_size: 4" in front and "max_queue_delay_microseconds: 700" in front
+    assert 'key: "ort_threads"\n  value: { string_value: "1" }' in front
     assert "max_batch_size: 4" in (tmp_path / "repo" / "fm" / "config.pbtxt").read_text()
     out = CliRunner().invoke(main, ["export-triton", str(model), "--repo", str(tmp_path / "repo2"), "--name", "fm", "--kind", "cpu",
                                     "--max-batch", "8"])  # given on the command line: wins over the file
@@ -102,6 +110,7 @@ def test_a_real_tune_saves_the_setting_that_serve_and_export_triton_reuse_until_
         c.close()
         assert cfg["max_batch_size"] == 2  # given
         assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == 700  # from the file
+        assert cfg["parameters"]["ort_threads"]["string_value"] == "1"  # from the file
     finally:
         srv.stop()
 

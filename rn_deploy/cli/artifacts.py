@@ -294,13 +294,15 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
     The preprocessing a client applies (mean/std, 1/255 scale, channel order, size policy) and the
     class names go in config.pbtxt's parameters and in rn-deploy.json (see docs/formats.md).
     A setting `serve --tune` saved for this file (MODEL.serving.json) gives --max-batch when it is not
-    given, and the batching delay and instance count of NAME_image.
+    given, and the batching delay, instance count and ONNX Runtime threads of NAME_image.
     """
     from ..triton import export_triton
+    from ..tuned import SETTINGS
 
-    tuned = apply_tuned(model, ("max_batch", "max_queue_delay_us", "instances"))
+    tuned = apply_tuned(model, SETTINGS)
     dest = export_triton(model, repo, name, max_batch=tuned.get("max_batch", max_batch), force=force, kind=kind,
-                         image_max_queue_delay_us=tuned.get("max_queue_delay_us"), image_instances=tuned.get("instances"))
+                         image_max_queue_delay_us=tuned.get("max_queue_delay_us"), image_instances=tuned.get("instances"),
+                         image_ort_threads=tuned.get("ort_threads"))
     if as_json:
         echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
         return

@@ -22,6 +22,9 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Dynamic batching: longest wait for a batch to fill.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (parallel batches).")
+@click.option("--ort-threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ONNX Runtime intra-op threads per instance; 0: the CPU cores less one (left to tritonserver's HTTP/gRPC "
+                   "and the backend's Python), shared by the instances, at least one each.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=12_000_000, show_default=True,
               help="Largest image (W x H; a request's images together) accepted, checked from the header before decoding.")
 @click.option("--max-aspect", type=click.FloatRange(min=1), default=32.0, show_default=True,
@@ -41,8 +44,8 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
               help="Instead of serving: sweep --tune-grid on real servers, report the fastest setting whose p99 meets --p99-ms "
                    "and save it as MODEL.serving.json, which later serve/export-triton runs use for options not given.")
 @click.option("--tune-grid", default=None, metavar="GRID", callback=lambda ctx, param, value: parse_tune_grid(value),
-              help="With --tune: the settings to try, e.g. 'max_batch=8,32 max_queue_delay_us=0,2000 instances=1,2' "
-                   "[default: that grid; the default setting is always measured too].")
+              help="With --tune: the settings to try, e.g. 'max_batch=8,32 max_queue_delay_us=0,2000 instances=1,2 ort_threads=1,2' "
+                   "[default: that grid with ort_threads=0, serve's rule; the default setting is always measured too].")
 @click.option("--p99-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="With --tune: the latency budget a setting's p99 must meet.")
 @click.option("--tune-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
@@ -56,7 +59,7 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 @click.option("--json", "as_json", is_flag=True,
               help="Print the endpoints as one JSON object on stdout once the server is ready (with --tune: the tune result).")
 def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-              max_queue_delay_us: int, instances: int, max_pixels: int, max_aspect: float, max_batch_pixels: int,
+              max_queue_delay_us: int, instances: int, ort_threads: int, max_pixels: int, max_aspect: float, max_batch_pixels: int,
               max_request_bytes: int, max_bytes_in_flight: int, body_guard: bool, tune: bool, tune_grid: dict[str, list[int]] | None,
               p99_ms: float, tune_seconds: float, tune_concurrency: int, tune_images: Path | None, tune_out: Path | None,
               as_json: bool) -> None:
@@ -67,7 +70,7 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
     batched with it are answered. The statistics API is open (perf_analyzer). Stops on
     SIGTERM/Ctrl-C after answering the requests in flight.
 
-    --max-batch, --max-queue-delay-us and --instances not given come from MODEL.serving.json when
+    --max-batch, --max-queue-delay-us, --instances and --ort-threads not given come from MODEL.serving.json when
     `serve --tune` saved one for this very file (a stale one, for other weights, is ignored with a warning).
     """
     import os
@@ -83,7 +86,8 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
         raise click.BadParameter(f"{max_batch_pixels} is below --max-pixels {max_pixels}: an admitted image could never run",
                                  param_hint="--max-batch-pixels")
     opts = ServeOptions(model, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, max_pixels=max_pixels,
+                        max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, ort_threads=ort_threads,
+                        max_pixels=max_pixels,
                         max_aspect=max_aspect, max_batch_pixels=max_batch_pixels, max_request_bytes=max_request_bytes,
                         max_bytes_in_flight=max_bytes_in_flight, body_guard=body_guard)
     if tune:
@@ -107,7 +111,9 @@ def serve_cmd(model: Path, name: str, host: str, http_port: int, grpc_port: int,
         return
     if tune_grid is not None:
         raise click.UsageError("--tune-grid is for --tune")
-    for key, value in apply_tuned(model, ("max_batch", "max_queue_delay_us", "instances")).items():
+    from ..tuned import SETTINGS
+
+    for key, value in apply_tuned(model, SETTINGS).items():
         setattr(opts, key, value)
     serve(opts, log=stderr_log, on_ready=(lambda info: print_json(info, indent=None)) if as_json else None)
     # Drained, children stopped, temporary repository removed: exit now; nothing is left for the interpreter's shutdown

@@ -165,16 +165,20 @@ def share_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def ort_settings(model_config: dict[str, Any]) -> dict[str, Any]:
+def ort_settings(model_config: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     """ONNX Runtime settings for one model instance inside tritonserver (``Engine.load`` keywords).
 
-    The instances share the cores this process may use with tritonserver's own threads: each gets its
-    share for intra-op work, one inter-op thread (the graph runs sequentially), and a pool that sleeps
-    between runs (``allow_spinning`` 0) instead of spinning on cores the server's HTTP/gRPC threads need.
+    ``threads`` intra-op threads (``serve --ort-threads``); 0: the cores this process may use less one, shared by the
+    instances (at least one each). The core left over is for what every request costs outside the model: tritonserver's
+    HTTP/gRPC threads, the body guard and the backend's Python. On 2 cores that is one thread: served images per
+    CPU-second rose ~10% at concurrency 16 and ~15% at 1 (docs/benchmarks.md, issue 33), for ~20% fewer requests/s
+    at 16 than two threads; ``serve --tune`` measures both when its grid holds ``ort_threads=1,2``.
+    Also: one inter-op thread (the graph runs sequentially), and a pool that sleeps between runs
+    (``allow_spinning`` 0) instead of spinning on cores the server's other threads need.
     """
     instances = sum(int(g.get("count") or 1) for g in model_config.get("instance_group", [])) or 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"threads": max(1, cores // instances),
+    return {"threads": threads or max(1, (cores - 1) // instances),
             "session_config": {"session.intra_op.allow_spinning": "0", "inter_op_threads": "1"}}
 
 
@@ -205,7 +209,7 @@ class TritonPythonModel:
     """The model Triton's Python backend runs (``NAME/1/model.py`` imports it): :class:`Classifier` per ``execute`` call.
 
     Its settings come from the config's ``parameters``: ``model`` (the ONNX/engine path),
-    ``max_pixels``, ``max_aspect``, ``max_batch_pixels``, ``max_request_bytes``. Runs inside the
+    ``max_pixels``, ``max_aspect``, ``max_batch_pixels``, ``max_request_bytes``, ``ort_threads``. Runs inside the
     backend's stub process, where ``triton_python_backend_utils`` is importable.
     """
 
@@ -214,7 +218,7 @@ class TritonPythonModel:
 
         params = _params(args)
         model = Path(args["model_repository"]) / params["model"]  # a relative path is relative to this model's folder
-        settings = ort_settings(json.loads(args["model_config"]))
+        settings = ort_settings(json.loads(args["model_config"]), int(params.get("ort_threads", 0)))
         share_torch_threads(settings["threads"])
         self.classifier = Classifier(Engine.load(model, **settings), int(params["max_pixels"]), float(params["max_aspect"]),
                                      int(params.get("max_batch_pixels", DEFAULT_MAX_BATCH_PIXELS)),

@@ -25,6 +25,7 @@ class ServeOptions:
     max_batch: int = 32
     max_queue_delay_us: int = 2000
     instances: int = 1
+    ort_threads: int = 0  # ONNX Runtime intra-op threads per instance; 0: the cores less one, shared by the instances
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect: float = DEFAULT_MAX_ASPECT
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS

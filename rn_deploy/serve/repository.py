@@ -17,7 +17,8 @@ def config_pbtxt(name: str, model: Path, channels: int, n_classes: int, opts: Se
     return contract_config_pbtxt(name, str(Path(model).absolute()), channels, n_classes, max_batch=opts.max_batch,
                                  max_queue_delay_us=opts.max_queue_delay_us, instances=opts.instances,
                                  max_pixels=opts.max_pixels, max_aspect=opts.max_aspect,
-                                 max_batch_pixels=opts.max_batch_pixels, max_request_bytes=opts.max_request_bytes)
+                                 max_batch_pixels=opts.max_batch_pixels, max_request_bytes=opts.max_request_bytes,
+                                 ort_threads=opts.ort_threads)
 
 
 def write_repository(repo: Path, opts: ServeOptions, channels: int, n_classes: int) -> Path:

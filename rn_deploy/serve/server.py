@@ -126,9 +126,10 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     """
     from ..triton import check_model_name
 
-    if min(opts.max_batch, opts.instances, opts.max_pixels, opts.max_aspect, opts.max_request_bytes) < 1 or opts.max_queue_delay_us < 0:
+    if (min(opts.max_batch, opts.instances, opts.max_pixels, opts.max_aspect, opts.max_request_bytes) < 1
+            or min(opts.max_queue_delay_us, opts.ort_threads) < 0):
         raise RnDeployError("--max-batch, --instances, --max-pixels, --max-aspect and --max-request-bytes must be >= 1, "
-                            "--max-queue-delay-us >= 0")
+                            "--max-queue-delay-us and --ort-threads >= 0")
     if opts.max_bytes_in_flight < opts.max_request_bytes:
         raise RnDeployError(f"--max-bytes-in-flight {opts.max_bytes_in_flight} is below --max-request-bytes {opts.max_request_bytes}: "
                             "raise it")
@@ -182,7 +183,7 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                               "in_channels": cfg["in_channels"], "image_size": cfg["image_size"],
                               "http": f"{opts.host}:{opts.http_port}", "grpc": f"{opts.host}:{opts.grpc_port}",
                               "metrics": f"http://{opts.host}:{opts.metrics_port}/metrics", "max_batch": opts.max_batch,
-                              "instances": opts.instances, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
+                              "instances": opts.instances, "ort_threads": opts.ort_threads, "max_pixels": opts.max_pixels, "max_aspect": opts.max_aspect,
                               "max_batch_pixels": opts.max_batch_pixels, "max_request_bytes": opts.max_request_bytes,
                               "max_bytes_in_flight": opts.max_bytes_in_flight, "body_guard": opts.body_guard,
                               "pid": os.getpid()})
