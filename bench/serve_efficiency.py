@@ -4,6 +4,7 @@
     python bench/serve_efficiency.py --delays 0,500,1000,2000,4000 --duration 10         # choose --max-queue-delay-us
     python bench/serve_efficiency.py --perf-analyzer /opt/pa/bin/perf_analyzer            # + loadtest vs perf_analyzer
     python bench/serve_efficiency.py --guards on,off                                      # what the body guard costs
+    python bench/serve_efficiency.py --ort-threads 0,2                                    # serve's thread rule vs 2 threads
 
 Per CPU-second is the fair comparison on a shared machine: it does not care who else uses the cores.
 The same Fashion-MNIST test images, PNG-encoded, everywhere:
@@ -140,6 +141,8 @@ def main() -> None:
                     "(serve --no-body-guard), to measure what it costs.")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--instances", type=int, default=1)
+    ap.add_argument("--ort-threads", default="0", help="serve --ort-threads values, comma-separated: one server each "
+                    "(0: serve's rule, the cores less one).")
     ap.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary [default: PATH, then the tritonclient wheel's bin/].")
     ap.add_argument("--pa-stability", type=int, default=20, help="perf_analyzer --stability-percentage (docs/serving.md's 20).")
     ap.add_argument("--out", type=Path, default=Path("exports/serve-efficiency"))
@@ -158,13 +161,15 @@ def main() -> None:
         eng = Engine.load(onnx, provider="cpu")
         lean = Engine.load(onnx, provider="cpu", threads=1, session_config={"session.intra_op.allow_spinning": "0",
                                                                              "inter_op_threads": "1"})
-        servers = [(int(d), g) for d in args.delays.split(",") for g in args.guards.split(",")]
-        for delay, guard in servers:
+        servers = [(int(d), g, int(t)) for d in args.delays.split(",") for g in args.guards.split(",")
+                   for t in args.ort_threads.split(",")]
+        for delay, guard, threads in servers:
             extra = ["--max-batch", str(args.max_batch), "--instances", str(args.instances), "--max-queue-delay-us", str(delay),
-                     "--body-guard" if guard == "on" else "--no-body-guard"]
-            proc, url = start(onnx, args.out / f"serve-d{delay}-guard-{guard}.log", extra)
-            run: dict[str, Any] = {"max_queue_delay_us": delay, "body_guard": guard, "max_batch": args.max_batch,
-                                   "instances": args.instances, "segments": []}
+                     "--body-guard" if guard == "on" else "--no-body-guard", "--ort-threads", str(threads)]
+            proc, url = start(onnx, args.out / f"serve-d{delay}-guard-{guard}-t{threads}.log", extra)
+            run: dict[str, Any] = {"max_queue_delay_us": delay, "body_guard": guard, "ort_threads": threads,
+                                   "max_batch": args.max_batch, "instances": args.instances, "segments": []}
+            name = f"delay {delay} us, guard {guard}, ORT threads {threads or 'auto'}"
             try:
                 run_level(url, "classifier", encoded, max(levels), 2.0, False)  # warm-up
                 for rep in range(args.reps):
@@ -184,7 +189,7 @@ def main() -> None:
                         seg["ratio_lean"] = (seg["served"]["img_per_server_cpu_s"] or 0) / seg["in_process_lean"]["img_per_cpu_s"]
                         run["segments"].append(seg)
                         s = seg["served"]
-                        print(f"delay {delay} us, guard {guard}, rep {rep}, concurrency {c:>2}: served {s['img_per_server_cpu_s']:.0f} img/server-CPU-s "
+                        print(f"{name}, rep {rep}, concurrency {c:>2}: served {s['img_per_server_cpu_s']:.0f} img/server-CPU-s "
                               f"({s['server_cores']:.2f} cores, {s['requests_per_s']:.0f} req/s, batches "
                               f"{(s['split'] or {}).get('avg_batch')}) vs in-process {seg['in_process']['img_per_cpu_s']:.0f} "
                               f"img/CPU-s: {seg['ratio']:.2f}; lean in-process {seg['in_process_lean']['img_per_cpu_s']:.0f}: "
@@ -196,9 +201,9 @@ def main() -> None:
                 goals = {1: 0.60, 16: 0.90}
                 for c, r in run["ratio_by_concurrency"].items():
                     goal = f" (goal >= {goals[c]:.2f})" if c in goals else ""
-                    print(f"delay {delay} us, guard {guard}: concurrency {c}: served / in-process per CPU-second = {r:.2f}{goal}; "
+                    print(f"{name}: concurrency {c}: served / in-process per CPU-second = {r:.2f}{goal}; "
                           f"served / lean in-process = {run['ratio_lean_by_concurrency'][c]:.2f}", flush=True)
-                if (delay, guard) == servers[0]:
+                if (delay, guard, threads) == servers[0]:
                     run["generators"] = compare_generators(find_perf_analyzer(args.perf_analyzer), url, encoded, levels,
                                                            min(args.duration, 20), args.out, args.pa_stability)
             finally:

@@ -170,9 +170,9 @@ def ort_settings(model_config: dict[str, Any], threads: int = 0) -> dict[str, An
 
     ``threads`` intra-op threads (``serve --ort-threads``); 0: the cores this process may use less one, shared by the
     instances (at least one each). The core left over is for what every request costs outside the model: tritonserver's
-    HTTP/gRPC threads, the body guard and the backend's Python. On 2 cores that is one thread: served images per
-    CPU-second rose ~10% at concurrency 16 and ~15% at 1 (docs/benchmarks.md, issue 33), for ~20% fewer requests/s
-    at 16 than two threads; ``serve --tune`` measures both when its grid holds ``ort_threads=1,2``.
+    HTTP/gRPC threads, the body guard and the backend's Python. On 2 cores that is one thread, which serves more
+    images per CPU-second than two (measured in docs/benchmarks.md, issue 33); ``serve --tune`` measures both on the
+    user's machine when its grid holds ``ort_threads=1,2``.
     Also: one inter-op thread (the graph runs sequentially), and a pool that sleeps between runs
     (``allow_spinning`` 0) instead of spinning on cores the server's other threads need.
     """
