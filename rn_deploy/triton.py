@@ -200,6 +200,9 @@ MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 """Largest request body (its images' bytes together) the served model takes: 64 MiB, newer Triton's own HTTP default."""
+DEFAULT_MAX_QUEUE_DELAY_US = 4000
+"""Dynamic batching delay of the served contract (serve, export-triton's ``NAME_image``): chosen by measurement
+(docs/benchmarks.md, issue 33): 2000 us let 16 closed-loop clients behind serve's body guard split into half-batches."""
 DEFAULT_MAX_BATCH_PIXELS = 24_000_000
 """Decoded pixels one ``execute`` call holds at once: two 12 MP images; more wait for the next sub-batch."""
 
@@ -258,7 +261,7 @@ def _replace(src: Path, dest: Path) -> None:
 
 
 def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int,
-                 max_queue_delay_us: int = 2000, instances: int = 1, ort_threads: int = 0) -> None:
+                 max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US, instances: int = 1, ort_threads: int = 0) -> None:
     """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
     from .preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 
@@ -283,8 +286,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
         max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
         kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
         image_max_queue_delay_us, image_instances, image_ort_threads: ``NAME_image``'s batching delay, instance count
-            and ONNX Runtime threads per instance (None: serve's defaults, 2000 us, 1 and 0 = the backend's rule;
-            ``rn-deploy export-triton`` passes a tuned setting).
+            and ONNX Runtime threads per instance (None: serve's defaults, :data:`DEFAULT_MAX_QUEUE_DELAY_US`, 1 and
+            0 = the backend's rule; ``rn-deploy export-triton`` passes a tuned setting).
     """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
@@ -352,7 +355,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             os.chmod(stage / fname, 0o644)
         if front is not None:
             _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch,
-                         2000 if image_max_queue_delay_us is None else image_max_queue_delay_us, image_instances or 1,
+                         DEFAULT_MAX_QUEUE_DELAY_US if image_max_queue_delay_us is None else image_max_queue_delay_us,
+                         image_instances or 1,
                          image_ort_threads or 0)
             _replace(stage / "_front", front)
         _replace(stage, dest)

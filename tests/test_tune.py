@@ -74,7 +74,7 @@ def test_a_real_tune_saves_the_setting_that_serve_and_export_triton_reuse_until_
     assert run.returncode == 0, run.stderr[-3000:]
     res = json.loads(run.stdout)  # --json: one document
     assert [(r["max_batch"], r["max_queue_delay_us"], r["instances"], r["default"]) for r in res["rows"]] == \
-        [(32, 2000, 1, True), (4, 0, 1, False)]  # the default, measured too, then the grid
+        [(32, 4000, 1, True), (4, 0, 1, False)]  # the default, measured too, then the grid
     for r in res["rows"]:
         assert r["failed"] is None and r["errors"] == 0 and r["requests_per_s"] > 0 and r["p99_ms"] > 0
         assert r["server_cpu"] > 0 and r["images_per_cpu_s"] > 0 and r["avg_batch"] >= 1
@@ -122,5 +122,5 @@ def test_a_real_tune_saves_the_setting_that_serve_and_export_triton_reuse_until_
     assert out.exit_code == 0, out.output
     assert "is stale" in out.output and "using the tuned setting" not in out.output
     front = (tmp_path / "repo3" / "fm_image" / "config.pbtxt").read_text()
-    assert "max_batch_size: 32" in front and "max_queue_delay_microseconds: 2000" in front
+    assert "max_batch_size: 32" in front and "max_queue_delay_microseconds: 4000" in front
     assert load_tuned(model) is None

@@ -19,8 +19,9 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 @click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="KServe-v2 gRPC port.")
 @click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="Prometheus metrics at /metrics.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Dynamic batching: largest batch.")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Dynamic batching: longest wait for a batch to fill.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=4000, show_default=True,
+              help="Dynamic batching: longest wait for a batch to fill (a lone request waits it all; lower it for latency "
+                   "at low load, raise it for fuller batches: serve --tune measures both).")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (parallel batches).")
 @click.option("--ort-threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime intra-op threads per instance; 0: the CPU cores less one (left to tritonserver's HTTP/gRPC "

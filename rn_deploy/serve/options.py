@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..names import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
-from ..triton import DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_REQUEST_BYTES
+from ..triton import DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_QUEUE_DELAY_US, DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_MODEL = "classifier"
 SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"
@@ -23,7 +23,7 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch: int = 32
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
     instances: int = 1
     ort_threads: int = 0  # ONNX Runtime intra-op threads per instance; 0: the cores less one, shared by the instances
     max_pixels: int = DEFAULT_MAX_PIXELS
