@@ -52,6 +52,7 @@ from rn_deploy.engine import Engine
 from rn_deploy.export import export_onnx
 from rn_deploy.loadtest import format_level, loadtest, run_level, write_report
 from rn_deploy.models import create_model
+from rn_deploy.names import DEFAULT_MAX_QUEUE_DELAY_US
 from rn_deploy.serve import tree_rss_mb
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -207,7 +208,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="In-process Engine.predict batch (compare with that concurrency).")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--instances", type=int, default=1)
-    ap.add_argument("--max-queue-delay-us", type=int, default=2000)
+    ap.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_MAX_QUEUE_DELAY_US)
     ap.add_argument("--soak", type=float, default=0.0, help="Instead: concurrency 32 for this many seconds, RSS at 1/3 and end.")
     ap.add_argument("--out", type=Path, default=Path("exports/serve-bench"))
     args = ap.parse_args()

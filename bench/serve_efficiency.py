@@ -58,6 +58,7 @@ from serve_bench import export, find_perf_analyzer, perf_analyzer_input, run_per
 
 from rn_deploy.engine import Engine  # noqa: E402
 from rn_deploy.loadtest import dataset_images, run_level  # noqa: E402
+from rn_deploy.names import DEFAULT_MAX_QUEUE_DELAY_US  # noqa: E402
 from rn_deploy.serve.procfs import cpu_seconds, process_tree  # noqa: E402
 
 
@@ -136,7 +137,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512, help="Test images to cycle through.")
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds per segment (in-process or one served level).")
     ap.add_argument("--reps", type=int, default=2, help="Alternated repetitions of every segment.")
-    ap.add_argument("--delays", default="2000", help="--max-queue-delay-us values: one server each (choose the default).")
+    ap.add_argument("--delays", default=str(DEFAULT_MAX_QUEUE_DELAY_US),
+                    help="--max-queue-delay-us values: one server each [default: serve's]; compare several to choose serve's default.")
     ap.add_argument("--guards", default="on", help="'on', 'off' or 'on,off': servers with and without the body guard "
                     "(serve --no-body-guard), to measure what it costs.")
     ap.add_argument("--max-batch", type=int, default=32)

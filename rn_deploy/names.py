@@ -18,6 +18,9 @@ DEFAULT_MAX_ASPECT = 32.0
 # Served images: a 12 MP photo (4000 x 3000). Decoding one RGB image holds about 7 bytes a pixel (PIL's RGBX, the array,
 # one float channel at a time): 84 MB at this limit, so one request the limits admit grows a server by < 100 MB.
 DEFAULT_MAX_PIXELS = 12_000_000
+# Dynamic batching delay of the served contract (serve, export-triton's NAME_image), chosen by measurement
+# (docs/benchmarks.md, issue 33): 2000 us let 16 closed-loop clients behind serve's body guard split into half-batches.
+DEFAULT_MAX_QUEUE_DELAY_US = 4000
 # The backends `validate` runs (rn_deploy.validate.BACKEND_NAMES): here so the CLI judges --backends without torch.
 VALIDATE_BACKENDS = ("torch", "torch-fp16", "ort-cpu", "ort-cuda", "ort-cuda-graph", "trt", "trt-graph")
 # A Triton model name: both its folder and its config name.

@@ -220,8 +220,9 @@ def normalize_at_size(arrays: Sequence[np.ndarray], mean: Sequence[float], std: 
     float32 operations in NumPy, the same numbers without torch's per-operation cost (a server's batch of one image)."""
     x = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2), dtype=np.float32)
     c = x.shape[1]
-    x -= np.asarray(mean, np.float32).reshape(1, c, 1, 1) * np.float32(255)
-    x /= np.asarray(std, np.float32).reshape(1, c, 1, 1) * np.float32(255)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a std of 0: preprocess refuses the non-finite result itself
+        x -= np.asarray(mean, np.float32).reshape(1, c, 1, 1) * np.float32(255)
+        x /= np.asarray(std, np.float32).reshape(1, c, 1, 1) * np.float32(255)
     return torch.from_numpy(x)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from ._io import sha256_file
 from .errors import RnDeployError
 from .filekind import expect
-from .names import check_model_name
+from .names import DEFAULT_MAX_QUEUE_DELAY_US, check_model_name
 
 FORMAT = "rn-deploy-triton/1"
 DEFAULT_ONNX_MAX_BATCH = 32
@@ -200,9 +200,6 @@ MODEL_PY = ('"""rn-deploy\'s classifier for Triton\'s Python backend: rn_deploy.
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 """Largest request body (its images' bytes together) the served model takes: 64 MiB, newer Triton's own HTTP default."""
-DEFAULT_MAX_QUEUE_DELAY_US = 4000
-"""Dynamic batching delay of the served contract (serve, export-triton's ``NAME_image``): chosen by measurement
-(docs/benchmarks.md, issue 33): 2000 us let 16 closed-loop clients behind serve's body guard split into half-batches."""
 DEFAULT_MAX_BATCH_PIXELS = 24_000_000
 """Decoded pixels one ``execute`` call holds at once: two 12 MP images; more wait for the next sub-batch."""
 

@@ -29,13 +29,12 @@ from .serve.options import ServeOptions
 from .serve.procfs import cpu_seconds, process_tree
 from .serve.server import check_model, free_ports, serve
 from .strictjson import ToDict
-from .tuned import SETTINGS, save_tuned
+from .tuned import MINIMUM, SETTINGS, save_tuned
 
 DEFAULT_GRID = {"max_batch": [8, 32], "max_queue_delay_us": [0, 2000], "instances": [1, 2], "ort_threads": [0]}
 ALIASES = {"max_batch": "max_batch", "batch": "max_batch", "max_queue_delay_us": "max_queue_delay_us",
            "delay_us": "max_queue_delay_us", "queue_delay_us": "max_queue_delay_us", "instances": "instances",
            "ort_threads": "ort_threads", "threads": "ort_threads"}
-MINIMUM = {"max_batch": 1, "max_queue_delay_us": 0, "instances": 1, "ort_threads": 0}
 GRID_HELP = "max_batch=8,32 max_queue_delay_us=0,2000 instances=1,2 ort_threads=1,2"
 
 

@@ -16,6 +16,7 @@ from ._io import atomic_write_text, sha256_file
 FORMAT = "rn-deploy-serving/1"
 SETTINGS = ("max_batch", "max_queue_delay_us", "instances", "ort_threads")  # what a tune chooses; each a serve option
 OPTIONAL = {"ort_threads": 0}  # settings a file written before they existed may lack: their default then
+MINIMUM = {"max_batch": 1, "max_queue_delay_us": 0, "instances": 1, "ort_threads": 0}  # each setting's smallest value
 
 
 def tuned_path(model: str | Path) -> Path:
@@ -40,7 +41,12 @@ def load_tuned(model: str | Path, warn: Callable[[str], None] | None = None) -> 
         return None
     try:
         doc = json.loads(path.read_text())
-        settings = {k: int(doc["settings"][k] if k in doc["settings"] or k not in OPTIONAL else OPTIONAL[k]) for k in SETTINGS}
+        saved = doc["settings"]
+        settings = {k: saved[k] if k in saved or k not in OPTIONAL else OPTIONAL[k] for k in SETTINGS}
+        bad = [f"{k}={v!r}" for k, v in settings.items() if type(v) is not int or v < MINIMUM[k]]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: each must be a whole number >= "
+                             + ", ".join(f"{MINIMUM[k]} ({k})" for k in SETTINGS))
         digest = doc["model_sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         if warn:

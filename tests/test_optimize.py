@@ -190,15 +190,19 @@ def test_the_triton_folder_takes_the_serving_setting_tuned_for_the_chosen_file(r
     out = run["out"]
     chosen = json.loads((out / "optimize.json").read_text())
     artifact = out / next(c["artifact"] for c in chosen["candidates"] if c["name"] == chosen["chosen"])
-    saved = save_tuned(artifact, {"max_batch": 4, "max_queue_delay_us": 750, "instances": 2}, {"note": "planted by the test"})
+    saved = save_tuned(artifact, {"max_batch": 4, "max_queue_delay_us": 750, "instances": 2, "ort_threads": 3},
+                       {"note": "planted by the test"})
     try:
         r = CliRunner().invoke(main, ["optimize", str(run["ckpt"]), "-o", str(out), *FAST])
         assert r.exit_code == 0, r.stderr[-2000:]
         cfg = (out / "triton/mnist_cnn/config.pbtxt").read_text()
         assert re.search(r"^max_batch_size: 4$", cfg, flags=re.M), cfg
+        front = (out / "triton/mnist_cnn_image/config.pbtxt").read_text()  # the image contract over the ONNX file
+        assert 'max_queue_delay_microseconds: 750' in front and 'key: "ort_threads"\n  value: { string_value: "3" }' in front
         doc = json.loads((out / "optimize.json").read_text())
         if doc["chosen"] == chosen["chosen"]:  # the timing is redone: the same winner is the usual case
-            assert "tuned serving setting max_batch=4, max_queue_delay_us=750, instances=2" in doc["triton"]["settings"]
+            assert ("tuned serving setting max_batch=4, max_queue_delay_us=750, instances=2, ort_threads=3"
+                    in doc["triton"]["settings"])
         record = json.loads(saved.read_text())
         saved.write_text(json.dumps({**record, "model_sha256": "0" * 64}))  # tuned for other bytes: stale
         r = CliRunner().invoke(main, ["optimize", str(run["ckpt"]), "-o", str(out), *FAST])

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -776,8 +777,10 @@ def urllib_get(url: str) -> str:
         return str(r.read().decode())
 
 
-def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_unchanged(model: Path) -> None:
-    """Issue 33: ONNX Runtime inside tritonserver gets its instance's share of the cores, one inter-op thread and no
+@pytest.mark.parametrize("asked", [None, 3])
+def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_unchanged(model: Path, asked: int | None) -> None:
+    """Issue 33: ONNX Runtime inside tritonserver gets its instance's share of the cores less one (or the config's
+    ``ort_threads``, serve --ort-threads, read by ``initialize``), one inter-op thread and no
     spinning (its pool spun on cores tritonserver's threads needed); the outputs, built for the batch at once, are the
     per-row argmax/max of the probabilities, row slices of one batch."""
     from rn_deploy.serve.backend import TritonPythonModel
@@ -785,15 +788,18 @@ def test_backend_ort_session_shares_the_cores_sleeps_between_runs_and_answers_un
     cores = len(os.sched_getaffinity(0))
     torch_threads = torch.get_num_threads()
     tpm = TritonPythonModel()
-    config = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}],
-              "parameters": {"model": {"string_value": str(model)}, "max_pixels": {"string_value": "1000000"},
-                             "max_aspect": {"string_value": "32"}}}
+    config: dict[str, Any] = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+                              "parameters": {"model": {"string_value": str(model)}, "max_pixels": {"string_value": "1000000"},
+                                             "max_aspect": {"string_value": "32"}}}
+    if asked is not None:
+        config["parameters"]["ort_threads"] = {"string_value": str(asked)}
+    want = asked or max(1, (cores - 1) // 2)  # two instances share the cores less one
     tpm.initialize({"model_config": json.dumps(config), "model_repository": str(model.parent)})
     try:
         opts = tpm.classifier.engine.runner.opts
-        assert opts.intra_op_num_threads == max(1, cores // 2) and opts.inter_op_num_threads == 1
+        assert opts.intra_op_num_threads == want and opts.inter_op_num_threads == 1
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-        assert torch.get_num_threads() == max(1, cores // 2)  # torch's preprocessing: the same share
+        assert torch.get_num_threads() == want  # torch's preprocessing: the same share
         rng = np.random.default_rng(0)
         reqs = [{"pixels": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)} for n in (1, 3, 2)]
         answers = tpm.classifier.answer(reqs)

@@ -124,3 +124,37 @@ def test_a_real_tune_saves_the_setting_that_serve_and_export_triton_reuse_until_
     front = (tmp_path / "repo3" / "fm_image" / "config.pbtxt").read_text()
     assert "max_batch_size: 32" in front and "max_queue_delay_microseconds: 4000" in front
     assert load_tuned(model) is None
+
+
+@pytest.mark.parametrize(("key", "value"), [("ort_threads", -1), ("ort_threads", 1.5), ("ort_threads", "2"), ("max_batch", 0),
+                                            ("instances", True), ("max_queue_delay_us", None)])
+def test_a_hand_edited_tuned_file_with_a_bad_value_is_ignored_with_a_warning_naming_it(model: Path, tmp_path: Path, key: str,
+                                                                                          value: object) -> None:
+    """MODEL.serving.json is a file users may edit: a value that is not a whole number at or above the setting's minimum
+    is not applied (a -1 thread count once reached the stub's torch.set_num_threads and failed the model's load there);
+    the warning names the file, the key and the value, and export-triton writes its defaults."""
+    from rn_deploy._io import sha256_file
+
+    m = tmp_path / "model.onnx"
+    m.write_bytes(model.read_bytes())
+    settings = {"max_batch": 4, "max_queue_delay_us": 700, "instances": 1, "ort_threads": 1, key: value}
+    tuned_path(m).write_text(json.dumps({"format": "rn-deploy-serving/1", "model": m.name, "model_sha256": sha256_file(m),
+                                         "settings": settings}))
+    said: list[str] = []
+    assert load_tuned(m, warn=said.append) is None
+    assert len(said) == 1 and str(tuned_path(m)) in said[0] and f"{key}={value!r}" in said[0]
+    out = CliRunner().invoke(main, ["export-triton", str(m), "--repo", str(tmp_path / "repo"), "--name", "fm", "--kind", "cpu"])
+    assert out.exit_code == 0, out.output
+    front = (tmp_path / "repo" / "fm_image" / "config.pbtxt").read_text()
+    assert "max_batch_size: 32" in front and 'key: "ort_threads"\n  value: { string_value: "0" }' in front
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [("ort_threads", -1, "--ort-threads -1"), ("ort_threads", 1.5, "--ort-threads 1.5"),
+                                                      ("max_queue_delay_us", -5, "--max-queue-delay-us -5"),
+                                                      ("instances", 0, "--instances 0")])
+def test_serve_refuses_a_bad_setting_naming_it_before_any_server(model: Path, field: str, value: object, flag: str) -> None:
+    from rn_deploy.errors import RnDeployError
+    from rn_deploy.serve import ServeOptions, serve
+
+    with pytest.raises(RnDeployError, match=f"^{flag}: must be a whole number >= "):
+        serve(ServeOptions(model, **{field: value}), log=lambda _: None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import RnDeployError
+from ..names import DEFAULT_MAX_QUEUE_DELAY_US
 from .group import echo_json, main, stderr_log
 from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 
@@ -19,7 +20,7 @@ from .params import MODEL_NAME, PORT, POSITIVE_INTS, apply_tuned
 @click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="KServe-v2 gRPC port.")
 @click.option("--metrics-port", type=PORT, default=8002, show_default=True, help="Prometheus metrics at /metrics.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Dynamic batching: largest batch.")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=4000, show_default=True,
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_MAX_QUEUE_DELAY_US, show_default=True,
               help="Dynamic batching: longest wait for a batch to fill (a lone request waits it all; lower it for latency "
                    "at low load, raise it for fuller batches: serve --tune measures both).")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances (parallel batches).")

@@ -170,12 +170,14 @@ def ort_settings(model_config: dict[str, Any], threads: int = 0) -> dict[str, An
 
     ``threads`` intra-op threads (``serve --ort-threads``); 0: the cores this process may use less one, shared by the
     instances (at least one each). The core left over is for what every request costs outside the model: tritonserver's
-    HTTP/gRPC threads, the body guard and the backend's Python. On 2 cores that is one thread, which serves more
-    images per CPU-second than two (measured in docs/benchmarks.md, issue 33); ``serve --tune`` measures both on the
+    HTTP/gRPC threads, the body guard and the backend's Python. On 2 cores that is one thread: about the same images
+    per CPU-second as two and fewer requests/s (docs/benchmarks.md, issue 33); ``serve --tune`` measures both on the
     user's machine when its grid holds ``ort_threads=1,2``.
     Also: one inter-op thread (the graph runs sequentially), and a pool that sleeps between runs
     (``allow_spinning`` 0) instead of spinning on cores the server's other threads need.
     """
+    if threads < 0:
+        raise ValueError(f"ort_threads {threads}: must be >= 0 (0: the cores less one, shared by the instances)")
     instances = sum(int(g.get("count") or 1) for g in model_config.get("instance_group", [])) or 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return {"threads": threads or max(1, (cores - 1) // instances),

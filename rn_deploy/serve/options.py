@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..names import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
-from ..triton import DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_QUEUE_DELAY_US, DEFAULT_MAX_REQUEST_BYTES
+from ..names import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_QUEUE_DELAY_US
+from ..triton import DEFAULT_MAX_BATCH_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_MODEL = "classifier"
 SERVE_EXTRA = "pip install 'rn-deploy[serve]' (nvidia-pytriton, tritonclient[all])"

@@ -126,10 +126,13 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     """
     from ..triton import check_model_name
 
-    if (min(opts.max_batch, opts.instances, opts.max_pixels, opts.max_aspect, opts.max_request_bytes) < 1
-            or min(opts.max_queue_delay_us, opts.ort_threads) < 0):
-        raise RnDeployError("--max-batch, --instances, --max-pixels, --max-aspect and --max-request-bytes must be >= 1, "
-                            "--max-queue-delay-us and --ort-threads >= 0")
+    for flag, value, low in (("--max-batch", opts.max_batch, 1), ("--instances", opts.instances, 1),
+                             ("--max-pixels", opts.max_pixels, 1), ("--max-request-bytes", opts.max_request_bytes, 1),
+                             ("--max-queue-delay-us", opts.max_queue_delay_us, 0), ("--ort-threads", opts.ort_threads, 0)):
+        if type(value) is not int or value < low:
+            raise RnDeployError(f"{flag} {value!r}: must be a whole number >= {low}")
+    if not opts.max_aspect >= 1:
+        raise RnDeployError(f"--max-aspect {opts.max_aspect!r}: must be >= 1")
     if opts.max_bytes_in_flight < opts.max_request_bytes:
         raise RnDeployError(f"--max-bytes-in-flight {opts.max_bytes_in_flight} is below --max-request-bytes {opts.max_request_bytes}: "
                             "raise it")
