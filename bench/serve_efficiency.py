@@ -21,7 +21,8 @@ The same Fashion-MNIST test images, PNG-encoded, everywhere:
 - segments alternate (in-process, served c1, in-process, served c4, ...) for ``--reps`` (2)
   repetitions, the load average recorded before each; goals: served/in-process >= 0.90 at
   concurrency 16 and >= 0.60 at 1;
-- each served level's latency split (client / queue / compute) and the batches Triton formed;
+- each served level's latency split (client / queue / compute), the batches Triton formed, and where the server's
+  CPU went: milliseconds per image of the supervisor (with the body guard), tritonserver and the stubs;
 - loadtest vs perf_analyzer at the same levels, alternated, two repetitions each (goal: within 10%),
   when perf_analyzer is found (``--perf-analyzer``, PATH, the tritonclient wheel's ``bin/``);
   otherwise the output says it is absent.
@@ -88,14 +89,30 @@ def in_process(eng: Engine, encoded: list[bytes], batch: int, seconds: float, id
             "cores": cpu / wall}
 
 
+def _role(pid: int, supervisor: int) -> str:
+    """Which part of the server a process is: the ``serve`` supervisor (with the body guard), tritonserver or a stub."""
+    if pid == supervisor:
+        return "supervisor"
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "other"
+    return "tritonserver" if comm == "tritonserver" else "stub" if comm.startswith("triton_python") else "other"
+
+
 def served(pid: int, url: str, encoded: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    """One loadtest level: images per CPU-second of the server's process tree, with the level's split."""
+    """One loadtest level: images per CPU-second of the server's process tree, with the level's split and each part's
+    CPU per image (where the server's CPU goes: supervisor and guard, tritonserver, the Python-backend stubs)."""
     pids = [pid, *process_tree(pid)]
-    cpu0 = cpu_seconds(pids)
+    roles = {p: _role(p, pid) for p in pids}
+    before = {p: cpu_seconds([p]) for p in pids}
     lv = run_level(url, "classifier", encoded, concurrency, seconds, False)
-    cpu = cpu_seconds(pids) - cpu0  # includes each sender's untimed warm-up request: `concurrency` images, counted below
+    used = {p: cpu_seconds([p]) - before[p] for p in pids}
+    cpu = sum(used.values())  # includes each sender's untimed warm-up request: `concurrency` images, counted below
     images = lv.requests + concurrency
+    parts = {r: sum(v for p, v in used.items() if roles[p] == r) * 1e3 / images for r in sorted(set(roles.values()))}
     return {"concurrency": concurrency, "images": images, "server_cpu_s": cpu, "img_per_server_cpu_s": images / cpu if cpu else None,
+            "cpu_ms_per_image": parts,
             "requests_per_s": lv.requests_per_s, "p50_ms": lv.p50_ms, "p99_ms": lv.p99_ms, "errors": lv.errors,
             "server_cores": cpu / lv.seconds, "client_cpu": lv.client_cpu, "client_bound": lv.client_bound, "verdict": lv.verdict,
             "split": lv.split.__dict__ if lv.split else None}
@@ -195,7 +212,8 @@ def main() -> None:
                               f"({s['server_cores']:.2f} cores, {s['requests_per_s']:.0f} req/s, batches "
                               f"{(s['split'] or {}).get('avg_batch')}) vs in-process {seg['in_process']['img_per_cpu_s']:.0f} "
                               f"img/CPU-s: {seg['ratio']:.2f}; lean in-process {seg['in_process_lean']['img_per_cpu_s']:.0f}: "
-                              f"{seg['ratio_lean']:.2f} (load {seg['load_average'][0]:.2f})", flush=True)
+                              f"{seg['ratio_lean']:.2f} (load {seg['load_average'][0]:.2f}); CPU ms per image: "
+                              + ", ".join(f"{k} {v:.3f}" for k, v in s["cpu_ms_per_image"].items()), flush=True)
                 run["ratio_by_concurrency"] = {c: statistics.mean(s["ratio"] for s in run["segments"] if s["served"]["concurrency"] == c)
                                                for c in levels}
                 run["ratio_lean_by_concurrency"] = {c: statistics.mean(s["ratio_lean"] for s in run["segments"]
