@@ -9,6 +9,8 @@ and watch its memory while oversized bodies arrive over HTTP and gRPC.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
 import threading
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rn_deploy.serve.budget import BUSY, NOT_RUNNING
+from rn_deploy.serve.budget import BUSY, NOT_RUNNING, STOPPING
 from rn_deploy.serve.guard import BodyGuard
 from rn_deploy.serve.procfs import tree_pss_mb
 
@@ -274,6 +276,43 @@ def test_a_server_not_listening_is_a_503_not_a_hang(upstream: Upstream) -> None:
         guard.stop(0)
 
 
+def test_drain_answers_new_requests_and_waiting_bodies_503_stopping_and_forwarded_ones_are_answered(upstream: Upstream) -> None:
+    """BodyGuard.drain (serve on SIGTERM): a body waiting for room gets 503 "stopping" at once (it waited up to 30 s
+    for room and then saw its connection closed at exit), so does a new request on a kept-alive connection, and gRPC
+    says UNAVAILABLE; the body already forwarded still gets its answer. Nothing new reaches the server."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    upstream.hold = True
+    guard = start_guard(upstream, 300_000, 150_000)
+    c = tgrpc.InferenceServerClient(f"127.0.0.1:{guard.grpc_port}")
+    try:
+        with socket.create_connection(("127.0.0.1", guard.http_port), timeout=10) as kept:
+            with ThreadPoolExecutor(2) as pool:
+                forwarded = pool.submit(exchange, guard.http_port, post(b"a" * 100_000))
+                wait_for(lambda: len(upstream.received) == 1)
+                waiting = pool.submit(exchange, guard.http_port, post(b"b" * 100_000))
+                time.sleep(0.5)
+                assert not waiting.done() and len(upstream.received) == 1  # 200 kB would be over the 150 kB
+                t0 = time.monotonic()
+                guard.drain()
+                (answer,) = waiting.result(timeout=5)
+                assert time.monotonic() - t0 < 2
+                assert answer == b"HTTP/1.1 503 Service Unavailable " + json.dumps({"error": STOPPING}).encode()
+                kept.sendall(post(b"c"))
+                assert kept.recv(65536).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+                with pytest.raises(InferenceServerException) as ei:
+                    c.is_server_ready()
+                assert ei.value.status() == "StatusCode.UNAVAILABLE" and ei.value.message() == STOPPING
+                assert not forwarded.done()
+                upstream.release()
+                assert forwarded.result(timeout=5) == [b"HTTP/1.1 200 OK got 100000"]
+        assert len(upstream.received) == 1
+    finally:
+        c.close()
+        guard.stop(0)
+
+
 # --- the real server ---------------------------------------------------------------------------------------------
 
 
@@ -355,6 +394,34 @@ def test_oversized_bodies_over_http_and_grpc_cost_the_server_no_memory(served) -
     assert peak[0] - base < 20, (base, peak[0])
     (ok,) = classify(served.http, [png(np.zeros((28, 28), np.uint8))])  # and the server still answers
     assert "error" not in ok, ok
+
+
+def test_sigterm_answers_a_body_waiting_for_room_503_stopping_and_exits_0(tmp_path: Path) -> None:
+    """The real server with a 150 kB budget: one client stalls a 100 kB body (its room taken), another's 100 kB body
+    waits for room. SIGTERM: the waiting one gets 503 "stopping" within seconds (it used to see its connection closed
+    when the process exited), and serve still exits 0."""
+    from .test_serve import start_server
+
+    srv = start_server(_model(tmp_path), tmp_path / "serve.log", "--max-request-bytes", "150000",
+                       "--max-bytes-in-flight", "150000")
+    port = int(srv.http.rsplit(":", 1)[1])
+    try:
+        held = stall(port, sent=1000)
+        time.sleep(0.5)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(exchange, port, post(b"\x89PNG" + bytes(100_000)), 1, 30)
+            time.sleep(1.0)
+            assert not waiting.done()
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            answers = waiting.result(timeout=30)
+            took = time.monotonic() - t0
+        assert answers == [b"HTTP/1.1 503 Service Unavailable " + json.dumps({"error": STOPPING}).encode()], answers
+        assert took < 3, took
+        assert srv.proc.wait(30) == 0, srv.log.read_text()[-2000:]
+        held.close()
+    finally:
+        srv.stop()
 
 
 def test_no_body_guard_leaves_the_ports_to_tritonserver_and_the_backend_still_refuses(tmp_path: Path) -> None:

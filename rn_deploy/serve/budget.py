@@ -8,6 +8,7 @@ from collections import deque
 SMALL = 64 << 10  # a body up to this goes on in one write with its head, outside the budget (the connection cap bounds those)
 BUSY = "the server is holding its --max-bytes-in-flight of request bodies; retry"
 NOT_RUNNING = "the model server is not running (starting or stopping); retry"
+STOPPING = "the server is stopping; retry (another replica, or this one once it is back)"
 
 
 class ByteBudget:

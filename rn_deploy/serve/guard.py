@@ -24,6 +24,8 @@ or a body that sends nothing for 60 s, is closed (a body's room comes back at on
 about half the process's descriptor limit (raised to its hard limit) new connections get 503.
 
 Headers (the restricted-API token among them) pass through: tritonserver still decides what a client may call.
+On SIGTERM (:meth:`BodyGuard.drain`) new requests and bodies still waiting for room get 503 / ``UNAVAILABLE``
+"stopping" at once, while those already forwarded get their answers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from .budget import BUSY, NOT_RUNNING, SMALL, ByteBudget
+from .budget import BUSY, NOT_RUNNING, SMALL, STOPPING, ByteBudget
 
 HEAD_LIMIT = 64 << 10  # request and response heads; longer ones get 431 (tritonserver's answers are a few hundred bytes)
 CHUNK = 1 << 20  # bodies go through in pieces of at most this: the guard never holds a body whole
@@ -78,9 +80,10 @@ class HttpGuard:
     """The HTTP side: one asyncio server on the public address, forwarding to tritonserver's loopback port."""
 
     def __init__(self, upstream: tuple[str, int], max_body: int, budget: ByteBudget, max_connections: int,
-                 idle_s: float = IDLE_S):
+                 idle_s: float = IDLE_S, stopping: asyncio.Event | None = None):
         self.upstream, self.max_body, self.budget = upstream, max_body, budget
         self.max_connections, self.connections, self.idle_s = max_connections, 0, idle_s
+        self.stopping = stopping or asyncio.Event()  # set by BodyGuard.drain: new requests and waiting bodies get 503
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.connections >= self.max_connections:  # each one holds two descriptors (client, tritonserver) and a head
@@ -121,6 +124,9 @@ class HttpGuard:
                 except ValueError as e:
                     await self._refuse(writer, pending, answered, 400, "Bad Request", f"bad request: {e}", reader)
                     return
+                if self.stopping.is_set():
+                    await self._refuse(writer, pending, answered, 503, "Service Unavailable", STOPPING, reader)
+                    return
                 if "transfer-encoding" in fields:
                     await self._refuse(writer, pending, answered, 411, "Length Required",
                                        "send the request body with a Content-Length (chunked bodies are not taken)", reader)
@@ -144,10 +150,9 @@ class HttpGuard:
                 # large one waits for room, unread in the client's socket, and holds it only while its bytes flow.
                 taken = remaining if remaining > SMALL else 0
                 if taken and not self.budget.fits(taken):
-                    try:
-                        await asyncio.wait_for(self.budget.take(taken), BUDGET_WAIT_S)
-                    except asyncio.TimeoutError:
-                        await self._refuse(writer, pending, answered, 503, "Service Unavailable", BUSY, reader)
+                    if not await self._room(taken):
+                        await self._refuse(writer, pending, answered, 503, "Service Unavailable",
+                                           STOPPING if self.stopping.is_set() else BUSY, reader)
                         return
                 elif taken:
                     await self.budget.take(taken)
@@ -188,6 +193,29 @@ class HttpGuard:
             for w in (up_writer, writer):
                 if w is not None:
                     w.close()
+
+    async def _room(self, n: int) -> bool:
+        """Wait for ``n`` bytes of the budget: True when taken; False, holding nothing, after ``BUDGET_WAIT_S`` or as
+        soon as the server is stopping (a body still waiting then would never be answered)."""
+        take = asyncio.ensure_future(self.budget.take(n))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait((take, stop), timeout=BUDGET_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._drop(take, n)
+            raise
+        finally:
+            stop.cancel()
+        if take.done() and not take.cancelled() and not self.stopping.is_set():
+            return True
+        self._drop(take, n)
+        return False
+
+    def _drop(self, take: asyncio.Future[None], n: int) -> None:
+        if take.done() and not take.cancelled():
+            self.budget.give(n)
+        else:
+            take.cancel()
 
     async def _refuse(self, writer: asyncio.StreamWriter, pending: deque[int], answered: asyncio.Event, status: int,
                       reason: str, message: str, reader: asyncio.StreamReader) -> None:
@@ -313,6 +341,7 @@ class BodyGuard:
         self._http: asyncio.base_events.Server | None = None
         self._grpc: Any = None
         self._channel: Any = None
+        self._stopping: asyncio.Event | None = None
 
     def start(self) -> None:
         """Bind both public ports (OSError when one is taken) and start forwarding."""
@@ -327,16 +356,25 @@ class BodyGuard:
         _return_large_blocks()
         budget = ByteBudget(self.max_in_flight)  # HTTP and gRPC bodies together: one shared-memory region takes both
         connections = self.max_connections or _connection_cap()
-        guard = HttpGuard(("127.0.0.1", self.upstream_http), self.max_body, budget, connections, self.idle_s)
+        self._stopping = asyncio.Event()
+        guard = HttpGuard(("127.0.0.1", self.upstream_http), self.max_body, budget, connections, self.idle_s,
+                          self._stopping)
         self._http = await asyncio.start_server(guard.handle, self.host, self.http_port, limit=HEAD_LIMIT,
                                                 reuse_address=True, backlog=1024)
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.upstream_grpc}", options=unlimited)
-        self._grpc = grpc_server(self._channel, budget, self.max_body, connections)
+        self._grpc = grpc_server(self._channel, budget, self.max_body, connections, self._stopping)
         host = f"[{self.host}]" if ":" in self.host else self.host
         if not self._grpc.add_insecure_port(f"{host}:{self.grpc_port}"):
             raise OSError(f"cannot listen on {host}:{self.grpc_port}")
         await self._grpc.start()
+
+    def drain(self) -> None:
+        """The server is stopping: from now on every new request, and every body still waiting for room in the
+        budget, gets 503 (HTTP) or ``UNAVAILABLE`` (gRPC) saying so at once, instead of a closed connection when the
+        process exits; requests already forwarded still get tritonserver's answers. Call before stopping it."""
+        if self.thread.is_alive() and self._stopping is not None:
+            self.loop.call_soon_threadsafe(self._stopping.set)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stop listening, give calls in flight ``grace_s``, close the upstream channel and the loop."""

@@ -9,11 +9,12 @@ it, whose detail would name its internal address.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .budget import BUSY, NOT_RUNNING, SMALL, ByteBudget
+from .budget import BUSY, NOT_RUNNING, SMALL, STOPPING, ByteBudget
 
 # What a refused message costs before its refusal: the bytes its stream may send ahead, the HTTP/2 window. gRPC's
 # bandwidth-delay probe grows that window to megabytes per stream, and five 80 MB messages refused by their length
@@ -22,11 +23,12 @@ from .budget import BUSY, NOT_RUNNING, SMALL, ByteBudget
 RECEIVE_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1 << 20)]
 
 
-def grpc_server(channel: Any, budget: ByteBudget, max_body: int, max_calls: int) -> Any:
-    """A ``grpc.aio`` server (no port yet) forwarding every call on ``channel``, with the limits above."""
+def grpc_server(channel: Any, budget: ByteBudget, max_body: int, max_calls: int, stopping: asyncio.Event) -> Any:
+    """A ``grpc.aio`` server (no port yet) forwarding every call on ``channel``, with the limits above; once
+    ``stopping`` is set, new calls get ``UNAVAILABLE`` (retry elsewhere)."""
     import grpc
 
-    forward = _GrpcForward(channel, budget)
+    forward = _GrpcForward(channel, budget, stopping)
 
     class Generic(grpc.GenericRpcHandler):
         def service(self, details: Any) -> Any:
@@ -42,8 +44,8 @@ def grpc_server(channel: Any, budget: ByteBudget, max_body: int, max_calls: int)
 class _GrpcForward:
     """A generic gRPC handler: every method of tritonserver's service, request and answer as raw bytes."""
 
-    def __init__(self, channel: Any, budget: ByteBudget):
-        self.channel, self.budget = channel, budget
+    def __init__(self, channel: Any, budget: ByteBudget, stopping: asyncio.Event):
+        self.channel, self.budget, self.stopping = channel, budget, stopping
 
     def handler(self, method: str) -> Any:
         import grpc
@@ -51,6 +53,8 @@ class _GrpcForward:
         if method.endswith("/ModelStreamInfer"):
             async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
                 sizes: deque[int] = deque()  # one answer per request (the served model is not decoupled)
+                if self.stopping.is_set():
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
 
                 async def counted() -> AsyncIterator[bytes]:
                     async for request in requests:
@@ -77,6 +81,8 @@ class _GrpcForward:
 
         async def unary(request: bytes, context: Any) -> bytes:
             # A gRPC message is already whole in this process: one that does not fit is refused at once, not held.
+            if self.stopping.is_set():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
             taken = len(request) if len(request) > SMALL else 0
             if not self.budget.fits(taken):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY)

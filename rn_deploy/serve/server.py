@@ -198,6 +198,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
                         raise RnDeployError(f"tritonserver exited unexpectedly (code {proc.returncode}); see its log above")
             log("stopping: answering requests in flight")
         finally:
+            if guard is not None:
+                guard.drain()  # new requests and bodies waiting for room: 503 "stopping" now, not a reset at exit
             _stop_server(proc, opts.exit_timeout_s + 4)
             if guard is not None:
                 guard.stop(0)
