@@ -29,6 +29,8 @@ import re
 import struct
 from collections.abc import Sequence
 
+from .http1 import content_length, parse_head, status
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -153,20 +155,14 @@ class Connection:
         assert self.reader is not None and self.writer is not None
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            await self.close()
-            raise HttpInferError(f"not an HTTP answer: {lines[0][:80]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            k, sep, v = line.partition(":")
-            if sep:
-                headers[k.strip().lower()] = v.strip()
-        if parts[0] == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
+        line, fields = parse_head(head)  # ValueError (a malformed answer) when it is not an HTTP head
+        code, reason = status(line)
+        length = content_length(fields)
+        headers = {name: values[-1] for name, values in fields.items()}
+        if line.startswith("HTTP/1.0 ") and headers.get("connection", "").lower() != "keep-alive":
             headers["connection"] = "close"
-        if "content-length" in headers:
-            body = await self.reader.readexactly(int(headers["content-length"]))
+        if length is not None:
+            body = await self.reader.readexactly(length)
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             chunks = []
             while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
@@ -178,4 +174,4 @@ class Connection:
         else:  # no length: the body runs to the end of the connection
             body = await self.reader.read()
             headers["connection"] = "close"
-        return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, body
+        return code, reason, headers, body

@@ -40,7 +40,7 @@ LAYER_OF = {
     # optimize composes the artifacts (export, quantize, build) with the verdicts (eval's gates, compare, timing).
     "rn_deploy.optimize": "verdicts",
     "rn_deploy.serve": "service", "rn_deploy.client": "service", "rn_deploy.loadtest": "service",
-    "rn_deploy.serverstats": "service", "rn_deploy.httpload": "service", "rn_deploy.loadlevel": "service", "rn_deploy.tune": "service", "rn_deploy.tuned": "artifacts",
+    "rn_deploy.serverstats": "service", "rn_deploy.httpload": "service", "rn_deploy.http1": "service", "rn_deploy.loadlevel": "service", "rn_deploy.tune": "service", "rn_deploy.tuned": "artifacts",
     "rn_deploy.cli": "surface", "rn_deploy.demo": "surface", "rn_deploy.__main__": "surface", "rn_deploy": "surface",
 }
 # Known upward imports still to untangle, each with its reason (the list may only shrink).

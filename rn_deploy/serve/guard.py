@@ -37,6 +37,7 @@ import threading
 from collections import deque
 from typing import Any
 
+from ..http1 import content_length, parse_head, status
 from .budget import BUSY, NOT_RUNNING, SMALL, STOPPING, ByteBudget
 
 HEAD_LIMIT = 64 << 10  # request and response heads; longer ones get 431 (tritonserver's answers are a few hundred bytes)
@@ -51,29 +52,6 @@ def _answer(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n").encode() + body
-
-
-def _headers(head: bytes) -> tuple[str, dict[str, list[str]]]:
-    """The first line and the header fields (lower-case names) of an HTTP head; ValueError when it is not one."""
-    lines = head.decode("latin-1").split("\r\n")
-    fields: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise ValueError(f"malformed header line {line[:60]!r}")
-        fields.setdefault(name.lower(), []).append(value.strip())
-    return lines[0], fields
-
-
-def _content_length(fields: dict[str, list[str]]) -> int | None:
-    values = set(fields.get("content-length", []))
-    if not values:
-        return None
-    if len(values) > 1 or not next(iter(values)).isdigit():
-        raise ValueError("invalid Content-Length")
-    return int(next(iter(values)))
 
 
 class HttpGuard:
@@ -119,8 +97,8 @@ class HttpGuard:
                 finally:
                     timer.cancel()
                 try:
-                    line, fields = _headers(head)
-                    length = _content_length(fields)
+                    line, fields = parse_head(head)
+                    length = content_length(fields)
                 except ValueError as e:
                     await self._refuse(writer, pending, answered, 400, "Bad Request", f"bad request: {e}", reader)
                     return
@@ -249,13 +227,13 @@ class HttpGuard:
                     head = await up.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     break
-                status_line, fields = _headers(head)
-                status = int(status_line.split(" ", 2)[1])
-                length = _content_length(fields)
+                status_line, fields = parse_head(head)
+                code = status(status_line)[0]
+                length = content_length(fields)
                 if length is not None and length <= SMALL:  # an answer: one write (one segment) to the client
                     head, length = head + await up.readexactly(length), 0
                 writer.write(head)
-                if 100 <= status < 200:
+                if 100 <= code < 200:
                     await writer.drain()
                     continue  # 100 Continue: the final answer follows
                 if pending:
