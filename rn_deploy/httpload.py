@@ -155,8 +155,8 @@ class Connection:
         assert self.reader is not None and self.writer is not None
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        line, fields = parse_head(head)  # ValueError (a malformed answer) when it is not an HTTP head
-        code, reason = status(line)
+        line, fields = parse_head(head, lenient=True)
+        code, reason = status(line)  # ValueError (a malformed answer) when it is not an HTTP answer
         length = content_length(fields)
         headers = {name: values[-1] for name, values in fields.items()}
         if line.startswith("HTTP/1.0 ") and headers.get("connection", "").lower() != "keep-alive":

@@ -87,6 +87,11 @@ class Stub:
                     chunks = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in (payload[:7], payload[7:]))
                     writer.write(f"HTTP/1.1 200 OK\r\nInference-Header-Content-Length: {n}\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  .encode() + chunks + b"0\r\n\r\n")
+                elif action == "folded":  # a proxy's answer with an obs-folded field and a space before a colon
+                    payload, n = ok_body()
+                    writer.write(self.answer(200, payload, n, b"X-Note: one\r\n two\r\nVia : proxy\r\n"))
+                elif action == "garbage":  # not HTTP at all
+                    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
                 elif action == "missing":
                     payload, n = ok_body(OUTPUTS[:3])
                     writer.write(self.answer(200, payload, n))
@@ -224,6 +229,14 @@ def test_a_200_must_carry_every_output_and_consistent_sizes() -> None:
     assert errors[0] == "the server's answer lacks output(s) probs"
     assert errors[1] is not None and "binary bytes" in errors[1]
     assert errors[2] is None  # a chunked 200 is read whole
+
+
+def test_a_folded_answer_is_read_and_a_non_http_one_is_a_malformed_answer_then_a_new_connection() -> None:
+    with stub("folded", "garbage", "ok") as st:
+        errors, connects = exchange(st, 3)
+    assert errors[0] is None
+    assert errors[1] is not None and "malformed answer" in errors[1] and "not an HTTP answer: 'SSH-2.0" in errors[1]
+    assert errors[2] is None and connects == 2
 
 
 def test_nothing_listening_is_an_error_not_a_hang() -> None:

@@ -142,6 +142,18 @@ def test_a_body_over_the_limit_is_refused_with_413_from_its_head_alone_and_never
         guard.stop(0)
 
 
+def test_a_head_with_a_bare_lf_is_a_400_and_never_reaches_the_server(upstream: Upstream) -> None:
+    """A parser that splits at a bare LF (some do) would read a Content-Length the guard never checked."""
+    guard = start_guard(upstream, 1000, 4000)
+    try:
+        smuggled = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nX-A: a\nContent-Length: 99999999\r\n\r\n"
+        (answer,) = exchange(guard.http_port, smuggled)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"bare CR, LF or NUL" in answer, answer
+        assert upstream.received == [] and upstream.bytes_read == 0
+    finally:
+        guard.stop(0)
+
+
 def test_a_refusal_keeps_the_order_of_answers_on_its_connection(upstream: Upstream) -> None:
     """Pipelined: a good request, then an oversized one: the good one's answer first, then the 413, then close."""
     upstream.hold = True
@@ -292,8 +304,8 @@ def test_drain_answers_new_requests_and_waiting_bodies_503_stopping_and_forwarde
                 forwarded = pool.submit(exchange, guard.http_port, post(b"a" * 100_000))
                 wait_for(lambda: len(upstream.received) == 1)
                 waiting = pool.submit(exchange, guard.http_port, post(b"b" * 100_000))
-                time.sleep(0.5)
-                assert not waiting.done() and len(upstream.received) == 1  # 200 kB would be over the 150 kB
+                wait_for(lambda: guard.budget is not None and guard.budget.waiting == 1)  # 200 kB: over the 150 kB
+                assert not waiting.done() and len(upstream.received) == 1
                 t0 = time.monotonic()
                 guard.drain()
                 (answer,) = waiting.result(timeout=5)
@@ -346,8 +358,8 @@ def _model(d: Path) -> Path:
 def test_oversized_bodies_over_http_and_grpc_cost_the_server_no_memory(served) -> None:
     """Fifteen 80 MB bodies at once (five HTTP, ten gRPC; the default limit is 64 MiB). Ten took the server to
     +1.6-1.9 GB and left +0.5-0.7 GB when tritonserver received them. Refused at the socket they cost it 7-10 MB at
-    the peak (sampled every 10 ms); over gRPC only with a fixed receive window: with gRPC's bandwidth-delay probe
-    on, each stream sent megabytes ahead of its refusal (here +27-72 MB; ten gRPC messages alone, +109-179 MB)."""
+    the peak (sampled every 10 ms, three runs); over gRPC only with a 1 MiB stream window: with gRPC's
+    bandwidth-delay probe on, each stream sent megabytes ahead of its refusal (+27-72 MB in three runs)."""
     import tritonclient.grpc as tgrpc
     from tritonclient.utils import InferenceServerException
 
@@ -398,29 +410,47 @@ def test_oversized_bodies_over_http_and_grpc_cost_the_server_no_memory(served) -
 
 def test_sigterm_answers_a_body_waiting_for_room_503_stopping_and_exits_0(tmp_path: Path) -> None:
     """The real server with a 150 kB budget: one client stalls a 100 kB body (its room taken), another's 100 kB body
-    waits for room. SIGTERM: the waiting one gets 503 "stopping" within seconds (it used to see its connection closed
-    when the process exited), and serve still exits 0."""
-    from .test_serve import start_server
+    waits for room, and a gRPC stream is open. SIGTERM: the waiting body gets 503 "stopping" within seconds (it
+    used to see its connection closed when the process exited), the stream's next request UNAVAILABLE "stopping",
+    and serve still exits 0. (Whether the waiting body was still waiting or arrived after the drain, its answer is
+    the same: the guard-level test above pins the waiting case; this one pins serve's wiring.)"""
+    import queue
+
+    import tritonclient.grpc as tgrpc
+
+    from .test_serve import png, start_server
 
     srv = start_server(_model(tmp_path), tmp_path / "serve.log", "--max-request-bytes", "150000",
                        "--max-bytes-in-flight", "150000")
     port = int(srv.http.rsplit(":", 1)[1])
+    answers: queue.Queue = queue.Queue()
+    c = tgrpc.InferenceServerClient(srv.grpc)
+    inp = tgrpc.InferInput("image", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[png(np.zeros((28, 28), np.uint8))]], dtype=object))
     try:
+        c.start_stream(callback=lambda result, error: answers.put(error))
+        c.async_stream_infer("classifier", [inp])
+        assert answers.get(timeout=30) is None  # the stream works before SIGTERM
         held = stall(port, sent=1000)
-        time.sleep(0.5)
+        time.sleep(1.0)
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(exchange, port, post(b"\x89PNG" + bytes(100_000)), 1, 30)
-            time.sleep(1.0)
+            time.sleep(1.5)
             assert not waiting.done()
             t0 = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
-            answers = waiting.result(timeout=30)
+            got = waiting.result(timeout=30)
             took = time.monotonic() - t0
-        assert answers == [b"HTTP/1.1 503 Service Unavailable " + json.dumps({"error": STOPPING}).encode()], answers
+        assert got == [b"HTTP/1.1 503 Service Unavailable " + json.dumps({"error": STOPPING}).encode()], got
         assert took < 3, took
+        c.async_stream_infer("classifier", [inp])
+        error = answers.get(timeout=10)
+        assert error is not None and error.status() == "StatusCode.UNAVAILABLE" and error.message() == STOPPING, error
         assert srv.proc.wait(30) == 0, srv.log.read_text()[-2000:]
         held.close()
     finally:
+        c.stop_stream(cancel_requests=True)
+        c.close()
         srv.stop()
 
 

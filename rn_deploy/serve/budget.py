@@ -25,6 +25,11 @@ class ByteBudget:
             await waiter
         self.used += n
 
+    @property
+    def waiting(self) -> int:
+        """Bodies waiting for room now."""
+        return sum(not w.done() for w in self._waiters)
+
     def fits(self, n: int) -> bool:
         return not self.used or self.used + n <= self.limit
 

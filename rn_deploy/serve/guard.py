@@ -320,6 +320,7 @@ class BodyGuard:
         self._grpc: Any = None
         self._channel: Any = None
         self._stopping: asyncio.Event | None = None
+        self.budget: ByteBudget | None = None  # the HTTP and gRPC sides' --max-bytes-in-flight, once started
 
     def start(self) -> None:
         """Bind both public ports (OSError when one is taken) and start forwarding."""
@@ -332,7 +333,7 @@ class BodyGuard:
         from .guard_grpc import grpc_server
 
         _return_large_blocks()
-        budget = ByteBudget(self.max_in_flight)  # HTTP and gRPC bodies together: one shared-memory region takes both
+        self.budget = budget = ByteBudget(self.max_in_flight)  # HTTP and gRPC bodies: one shared-memory region takes both
         connections = self.max_connections or _connection_cap()
         self._stopping = asyncio.Event()
         guard = HttpGuard(("127.0.0.1", self.upstream_http), self.max_body, budget, connections, self.idle_s,

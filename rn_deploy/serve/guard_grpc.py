@@ -16,10 +16,12 @@ from typing import Any
 
 from .budget import BUSY, NOT_RUNNING, SMALL, STOPPING, ByteBudget
 
-# What a refused message costs before its refusal: the bytes its stream may send ahead, the HTTP/2 window. gRPC's
-# bandwidth-delay probe grows that window to megabytes per stream, and five 80 MB messages refused by their length
-# prefix left 15-20 MB (once 51 MB) read into this process; with the probe off and a fixed 1 MiB window, 0-3 MB.
-# 1 MiB still moves 40 MB messages as fast over loopback (0.30-0.34 s each either way) and ~100 MB/s at 10 ms RTT.
+# What a message refused for its size costs first: the bytes its stream may send before the refusal, its HTTP/2
+# window. gRPC's bandwidth-delay probe grows that window to megabytes per stream; with the probe off a stream starts
+# at 1 MiB (gRPC core may grant up to ~1 MiB more while a read is pending). tests/test_serve_guard.py's burst (five
+# HTTP and ten gRPC 80 MB bodies, the server's PSS sampled every 10 ms; three runs each, 2026-12-07) peaked at
+# +27-72 MB with the probe and +7-10 MB without. The price: one call sends at most its window per round trip (a
+# bound: ~10 MB/s at 100 ms); large images from far away go faster over HTTP (docs/serving.md).
 RECEIVE_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1 << 20)]
 
 
@@ -58,6 +60,8 @@ class _GrpcForward:
 
                 async def counted() -> AsyncIterator[bytes]:
                     async for request in requests:
+                        if self.stopping.is_set():  # a stream open across SIGTERM: its later requests too
+                            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
                         taken = len(request) if len(request) > SMALL else 0
                         if not self.budget.fits(taken):
                             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY)
