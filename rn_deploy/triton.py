@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,9 @@ def _replace(src: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+FRONT_SETTINGS = ("max_queue_delay_us", "instances", "ort_threads")  # of a tuned setting, what NAME_image takes
+
+
 def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: int, max_batch: int,
                  max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US, instances: int = 1, ort_threads: int = 0) -> None:
     """``NAME_image``: the served contract (Python backend, rn_deploy.serve.TritonPythonModel) over ``NAME``'s file."""
@@ -275,16 +279,15 @@ def _write_front(folder: Path, name: str, model: str, channels: int, n_classes: 
 
 
 def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_batch: int | None = None, force: bool = False,
-                  kind: str | None = None, image_max_queue_delay_us: int | None = None, image_instances: int | None = None,
-                  image_ort_threads: int | None = None) -> Path:
+                  kind: str | None = None, image_setting: Mapping[str, int] | None = None) -> Path:
     """Write ``repo/name`` for Triton from an engine (``*.engine``/``*.plan``) or ONNX; return the model folder.
 
     Args:
         max_batch: ``max_batch_size``; None means the engine's largest profile batch, or 32 for an ONNX model.
         kind: ``gpu`` or ``cpu`` instance (ONNX only; plans run on the GPU); None means ``gpu``.
-        image_max_queue_delay_us, image_instances, image_ort_threads: ``NAME_image``'s batching delay, instance count
-            and ONNX Runtime threads per instance (None: serve's defaults, :data:`DEFAULT_MAX_QUEUE_DELAY_US`, 1 and
-            0 = the backend's rule; ``rn-deploy export-triton`` passes a tuned setting).
+        image_setting: ``NAME_image``'s ``max_queue_delay_us``, ``instances`` and ``ort_threads`` (ONNX Runtime
+            threads per instance), as ``serve --tune`` saves them (:mod:`rn_deploy.tuned`; other keys ignored); one
+            missing takes serve's default: :data:`DEFAULT_MAX_QUEUE_DELAY_US`, 1 and 0 (the backend's rule).
     """
     src, repo = Path(model_path), Path(repo)
     if not src.exists():
@@ -351,10 +354,8 @@ def export_triton(model_path: str | Path, repo: str | Path, name: str, *, max_ba
             (stage / fname).write_text(text)
             os.chmod(stage / fname, 0o644)
         if front is not None:
-            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch,
-                         DEFAULT_MAX_QUEUE_DELAY_US if image_max_queue_delay_us is None else image_max_queue_delay_us,
-                         image_instances or 1,
-                         image_ort_threads or 0)
+            given = {k: v for k, v in (image_setting or {}).items() if k in FRONT_SETTINGS}  # the rest: _write_front's defaults
+            _write_front(stage / "_front", name, f"../{name}/{next(iter(files))}", input_channels(info), n_out, max_batch, **given)
             _replace(stage / "_front", front)
         _replace(stage, dest)
     except OSError as e:

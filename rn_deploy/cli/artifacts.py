@@ -301,8 +301,7 @@ def export_triton_cmd(model: Path, repo: Path, name: str, max_batch: int | None,
 
     tuned = apply_tuned(model, SETTINGS)
     dest = export_triton(model, repo, name, max_batch=tuned.get("max_batch", max_batch), force=force, kind=kind,
-                         image_max_queue_delay_us=tuned.get("max_queue_delay_us"), image_instances=tuned.get("instances"),
-                         image_ort_threads=tuned.get("ort_threads"))
+                         image_setting=tuned)
     if as_json:
         echo_json({"folder": str(dest), **json.loads((dest / "rn-deploy.json").read_text())})
         return

@@ -113,8 +113,7 @@ def write_triton(artifact: Path, repo: Path, name: str, backend: str, settings: 
     kind = "cpu" if backend == "ort-cpu" else "gpu"
     tuned = load_tuned(artifact, warn=log) or {}
     dest = export_triton(artifact, repo, name, max_batch=tuned.get("max_batch"), force=True, kind=kind,
-                         image_max_queue_delay_us=tuned.get("max_queue_delay_us"), image_instances=tuned.get("instances"),
-                         image_ort_threads=tuned.get("ort_threads"))
+                         image_setting=tuned)
     said = [f"tuned serving setting {', '.join(f'{k}={v}' for k, v in tuned.items())}"] if tuned else []
     extra = ""
     if settings.get("threads"):

@@ -125,12 +125,12 @@ def serve(opts: ServeOptions, log: Callable[[str], None] = print, stop: threadin
     Raises :class:`RnDeployError` (before any server process starts) for a bad model or a taken port.
     """
     from ..triton import check_model_name
+    from ..tuned import MINIMUM
 
-    for flag, value, low in (("--max-batch", opts.max_batch, 1), ("--instances", opts.instances, 1),
-                             ("--max-pixels", opts.max_pixels, 1), ("--max-request-bytes", opts.max_request_bytes, 1),
-                             ("--max-queue-delay-us", opts.max_queue_delay_us, 0), ("--ort-threads", opts.ort_threads, 0)):
+    for key, low in {**MINIMUM, "max_pixels": 1, "max_request_bytes": 1}.items():  # the tunable ones: as tuned files
+        value = getattr(opts, key)
         if type(value) is not int or value < low:
-            raise RnDeployError(f"{flag} {value!r}: must be a whole number >= {low}")
+            raise RnDeployError(f"--{key.replace('_', '-')} {value!r}: must be a whole number >= {low}")
     if not opts.max_aspect >= 1:
         raise RnDeployError(f"--max-aspect {opts.max_aspect!r}: must be >= 1")
     if opts.max_bytes_in_flight < opts.max_request_bytes:
