@@ -60,6 +60,7 @@ from serve_bench import export, find_perf_analyzer, perf_analyzer_input, run_per
 from rn_deploy.engine import Engine  # noqa: E402
 from rn_deploy.loadtest import dataset_images, run_level  # noqa: E402
 from rn_deploy.names import DEFAULT_MAX_QUEUE_DELAY_US  # noqa: E402
+from rn_deploy.serve.backend import ort_settings  # noqa: E402
 from rn_deploy.serve.procfs import cpu_seconds, process_tree  # noqa: E402
 
 
@@ -178,8 +179,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export(args.arch, args.size, Path(tmp))
         eng = Engine.load(onnx, provider="cpu")
-        lean = Engine.load(onnx, provider="cpu", threads=1, session_config={"session.intra_op.allow_spinning": "0",
-                                                                             "inter_op_threads": "1"})
+        lean = Engine.load(onnx, provider="cpu", **ort_settings({}, threads=1))  # the served stub's session, one thread
         servers = [(int(d), g, int(t)) for d in args.delays.split(",") for g in args.guards.split(",")
                    for t in args.ort_threads.split(",")]
         for delay, guard, threads in servers:
