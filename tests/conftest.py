@@ -20,9 +20,11 @@ from rn_deploy.models import create_model
 from rn_deploy.runtime.manifest import backend_installed
 from rn_deploy.serve.server import free_ports
 
+from .diskfull import pytest_exception_interact
 from .strict import pytest_collection_modifyitems, pytest_make_collect_report, pytest_runtest_makereport, requires, skip
 
-__all__ = ["free_ports", "pytest_collection_modifyitems", "pytest_make_collect_report", "pytest_runtest_makereport", "requires", "skip"]
+__all__ = ["free_ports", "pytest_collection_modifyitems", "pytest_exception_interact", "pytest_make_collect_report",
+           "pytest_runtest_makereport", "requires", "skip"]
 
 FASHION_DIR = Path(os.environ.get("RN_DEPLOY_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
