@@ -359,50 +359,47 @@ def test_oversized_bodies_over_http_and_grpc_cost_the_server_no_memory(served) -
     """Fifteen 80 MB bodies at once (five HTTP, ten gRPC; the default limit is 64 MiB). Ten took the server to
     +1.6-1.9 GB and left +0.5-0.7 GB when tritonserver received them. Refused at the socket they cost it 7-10 MB at
     the peak (sampled every 10 ms, three runs); over gRPC only with a 1 MiB stream window: with gRPC's
-    bandwidth-delay probe on, each stream sent megabytes ahead of its refusal (+27-72 MB in three runs)."""
-    import tritonclient.grpc as tgrpc
-    from tritonclient.utils import InferenceServerException
+    bandwidth-delay probe on, each stream sent megabytes ahead of its refusal (+27-72 MB in three runs). The gRPC
+    calls come from a process of their own (tests/grpc_burst.py says why)."""
+    import os
+    import subprocess
+    import sys
 
     from rn_deploy.client import classify
 
-    from .test_serve import png
+    from .test_serve import REPO, png
 
-    body = b"\x89PNG" + bytes(80_000_000)
-    http_port, grpc_addr = int(served.http.rsplit(":", 1)[1]), served.grpc
-    base = tree_pss_mb(served.proc.pid)
-    peak, done = [base], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.01):
-            peak[0] = max(peak[0], tree_pss_mb(served.proc.pid))
-
-    def over_http() -> bytes:
-        return exchange(http_port, post(body), timeout=60)[0]
-
-    def over_grpc() -> str:
-        c = tgrpc.InferenceServerClient(grpc_addr)
-        inp = tgrpc.InferInput("image", [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[body]], dtype=object))
-        try:
-            c.infer("classifier", [inp])
-            return "answered"
-        except InferenceServerException as e:
-            return f"{e.status()} {e.message()}"
-        finally:
-            c.close()
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    size = 80_000_000
+    data = post(b"\x89PNG" + bytes(size - 4))
+    http_port = int(served.http.rsplit(":", 1)[1])
+    burst = subprocess.Popen([sys.executable, "-m", "tests.grpc_burst", served.grpc, "10", str(size)], cwd=REPO,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
-        with ThreadPoolExecutor(15) as pool:
-            http_answers = [pool.submit(over_http) for _ in range(5)]
-            grpc_answers = [pool.submit(over_grpc) for _ in range(10)]
-            results = [f.result(timeout=120) for f in http_answers], [f.result(timeout=120) for f in grpc_answers]
+        assert burst.stdout is not None and burst.stdout.readline() == "ready\n"
+        base = tree_pss_mb(served.proc.pid)
+        peak, done = [base], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.01):
+                peak[0] = max(peak[0], tree_pss_mb(served.proc.pid))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(5) as pool:
+                http_answers = [pool.submit(exchange, http_port, data, 1, 60) for _ in range(5)]
+                grpc_answers = json.loads(burst.communicate("go\n", timeout=120)[0])
+                http = [f.result(timeout=120)[0] for f in http_answers]
+        finally:
+            done.set()
+            sampler.join()
     finally:
-        done.set()
-        sampler.join()
-    assert all(a.startswith(b"HTTP/1.1 413 ") and b"--max-request-bytes 67108864" in a for a in results[0]), results[0]
-    assert all(r.startswith("StatusCode.RESOURCE_EXHAUSTED") and "larger than max (80000" in r for r in results[1]), results[1]
+        burst.kill()
+        burst.wait()
+    assert all(a.startswith(b"HTTP/1.1 413 ") and b"--max-request-bytes 67108864" in a for a in http), http
+    assert len(grpc_answers) == 10, grpc_answers
+    assert all(r.startswith("StatusCode.RESOURCE_EXHAUSTED") and "larger than max (80000" in r for r in grpc_answers), grpc_answers
     assert peak[0] - base < 20, (base, peak[0])
     (ok,) = classify(served.http, [png(np.zeros((28, 28), np.uint8))])  # and the server still answers
     assert "error" not in ok, ok
