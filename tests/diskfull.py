@@ -24,7 +24,7 @@ def _no_space(exc: BaseException | None) -> OSError | None:
     return None
 
 
-def pytest_exception_interact(node: pytest.Item | pytest.Collector, call: pytest.CallInfo[Any], report: Any) -> None:
+def pytest_exception_interact(node: pytest.Item | pytest.Collector, call: pytest.CallInfo[Any]) -> None:
     full = _no_space(call.excinfo.value if call.excinfo else None)
     if full is not None:
         where = f" writing {full.filename}" if full.filename else ""
